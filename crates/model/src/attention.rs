@@ -1,0 +1,90 @@
+//! Multi-head self-attention with HF's module tree (`ViTAttention` = `attention` + `output`).
+//!
+//! Not `burn::nn::attention::MultiHeadAttention`: that one has dropout 0.1 by default, other
+//! tensor names, and ties the head size to `d_model / n_heads`. Here the head size is fixed by the
+//! unpruned config, so a layer with heads removed keeps the width of each remaining head and its
+//! `query/key/value` simply have fewer output rows.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::Tensor;
+use burn::tensor::Device;
+
+/// `ViTSelfAttention`: projections to per-head queries, keys and values, and scaled dot-product attention.
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    #[module(skip)]
+    num_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+/// `ViTSelfOutput`: the output projection. The residual connection lives in [`crate::layer::Layer`], as in HF.
+#[derive(Module, Debug)]
+pub struct SelfOutput {
+    pub dense: Linear,
+}
+
+/// `ViTAttention`: exists to hold `attention` and `output`, hence HF's doubled `attention.attention` keys.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub attention: SelfAttention,
+    pub output: SelfOutput,
+}
+
+impl Attention {
+    pub fn new(hidden: usize, num_heads: usize, head_dim: usize, qkv_bias: bool, device: &Device) -> Self {
+        let inner = num_heads * head_dim;
+        let projection = || LinearConfig::new(hidden, inner).with_bias(qkv_bias).init(device);
+        Self {
+            attention: SelfAttention {
+                query: projection(),
+                key: projection(),
+                value: projection(),
+                num_heads,
+                head_dim,
+            },
+            output: SelfOutput { dense: LinearConfig::new(inner, hidden).init(device) },
+        }
+    }
+
+    /// Heads in this layer (fewer than the config's after pruning).
+    pub fn num_heads(&self) -> usize {
+        self.attention.num_heads
+    }
+
+    /// Width of one head.
+    pub fn head_dim(&self) -> usize {
+        self.attention.head_dim
+    }
+
+    /// Self-attention over `hidden_states`. With `with_probs` it also returns the attention
+    /// probabilities (computed explicitly); without, it uses burn's fused attention kernel.
+    ///
+    /// # Shapes
+    /// - hidden_states: `[batch, tokens, hidden]`
+    /// - output: `[batch, tokens, hidden]`, and `[batch, heads, tokens, tokens]` probabilities
+    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let [batch, tokens, _] = hidden_states.dims();
+        let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
+        let split_heads = |x: Tensor<3>| x.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
+        let q = split_heads(self.attention.query.forward(hidden_states.clone()));
+        let k = split_heads(self.attention.key.forward(hidden_states.clone()));
+        let v = split_heads(self.attention.value.forward(hidden_states));
+        let (context, probs) = if with_probs {
+            let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+            let probs = softmax(scores, 3);
+            (probs.clone().matmul(v), Some(probs))
+        } else {
+            (attention(q, k, v, None, None, AttentionModuleOptions::default()), None)
+        };
+        let context = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        (self.output.dense.forward(context), probs)
+    }
+}

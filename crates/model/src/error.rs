@@ -1,0 +1,58 @@
+//! Errors at the model crate's boundaries: configuration, weights, images.
+
+use thiserror::Error;
+
+/// A `config.json` or `preprocessor_config.json` that vitrine cannot use.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("unknown model_type {0:?} (vitrine reads vit, deit and dinov2)")]
+    UnknownModelType(String),
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Weights that do not fit the model they are loaded into.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("not a valid safetensors file: {0}")]
+    Safetensors(String),
+    #[error("tensor {name:?} has dtype {dtype}, which vitrine cannot read")]
+    UnsupportedDtype { name: String, dtype: String },
+    #[error("{} tensor(s) missing from the weights: {}", .0.len(), preview(.0))]
+    MissingKeys(Vec<String>),
+    #[error("{} unexpected tensor(s) in the weights: {}", .0.len(), preview(.0))]
+    UnexpectedKeys(Vec<String>),
+    #[error("tensor {name:?} has shape {found:?}, the model expects {expected:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("tensor {name:?}: {message}")]
+    Tensor { name: String, message: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// A few names are enough to act on; hundreds bury the message.
+fn preview(names: &[String]) -> String {
+    const SHOWN: usize = 6;
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", ... ({} more)", names.len() - SHOWN));
+    }
+    text
+}
+
+/// An image that cannot be turned into pixels.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("cannot decode image: {0}")]
+    Decode(String),
+    #[error("image is {width}x{height} pixels, larger than the {max}-pixel side vitrine accepts")]
+    TooLarge { width: u32, height: u32, max: u32 },
+    #[error("image is empty ({width}x{height})")]
+    Empty { width: u32, height: u32 },
+    #[error("{len} bytes of RGBA pixels do not make a {width}x{height} image")]
+    PixelCount { len: usize, width: u32, height: u32 },
+}

@@ -1,0 +1,160 @@
+//! One pre-norm encoder block: `ViTLayer` in transformers, with DINOv2's LayerScale as an option.
+//!
+//! ```text
+//! x = x + drop_path(layer_scale1(attention(layernorm_before(x))))
+//! x = x + drop_path(layer_scale2(output(intermediate(layernorm_after(x)))))
+//! ```
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig, Relu};
+use burn::tensor::Tensor;
+use burn::tensor::Device;
+
+use crate::attention::Attention;
+use crate::config::{Activation, VitConfig};
+
+/// The MLP activation; a module so that it lives in the layer like HF's `intermediate_act_fn`.
+#[derive(Module, Debug)]
+pub enum Act {
+    Gelu(Gelu),
+    Relu(Relu),
+}
+
+impl Act {
+    fn new(activation: Activation) -> Self {
+        match activation {
+            Activation::Gelu => Self::Gelu(Gelu::new()),
+            Activation::GeluTanh => Self::Gelu(Gelu::new_approximate()),
+            Activation::Relu => Self::Relu(Relu::new()),
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Gelu(gelu) => gelu.forward(x),
+            Self::Relu(relu) => relu.forward(x),
+        }
+    }
+}
+
+/// `ViTIntermediate`: the MLP's widening projection and activation (DINOv2's `mlp.fc1`).
+#[derive(Module, Debug)]
+pub struct Intermediate {
+    pub dense: Linear,
+    act: Act,
+}
+
+/// `ViTOutput`: the MLP's narrowing projection (DINOv2's `mlp.fc2`). The residual is added in [`Layer`].
+#[derive(Module, Debug)]
+pub struct Output {
+    pub dense: Linear,
+}
+
+/// `Dinov2LayerScale`: a learnt per-channel gain on each residual branch.
+#[derive(Module, Debug)]
+pub struct LayerScale {
+    pub lambda1: Param<Tensor<1>>,
+}
+
+impl LayerScale {
+    fn new(hidden: usize, value: f64, device: &Device) -> Self {
+        Self { lambda1: Param::from_tensor(Tensor::full([hidden], value, device)) }
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        x * self.lambda1.val().unsqueeze::<3>()
+    }
+}
+
+/// Stochastic depth: drops a whole residual branch per sample while training.
+///
+/// It is burn's `Dropout` applied to a `[batch, 1, 1]` mask of ones, so it is active exactly when
+/// `Dropout` is (an autodiff device, training, rate above 0) and the identity otherwise.
+#[derive(Module, Debug)]
+pub struct DropPath {
+    dropout: Dropout,
+}
+
+impl DropPath {
+    fn new(rate: f64) -> Self {
+        Self { dropout: DropoutConfig::new(rate).init() }
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.dropout.prob == 0.0 || !x.device().is_autodiff() {
+            return x;
+        }
+        let [batch, _, _] = x.dims();
+        let keep = self.dropout.forward(Tensor::ones([batch, 1, 1], &x.device()));
+        x * keep
+    }
+}
+
+/// `ViTLayer` (DINOv2: `Dinov2Layer`, whose `norm1`/`norm2`/`mlp.fc1`/`mlp.fc2` map onto these names).
+#[derive(Module, Debug)]
+pub struct Layer {
+    pub attention: Attention,
+    pub intermediate: Intermediate,
+    pub output: Output,
+    pub layernorm_before: LayerNorm,
+    pub layernorm_after: LayerNorm,
+    pub layer_scale1: Option<LayerScale>,
+    pub layer_scale2: Option<LayerScale>,
+    drop_path: DropPath,
+}
+
+impl Layer {
+    /// Block `index` of the model described by `config` (its own head count and MLP width).
+    pub fn new(config: &VitConfig, index: usize, device: &Device) -> Self {
+        let hidden = config.hidden_size;
+        let width = config.layer_intermediate_size[index];
+        let norm = || LayerNormConfig::new(hidden).with_epsilon(config.layer_norm_eps).init(device);
+        let scale = || config.layerscale_value.map(|v| LayerScale::new(hidden, v, device));
+        // Linear ramp of stochastic depth over the blocks, as in timm and HF.
+        let rate = if config.num_hidden_layers > 1 {
+            config.drop_path_rate * index as f64 / (config.num_hidden_layers - 1) as f64
+        } else {
+            0.0
+        };
+        Self {
+            attention: Attention::new(
+                hidden,
+                config.layer_num_attention_heads[index],
+                config.head_dim(),
+                config.qkv_bias,
+                device,
+            ),
+            intermediate: Intermediate {
+                dense: LinearConfig::new(hidden, width).init(device),
+                act: Act::new(config.hidden_act),
+            },
+            output: Output { dense: LinearConfig::new(width, hidden).init(device) },
+            layernorm_before: norm(),
+            layernorm_after: norm(),
+            layer_scale1: scale(),
+            layer_scale2: scale(),
+            drop_path: DropPath::new(rate),
+        }
+    }
+
+    /// # Shapes
+    /// - hidden_states: `[batch, tokens, hidden]`
+    /// - output: `[batch, tokens, hidden]`, and `[batch, heads, tokens, tokens]` attention probabilities when asked
+    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (attended, probs) = self
+            .attention
+            .forward(self.layernorm_before.forward(hidden_states.clone()), with_probs);
+        let x = hidden_states + self.drop_path.forward(scaled(&self.layer_scale1, attended));
+        let mlp = self.output.dense.forward(
+            self.intermediate.act.forward(self.intermediate.dense.forward(self.layernorm_after.forward(x.clone()))),
+        );
+        (x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs)
+    }
+}
+
+fn scaled(scale: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {
+    match scale {
+        Some(scale) => scale.forward(x),
+        None => x,
+    }
+}

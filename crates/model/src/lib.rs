@@ -1,0 +1,20 @@
+//! vitrine-model: one Vision Transformer (ViT, DeiT, DINOv2 in Hugging Face layout) for every target.
+//!
+//! Backend-generic through burn's run-time `Device`, with no file system, threads or network, so the
+//! same code runs natively and in the browser (wasm32). Other crates depend on this one, never the reverse.
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod error;
+pub mod interpolate;
+pub mod layer;
+pub mod model;
+pub mod preprocess;
+pub mod weights;
+
+pub use config::{HfVitConfig, ModelType, VitConfig};
+pub use error::{ConfigError, ImageError, LoadError};
+pub use model::{Vit, VitOutput};
+pub use preprocess::PreprocessConfig;
+pub use weights::{Loaded, load_safetensors, save_safetensors};

@@ -1,0 +1,241 @@
+//! The Vision Transformer: backbone (`ViTModel`) and classifier (`ViTForImageClassification`).
+//!
+//! Dosovitskiy et al. 2020, <https://arxiv.org/abs/2010.11929>; DeiT (Touvron et al. 2020,
+//! <https://arxiv.org/abs/2012.12877>); DINOv2 (Oquab et al. 2023, <https://arxiv.org/abs/2304.07193>).
+//! The module tree is transformers' `ViTForImageClassification`, so its tensor names are the
+//! checkpoint's: `vit.embeddings.*`, `vit.encoder.layer.{i}.*`, `vit.layernorm.*`, `classifier.*`.
+//! DeiT and DINOv2 differ only in configuration; [`crate::weights`] maps their names onto these.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{assert_shape, Tensor};
+use burn::tensor::Device;
+
+use crate::config::{Head, Pooling, VitConfig};
+use crate::embeddings::Embeddings;
+use crate::layer::Layer;
+
+/// `ViTEncoder`: the stack of blocks.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layer: Vec<Layer>,
+}
+
+/// `ViTModel` without its optional pooler: embeddings, blocks, final LayerNorm.
+#[derive(Module, Debug)]
+pub struct VitModel {
+    pub embeddings: Embeddings,
+    pub encoder: Encoder,
+    pub layernorm: LayerNorm,
+}
+
+/// What a forward pass returns when attention maps are asked for.
+#[derive(Debug, Clone)]
+pub struct VitOutput {
+    /// `[batch, tokens, hidden]` after the final LayerNorm (HF's `last_hidden_state`).
+    pub last_hidden_state: Tensor<3>,
+    /// `[batch, classes]`, when the model has a classifier.
+    pub logits: Option<Tensor<2>>,
+    /// One `[batch, heads, tokens, tokens]` tensor of attention probabilities per layer.
+    pub attentions: Vec<Tensor<4>>,
+}
+
+/// A ViT with an optional classification head: ViT, DeiT (with or without its teacher head) or DINOv2.
+#[derive(Module, Debug)]
+pub struct Vit {
+    pub vit: VitModel,
+    pub classifier: Option<Linear>,
+    /// DeiT's second head, on the distillation token (`DeiTForImageClassificationWithTeacher`).
+    pub distillation_classifier: Option<Linear>,
+    classifier_dropout: Dropout,
+    #[module(skip)]
+    pooling: Pooling,
+    #[module(skip)]
+    num_channels: usize,
+}
+
+impl VitConfig {
+    /// A model with this architecture; weights are initialised to placeholders, load real ones with
+    /// [`crate::weights::load_safetensors`] or train them.
+    ///
+    /// # Panics
+    /// If the config is invalid ([`VitConfig::validate`] says why).
+    pub fn init(&self, device: &Device) -> Vit {
+        if let Err(err) = self.validate() {
+            panic!("{err}");
+        }
+        let hidden = self.hidden_size;
+        let head_width = match self.pooling {
+            Pooling::Cls => hidden,
+            Pooling::ClsAndMeanPatch => 2 * hidden,
+        };
+        let linear_head = || LinearConfig::new(head_width, self.num_labels).init(device);
+        Vit {
+            vit: VitModel {
+                embeddings: Embeddings::new(self, device),
+                encoder: Encoder {
+                    layer: (0..self.num_hidden_layers).map(|i| Layer::new(self, i, device)).collect(),
+                },
+                layernorm: LayerNormConfig::new(hidden).with_epsilon(self.layer_norm_eps).init(device),
+            },
+            classifier: (self.head != Head::None).then(linear_head),
+            distillation_classifier: (self.head == Head::LinearWithDistillation)
+                .then(|| LinearConfig::new(hidden, self.num_labels).init(device)),
+            classifier_dropout: DropoutConfig::new(self.classifier_dropout).init(),
+            pooling: self.pooling,
+            num_channels: self.num_channels,
+        }
+    }
+}
+
+impl Vit {
+    /// Whether the model has a classification head (a backbone has none).
+    pub fn has_head(&self) -> bool {
+        self.classifier.is_some()
+    }
+
+    /// Number of classes (0 for a backbone).
+    pub fn num_labels(&self) -> usize {
+        self.classifier.as_ref().map_or(0, |c| c.weight.dims()[1])
+    }
+
+    /// Class logits.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, channels, height, width]`
+    /// - output: `[batch, classes]`
+    ///
+    /// # Panics
+    /// If the model has no classifier ([`Vit::has_head`]) or the channel count is wrong.
+    pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        self.forward_head(self.forward_features(pixel_values))
+    }
+
+    /// The backbone: `last_hidden_state`, after the final LayerNorm.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, channels, height, width]`, sides at least one patch
+    /// - output: `[batch, tokens, hidden]`
+    pub fn forward_features(&self, pixel_values: Tensor<4>) -> Tensor<3> {
+        self.run(pixel_values, false).0
+    }
+
+    /// Everything at once: hidden states, logits (when there is a head) and every layer's attention.
+    pub fn forward_with_attentions(&self, pixel_values: Tensor<4>) -> VitOutput {
+        let (last_hidden_state, attentions) = self.run(pixel_values, true);
+        let logits = self.has_head().then(|| self.forward_head(last_hidden_state.clone()));
+        VitOutput { last_hidden_state, logits, attentions }
+    }
+
+    fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
+        assert_shape!(pixel_values, [_, self.num_channels, _, _]);
+        let mut x = self.vit.embeddings.forward(pixel_values);
+        let mut attentions = Vec::new();
+        for layer in &self.vit.encoder.layer {
+            let (next, probs) = layer.forward(x, with_probs);
+            x = next;
+            attentions.extend(probs);
+        }
+        (self.vit.layernorm.forward(x), attentions)
+    }
+
+    /// The classifier's input: CLS, or CLS concatenated with the mean patch token (DINOv2).
+    ///
+    /// # Shapes
+    /// - last_hidden_state: `[batch, tokens, hidden]`
+    /// - output: `[batch, hidden]` or `[batch, 2 * hidden]`
+    pub fn pre_logits(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
+        let [batch, tokens, hidden] = last_hidden_state.dims();
+        let cls = last_hidden_state.clone().narrow(1, 0, 1).reshape([batch, hidden]);
+        match self.pooling {
+            Pooling::Cls => cls,
+            Pooling::ClsAndMeanPatch => {
+                let prefix = self.vit.embeddings.num_prefix_tokens();
+                let patches = last_hidden_state.narrow(1, prefix, tokens - prefix);
+                Tensor::cat(vec![cls, patches.mean_dim(1).reshape([batch, hidden])], 1)
+            }
+        }
+    }
+
+    /// Logits from `last_hidden_state`; DeiT with its teacher head averages both heads, as HF does.
+    ///
+    /// # Panics
+    /// If the model has no classifier.
+    pub fn forward_head(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
+        let classifier = self.classifier.as_ref().expect("this model has no classifier (a backbone)");
+        let logits = classifier.forward(self.classifier_dropout.forward(self.pre_logits(last_hidden_state.clone())));
+        match &self.distillation_classifier {
+            None => logits,
+            Some(distillation) => {
+                let [batch, _, hidden] = last_hidden_state.dims();
+                let token = last_hidden_state.narrow(1, 1, 1).reshape([batch, hidden]);
+                (logits + distillation.forward(self.classifier_dropout.forward(token))) / 2.0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Activation, ModelType};
+
+    pub(crate) fn tiny(model_type: ModelType, head: Head) -> VitConfig {
+        VitConfig::new(
+            model_type,
+            32,
+            2,
+            4,
+            vec![4, 3],
+            vec![48, 40],
+            Activation::Gelu,
+            1e-6,
+            32,
+            8,
+            3,
+            true,
+            model_type == ModelType::Deit,
+            if model_type == ModelType::Dinov2 { Pooling::ClsAndMeanPatch } else { Pooling::Cls },
+            head,
+            5,
+        )
+        .with_layerscale_value((model_type == ModelType::Dinov2).then_some(1.0))
+    }
+
+    #[test]
+    fn shapes_on_non_square_batches() {
+        let device = Device::flex();
+        device.seed(0);
+        for (model_type, head, tokens) in [
+            (ModelType::Vit, Head::Linear, 1 + 4 * 6),
+            (ModelType::Deit, Head::LinearWithDistillation, 2 + 4 * 6),
+            (ModelType::Dinov2, Head::Linear, 1 + 4 * 6),
+        ] {
+            let model = tiny(model_type, head).init(&device);
+            let out = model.forward_with_attentions(Tensor::random([2, 3, 32, 48], burn::tensor::Distribution::Default, &device));
+            assert_eq!(out.last_hidden_state.dims(), [2, tokens, 32]);
+            assert_eq!(out.logits.unwrap().dims(), [2, 5]);
+            assert_eq!(out.attentions[0].dims(), [2, 4, tokens, tokens]);
+            assert_eq!(out.attentions[1].dims(), [2, 3, tokens, tokens], "layer 1 has 3 heads left");
+        }
+    }
+
+    #[test]
+    fn fused_and_explicit_attention_agree() {
+        let device = Device::flex();
+        device.seed(1);
+        let model = tiny(ModelType::Vit, Head::Linear).init(&device);
+        let x = Tensor::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device);
+        let fused = model.forward(x.clone());
+        let explicit = model.forward_with_attentions(x).logits.unwrap();
+        fused.into_data().assert_approx_eq::<f32>(&explicit.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+    }
+
+    #[test]
+    #[should_panic(expected = "assert_shape!(pixel_values, [_, self.num_channels, _, _])")]
+    fn wrong_channel_count_panics() {
+        let device = Device::flex();
+        let model = tiny(ModelType::Vit, Head::Linear).init(&device);
+        model.forward(Tensor::zeros([1, 4, 32, 32], &device));
+    }
+}

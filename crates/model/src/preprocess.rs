@@ -1,0 +1,400 @@
+//! Image preprocessing from `preprocessor_config.json`: decode, resize, centre crop, rescale, normalise.
+//!
+//! Ports transformers' slow (PIL) `ViTImageProcessor`, `DeiTImageProcessor` and `BitImageProcessor`
+//! (used by DINOv2). One code path serves the CLI, evaluation and the browser. Resampling uses
+//! `fast_image_resize`, whose 8-bit convolution follows Pillow's (fixed-point weights, support
+//! stretched when shrinking, rounding after each pass), with SIMD natively and in wasm; the parity
+//! tests measure how far its pixels and the resulting probabilities are from PIL's.
+
+use std::io::Cursor;
+
+use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Device;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::{ImageReader, Limits, RgbImage};
+use serde::Deserialize;
+
+use crate::config::{ModelType, VitConfig};
+use crate::error::{ConfigError, ImageError};
+
+/// Largest image side accepted (PIL's decompression-bomb limit is about 89 M pixels; this is 268 M
+/// at most, refused before any pixel is decoded).
+pub const MAX_SIDE: u32 = 16_384;
+
+/// Most pixels a resize may produce before cropping (an image 1 pixel tall would otherwise ask
+/// for a 256 x 4 M intermediate).
+const MAX_RESIZED_PIXELS: u64 = 64 << 20;
+
+/// How the image is first resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// To exactly `[height, width]`, ignoring the aspect ratio (`size: {height, width}`).
+    Exact { height: u32, width: u32 },
+    /// Shorter side to this length, aspect kept (`size: {shortest_edge}`).
+    ShortestEdge(u32),
+}
+
+/// PIL's resampling filters by their number in `resample`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos,
+}
+
+impl Resample {
+    fn from_pil(code: u32) -> Result<Self, ConfigError> {
+        match code {
+            0 => Ok(Self::Nearest),
+            1 => Ok(Self::Lanczos),
+            2 => Ok(Self::Bilinear),
+            3 => Ok(Self::Bicubic),
+            other => Err(ConfigError::Unsupported(format!("resample filter {other} (box or hamming)"))),
+        }
+    }
+
+    fn algorithm(self) -> ResizeAlg {
+        match self {
+            Self::Nearest => ResizeAlg::Nearest,
+            Self::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+            // PIL's bicubic is Keys' cubic with a = -0.5, which is Catmull-Rom.
+            Self::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+            Self::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
+        }
+    }
+
+    /// `image` resized to `width` x `height` with this filter.
+    fn resize(self, image: &RgbImage, width: u32, height: u32) -> RgbImage {
+        let mut resized = RgbImage::new(width, height);
+        Resizer::new()
+            .resize(image, &mut resized, &ResizeOptions::new().resize_alg(self.algorithm()))
+            .expect("RGB8 in, RGB8 out, both non-empty");
+        resized
+    }
+}
+
+/// The image-to-tensor recipe of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessConfig {
+    pub resize: Option<Resize>,
+    pub resample: Resample,
+    /// `[height, width]` of the centre crop, if any.
+    pub crop: Option<[u32; 2]>,
+    /// Multiplier from 0..255 values (`rescale_factor`, 1/255), if rescaling. f64 as in transformers,
+    /// so that `u8 * factor` rounds to the same f32 as its `u8 / 255`.
+    pub rescale: Option<f64>,
+    /// Per-channel `(mean, std)`, if normalising.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+/// `preprocessor_config.json` as written by transformers (keys vitrine reads).
+#[derive(Debug, Default, Deserialize)]
+struct HfPreprocessor {
+    image_processor_type: Option<String>,
+    do_resize: Option<bool>,
+    size: Option<serde_json::Value>,
+    resample: Option<u32>,
+    do_center_crop: Option<bool>,
+    crop_size: Option<serde_json::Value>,
+    do_rescale: Option<bool>,
+    rescale_factor: Option<f64>,
+    do_normalize: Option<bool>,
+    image_mean: Option<Vec<f32>>,
+    image_std: Option<Vec<f32>>,
+}
+
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// `IMAGENET_STANDARD_MEAN/STD` in transformers: what `google/vit-*` uses.
+const HALF: [f32; 3] = [0.5, 0.5, 0.5];
+const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+impl PreprocessConfig {
+    /// Parses `preprocessor_config.json`; absent keys take the processor class's defaults.
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        let hf: HfPreprocessor = serde_json::from_str(json)?;
+        let kind = hf.image_processor_type.as_deref().unwrap_or("ViTImageProcessor");
+        // Class defaults: (size, resample, crop, mean, std).
+        let (size, resample, crop, mean, std) = match kind {
+            "ViTImageProcessor" | "ViTImageProcessorFast" => {
+                (Resize::Exact { height: 224, width: 224 }, 2, None, HALF, HALF)
+            }
+            "DeiTImageProcessor" | "DeiTImageProcessorFast" => {
+                (Resize::Exact { height: 256, width: 256 }, 3, Some([224, 224]), IMAGENET_MEAN, IMAGENET_STD)
+            }
+            "BitImageProcessor" | "BitImageProcessorFast" => {
+                (Resize::ShortestEdge(224), 3, Some([224, 224]), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+            }
+            other => return Err(ConfigError::Unsupported(format!("image_processor_type {other:?}"))),
+        };
+        let size = match &hf.size {
+            Some(value) => parse_resize(value)?,
+            None => size,
+        };
+        let crop = match (&hf.crop_size, hf.do_center_crop) {
+            (_, Some(false)) => None,
+            (Some(value), _) => match parse_resize(value)? {
+                Resize::Exact { height, width } => Some([height, width]),
+                Resize::ShortestEdge(side) => Some([side, side]),
+            },
+            (None, Some(true)) => crop.or(Some([224, 224])),
+            (None, None) => crop,
+        };
+        let channels = |name: &str, v: Option<Vec<f32>>, default: [f32; 3]| -> Result<[f32; 3], ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+                Some(v) if v.len() == 1 => Ok([v[0]; 3]),
+                Some(v) => Err(ConfigError::Invalid(format!("{name} has {} values, expected 3", v.len()))),
+            }
+        };
+        let mean = channels("image_mean", hf.image_mean, mean)?;
+        let std = channels("image_std", hf.image_std, std)?;
+        if std.iter().any(|&s| s <= 0.0) {
+            return Err(ConfigError::Invalid(format!("image_std {std:?} must be positive")));
+        }
+        Ok(Self {
+            resize: hf.do_resize.unwrap_or(true).then_some(size),
+            resample: Resample::from_pil(hf.resample.unwrap_or(resample))?,
+            crop,
+            rescale: hf.do_rescale.unwrap_or(true).then_some(hf.rescale_factor.unwrap_or(1.0 / 255.0)),
+            normalize: hf.do_normalize.unwrap_or(true).then_some((mean, std)),
+        })
+    }
+
+    /// What the Hugging Face model cards of each family use, for checkpoints without a preprocessor config.
+    pub fn default_for(config: &VitConfig) -> Self {
+        let side = config.image_size as u32;
+        match config.model_type {
+            ModelType::Dinov2 => Self {
+                resize: Some(Resize::ShortestEdge(side * 8 / 7)),
+                resample: Resample::Bicubic,
+                crop: Some([side, side]),
+                rescale: Some(1.0 / 255.0),
+                normalize: Some((IMAGENET_MEAN, IMAGENET_STD)),
+            },
+            ModelType::Vit | ModelType::Deit => Self {
+                resize: Some(Resize::Exact { height: side, width: side }),
+                resample: Resample::Bilinear,
+                crop: None,
+                rescale: Some(1.0 / 255.0),
+                normalize: Some((HALF, HALF)),
+            },
+        }
+    }
+
+    /// `[height, width]` of the tensor this recipe makes from an image of `[height, width]`.
+    pub fn output_size(&self, [height, width]: [u32; 2]) -> [u32; 2] {
+        if let Some(crop) = self.crop {
+            return crop;
+        }
+        match self.resize {
+            Some(resize) => resized_size(resize, [height, width]),
+            None => [height, width],
+        }
+    }
+
+    /// The normalised `[3, height, width]` values (channel-major) for one image.
+    pub fn pixels(&self, image: &RgbImage) -> Result<Vec<f32>, ImageError> {
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(ImageError::Empty { width, height });
+        }
+        let resized;
+        let mut image = image;
+        if let Some(resize) = self.resize {
+            let [h, w] = resized_size(resize, [height, width]);
+            if u64::from(h) * u64::from(w) > MAX_RESIZED_PIXELS {
+                return Err(ImageError::Decode(format!(
+                    "a {width}x{height} image would resize to {w}x{h}: the aspect ratio is too extreme"
+                )));
+            }
+            if [h, w] != [height, width] {
+                resized = self.resample.resize(image, w, h);
+                image = &resized;
+            }
+        }
+        let (width, height) = image.dimensions();
+        let [out_h, out_w] = self.crop.unwrap_or([height, width]);
+        // transformers' `center_crop`: top = (height - crop) // 2, zero padding where the crop is larger.
+        let top = (i64::from(height) - i64::from(out_h)).div_euclid(2);
+        let left = (i64::from(width) - i64::from(out_w)).div_euclid(2);
+        let plane = (out_h * out_w) as usize;
+        let mut out = vec![0.0f32; 3 * plane];
+        let (scale, (mean, std)) = (self.rescale.unwrap_or(1.0), self.normalize.unwrap_or(([0.0; 3], [1.0; 3])));
+        for y in 0..out_h as i64 {
+            for x in 0..out_w as i64 {
+                let (sy, sx) = (y + top, x + left);
+                let inside = (0..i64::from(height)).contains(&sy) && (0..i64::from(width)).contains(&sx);
+                let i = (y * i64::from(out_w) + x) as usize;
+                for c in 0..3 {
+                    let value = if inside { f64::from(image.get_pixel(sx as u32, sy as u32)[c]) } else { 0.0 };
+                    out[c * plane + i] = ((value * scale) as f32 - mean[c]) / std[c];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A `[batch, 3, height, width]` tensor from images that all give the same output size.
+    pub fn batch(&self, images: &[RgbImage], device: &Device) -> Result<Tensor<4>, ImageError> {
+        let mut values = Vec::new();
+        let mut size = None;
+        for image in images {
+            let (w, h) = image.dimensions();
+            let out = self.output_size([h, w]);
+            if *size.get_or_insert(out) != out {
+                return Err(ImageError::Decode(format!(
+                    "images of a batch must preprocess to one size, got {size:?} and {out:?}"
+                )));
+            }
+            values.extend(self.pixels(image)?);
+        }
+        let [h, w] = size.unwrap_or([0, 0]);
+        let data = TensorData::new(values, [images.len(), 3, h as usize, w as usize]);
+        Ok(Tensor::from_data(data, device))
+    }
+}
+
+fn parse_resize(value: &serde_json::Value) -> Result<Resize, ConfigError> {
+    let side = |key: &str| value.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+    if let Some(side) = value.as_u64() {
+        return Ok(Resize::Exact { height: side as u32, width: side as u32 });
+    }
+    match (side("height"), side("width"), side("shortest_edge")) {
+        (Some(height), Some(width), _) if height > 0 && width > 0 => Ok(Resize::Exact { height, width }),
+        (_, _, Some(edge)) if edge > 0 => Ok(Resize::ShortestEdge(edge)),
+        _ => Err(ConfigError::Invalid(format!("unsupported size {value}"))),
+    }
+}
+
+/// transformers' `get_resize_output_image_size(default_to_square=False)`: the long side is truncated.
+fn resized_size(resize: Resize, [height, width]: [u32; 2]) -> [u32; 2] {
+    match resize {
+        Resize::Exact { height, width } => [height, width],
+        Resize::ShortestEdge(edge) => {
+            let long = |l: u32, s: u32| ((u64::from(edge) * u64::from(l)) / u64::from(s)).min(u64::from(u32::MAX)) as u32;
+            if width <= height { [long(height, width), edge] } else { [edge, long(width, height)] }
+        }
+    }
+}
+
+/// Decodes an image file's bytes (PNG, JPEG, WebP, GIF, BMP) to 8-bit RGB: alpha is dropped,
+/// 16-bit and greyscale are converted, as PIL's `convert("RGB")` does. Sizes are checked from the
+/// header before any pixel is decoded.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ImageError::Decode(e.to_string()))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(ImageError::TooLarge { width, height, max: MAX_SIDE });
+    }
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { width, height });
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    let mut reader = reader()?;
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(image.to_rgb8())
+}
+
+/// An RGB image from the page's RGBA pixels (`ImageData.data`), alpha dropped.
+pub fn rgb_from_rgba(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageError> {
+    let expected = 4 * width as usize * height as usize;
+    if rgba.len() != expected || width == 0 || height == 0 {
+        return Err(ImageError::PixelCount { len: rgba.len(), width, height });
+    }
+    let rgb = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    Ok(RgbImage::from_raw(width, height, rgb).expect("length checked above"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dinov2_processor_resizes_the_short_side_and_crops() {
+        let config = PreprocessConfig::from_json(
+            r#"{"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256},
+                "crop_size": {"height": 224, "width": 224}, "resample": 3,
+                "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#,
+        )
+        .unwrap();
+        assert_eq!(config.resize, Some(Resize::ShortestEdge(256)));
+        assert_eq!(resized_size(Resize::ShortestEdge(256), [224, 300]), [256, 342]);
+        assert_eq!(config.output_size([224, 300]), [224, 224]);
+        let pixels = config.pixels(&RgbImage::from_pixel(300, 224, image::Rgb([255, 0, 128]))).unwrap();
+        assert_eq!(pixels.len(), 3 * 224 * 224);
+        assert!((pixels[0] - (1.0 - 0.485) / 0.229).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_one_pixel_image_is_fine_and_a_sliver_is_refused() {
+        let config = PreprocessConfig::from_json(r#"{"image_processor_type": "BitImageProcessor"}"#).unwrap();
+        assert_eq!(config.pixels(&RgbImage::new(1, 1)).unwrap().len(), 3 * 224 * 224);
+        let err = config.pixels(&RgbImage::new(1, 16_000)).unwrap_err().to_string();
+        assert!(err.contains("aspect ratio is too extreme"), "{err}");
+    }
+
+    #[test]
+    fn crop_larger_than_image_pads_with_zeros() {
+        let config = PreprocessConfig {
+            resize: None,
+            resample: Resample::Bilinear,
+            crop: Some([4, 4]),
+            rescale: None,
+            normalize: None,
+        };
+        let pixels = config.pixels(&RgbImage::from_pixel(2, 2, image::Rgb([9, 9, 9]))).unwrap();
+        assert_eq!(&pixels[..4], &[0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(&pixels[4..8], &[0.0, 9.0, 9.0, 0.0]);
+    }
+
+    #[test]
+    fn rgba_length_is_checked() {
+        assert!(rgb_from_rgba(&[0; 15], 2, 2).is_err());
+        assert_eq!(rgb_from_rgba(&[1, 2, 3, 4], 1, 1).unwrap().get_pixel(0, 0).0, [1, 2, 3]);
+    }
+
+    #[test]
+    fn headers_claiming_huge_images_are_refused_before_decoding() {
+        // A PNG whose header (IHDR) claims 100000 x 100000 pixels, followed by an empty IDAT.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        png_chunk(&mut png, b"IHDR", &ihdr);
+        png_chunk(&mut png, b"IDAT", &[]);
+        let err = decode_image(&png).unwrap_err().to_string();
+        assert!(err.contains("100000x100000"), "{err}");
+    }
+
+    fn png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        png.extend((data.len() as u32).to_be_bytes());
+        let start = png.len();
+        png.extend(kind);
+        png.extend(data);
+        let crc = crc32(&png[start..]);
+        png.extend(crc.to_be_bytes());
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+}

@@ -1,0 +1,194 @@
+//! Weights in and out: Hugging Face safetensors (ViT, DeiT, DINOv2 names, and timm's) onto [`Vit`].
+//!
+//! Loading is strict: every parameter must come from the file with the right shape, and every
+//! tensor of the file must land somewhere or be on its family's short ignore list. Names and shapes
+//! are checked in the file's own terms (PyTorch layout) before anything is applied, so errors name
+//! what a user can find in their checkpoint. The library takes bytes, never paths, so the same code
+//! runs in the browser.
+
+mod names;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use burn::tensor::DType;
+use burn::tensor::Device;
+use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
+use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use safetensors::{Dtype, SafeTensors};
+
+pub use names::{Family, Mapped, to_canonical, to_hf};
+
+use crate::config::{Head, HfVitConfig, ModelType, VitConfig};
+use crate::error::{ConfigError, LoadError};
+use crate::model::Vit;
+
+/// A model loaded from a checkpoint, with what it was built from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub model: Vit,
+    pub config: VitConfig,
+    /// The parsed `config.json`, kept so that an export can write it back.
+    pub hf_config: HfVitConfig,
+    /// Class names in index order (empty for a backbone).
+    pub labels: Vec<String>,
+    /// Which naming the weights used.
+    pub family: Family,
+}
+
+/// Builds the model described by `config_json` (HF `config.json`) and loads `safetensors` into it.
+pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) -> Result<Loaded, LoadError> {
+    let hf_config = HfVitConfig::from_json(config_json)?;
+    let model_type = hf_config.model_type()?;
+    let file = SafeTensors::deserialize(safetensors).map_err(|e| LoadError::Safetensors(e.to_string()))?;
+    let names: BTreeSet<String> = file.names().into_iter().map(str::to_string).collect();
+
+    let family = if names.contains("pos_embed") || names.iter().any(|n| n.starts_with("blocks.")) {
+        Family::Timm
+    } else {
+        Family::Hf(model_type)
+    };
+    let canonical: BTreeSet<String> = names
+        .iter()
+        .filter_map(|n| match to_canonical(family, n) {
+            Mapped::To(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let head = match (canonical.contains("classifier.weight"), canonical.contains("distillation_classifier.weight")) {
+        (true, true) => Head::LinearWithDistillation,
+        (true, false) => Head::Linear,
+        (false, _) => Head::None,
+    };
+    let config = hf_config.to_vit_config(head)?;
+    let labels = if head == Head::None { Vec::new() } else { hf_config.labels()? };
+    let mut model = config.init(device);
+    load_into(&mut model, &file, family)?;
+    Ok(Loaded { model, config, hf_config, labels, family })
+}
+
+/// Loads every tensor of `file` into `model`, strictly.
+fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), LoadError> {
+    // The model's parameters in PyTorch layout and names: what the file must provide.
+    let expected: BTreeMap<String, Vec<usize>> = model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect();
+    let file_name = |canonical: &str| match family {
+        Family::Hf(model_type) => {
+            to_hf(model_type, canonical, model.has_head(), model.distillation_classifier.is_some())
+        }
+        Family::Timm => canonical.to_string(),
+    };
+
+    let mut tensors = Vec::new();
+    let mut unexpected = Vec::new();
+    for (name, view) in file.tensors() {
+        let targets = match to_canonical(family, &name) {
+            Mapped::To(canonical) => vec![(canonical, 0, 1)],
+            Mapped::SplitQkv { prefix, param } => ["query", "key", "value"]
+                .iter()
+                .enumerate()
+                .map(|(i, part)| (format!("{prefix}.{part}.{param}"), i, 3))
+                .collect(),
+            Mapped::Ignored => continue,
+            Mapped::Unknown => {
+                unexpected.push(name);
+                continue;
+            }
+        };
+        let shape = view.shape().to_vec();
+        for (canonical, part, parts) in targets {
+            let Some(want) = expected.get(&canonical) else {
+                unexpected.push(name.clone());
+                break;
+            };
+            // A fused tensor is `parts` equal blocks along its first axis.
+            let mut part_shape = shape.clone();
+            if parts > 1 {
+                if shape.first().is_none_or(|rows| rows % parts != 0) {
+                    return Err(LoadError::Tensor { name, message: format!("shape {shape:?} does not split in {parts}") });
+                }
+                part_shape[0] /= parts;
+            }
+            if &part_shape != want {
+                return Err(LoadError::Shape { name: name.clone(), expected: want.clone(), found: shape });
+            }
+            let values = to_f32_bytes(&name, view.dtype(), view.data())?;
+            let block = values.len() / parts;
+            let bytes = values[part * block..(part + 1) * block].to_vec();
+            tensors.push(PackTensor::new(canonical, DType::F32, part_shape, None, Bytes::from_bytes_vec(bytes)));
+        }
+    }
+    if !unexpected.is_empty() {
+        return Err(LoadError::UnexpectedKeys(unexpected));
+    }
+    let provided: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let missing: Vec<String> =
+        expected.keys().filter(|k| !provided.contains(k.as_str())).map(|k| file_name(k)).collect();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingKeys(missing));
+    }
+
+    let result = model.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    if let Some(error) = result.errors.first() {
+        return Err(match error {
+            ApplyError::ShapeMismatch { path, expected, found } => LoadError::Shape {
+                name: path.clone(),
+                expected: expected.to_vec(),
+                found: found.to_vec(),
+            },
+            other => LoadError::Tensor { name: String::new(), message: other.to_string() },
+        });
+    }
+    if !result.missing.is_empty() {
+        return Err(LoadError::MissingKeys(result.missing.into_iter().map(|(path, _)| path).collect()));
+    }
+    Ok(())
+}
+
+/// Little-endian f32 bytes of a tensor stored as f32, f16, bf16 or f64.
+fn to_f32_bytes(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>, LoadError> {
+    let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> {
+        data.chunks_exact(width).flat_map(|c| f(c).to_le_bytes()).collect()
+    };
+    Ok(match dtype {
+        Dtype::F32 => data.to_vec(),
+        Dtype::F16 => convert(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        Dtype::BF16 => convert(2, &|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        Dtype::F64 => convert(8, &|c| f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32),
+        other => return Err(LoadError::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") }),
+    })
+}
+
+/// The model's weights as a Hugging Face `model.safetensors` for `model_type` (f32), which
+/// transformers loads into `*ForImageClassification` (or `*Model` for a backbone).
+pub fn save_safetensors(model: &Vit, model_type: ModelType) -> Result<Vec<u8>, LoadError> {
+    let with_head = model.has_head();
+    let teacher = model.distillation_classifier.is_some();
+    let mut named = Vec::new();
+    for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
+        let name = to_hf(model_type, &tensor.name, with_head, teacher);
+        let shape = tensor.shape.to_vec();
+        let bytes = tensor
+            .to_bytes()
+            .map_err(|e| LoadError::Tensor { name: name.clone(), message: e.to_string() })?;
+        named.push((name, shape, bytes.to_vec()));
+    }
+    let views = named
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| LoadError::Safetensors(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    safetensors::serialize(views, metadata).map_err(|e| LoadError::Safetensors(e.to_string()))
+}
+
+impl From<serde_json::Error> for ConfigError {
+    fn from(e: serde_json::Error) -> Self {
+        ConfigError::Json(e.to_string())
+    }
+}

@@ -83,7 +83,10 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
 
     let mut tensors = Vec::new();
     let mut unexpected = Vec::new();
-    for (name, view) in file.tensors() {
+    // In name order, so that the first error reported is the same on every run.
+    let mut entries = file.tensors();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in entries {
         let targets = match to_canonical(family, &name) {
             Mapped::To(canonical) => vec![(canonical, 0, 1)],
             Mapped::SplitQkv { prefix, param } => ["query", "key", "value"]

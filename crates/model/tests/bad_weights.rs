@@ -94,7 +94,7 @@ fn wrong_shape_names_both_shapes() {
     // The config says 64-wide MLPs, the weights hold 48-wide ones.
     let config = config.replace("\"intermediate_size\": 48", "\"intermediate_size\": 64");
     let err = error(&config, &weights);
-    assert_eq!(err, "tensor \"vit.encoder.layer.0.intermediate.dense.weight\" has shape [48, 32], the model expects [64, 32]");
+    assert_eq!(err, "tensor \"vit.encoder.layer.0.intermediate.dense.bias\" has shape [48], the model expects [64]");
 }
 
 #[test]

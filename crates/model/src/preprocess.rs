@@ -164,14 +164,16 @@ impl PreprocessConfig {
         })
     }
 
-    /// What the Hugging Face model cards of each family use, for checkpoints without a preprocessor config.
+    /// What the Hugging Face checkpoints of each family ship, for checkpoints without a preprocessor
+    /// config: `google/vit-*` (exact resize to `image_size`, mean = std = 0.5) and `facebook/dinov2-*`
+    /// (shortest edge 256, crop 224, ImageNet statistics, whatever `image_size` says).
     pub fn default_for(config: &VitConfig) -> Self {
         let side = config.image_size as u32;
         match config.model_type {
             ModelType::Dinov2 => Self {
-                resize: Some(Resize::ShortestEdge(side * 8 / 7)),
+                resize: Some(Resize::ShortestEdge(256)),
                 resample: Resample::Bicubic,
-                crop: Some([side, side]),
+                crop: Some([224, 224]),
                 rescale: Some(1.0 / 255.0),
                 normalize: Some((IMAGENET_MEAN, IMAGENET_STD)),
             },

@@ -1,0 +1,77 @@
+//! Where a model comes from: a local folder, or `hf:ORG/NAME` on the Hugging Face Hub (cached).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use vitrine_model::{Loaded, PreprocessConfig, load_safetensors};
+
+/// A loaded model with its preprocessing and files.
+pub struct Model {
+    pub loaded: Loaded,
+    pub preprocess: PreprocessConfig,
+    /// The folder the files were read from (the Hub cache for `hf:` models).
+    pub dir: PathBuf,
+    /// Bytes of `model.safetensors`.
+    pub weight_bytes: u64,
+}
+
+const CONFIG: &str = "config.json";
+const WEIGHTS: &str = "model.safetensors";
+const PREPROCESSOR: &str = "preprocessor_config.json";
+
+/// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
+/// or `hf:ORG/NAME`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.
+pub fn load(model: &str, device: &Device) -> Result<Model> {
+    let dir = match model.strip_prefix("hf:") {
+        Some(repo) => fetch(repo)?,
+        None => PathBuf::from(model),
+    };
+    let config = read_to_string(&dir.join(CONFIG))?;
+    let weights_path = dir.join(WEIGHTS);
+    let weights = std::fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
+    let loaded = load_safetensors(&config, &weights, device)
+        .with_context(|| format!("cannot load {} with {}", weights_path.display(), dir.join(CONFIG).display()))?;
+    let preprocess_path = dir.join(PREPROCESSOR);
+    let preprocess = if preprocess_path.exists() {
+        PreprocessConfig::from_json(&read_to_string(&preprocess_path)?)
+            .with_context(|| format!("invalid {}", preprocess_path.display()))?
+    } else {
+        PreprocessConfig::default_for(&loaded.config)
+    };
+    Ok(Model { loaded, preprocess, dir, weight_bytes: weights.len() as u64 })
+}
+
+fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The snapshot folder of `repo` in the Hub cache, downloading what is missing (with a progress bar).
+/// A repository already cached loads with no network.
+fn fetch(repo: &str) -> Result<PathBuf> {
+    if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+        bail!("hf:{repo} is not of the form hf:ORG/NAME");
+    }
+    let cache = hf_hub::Cache::from_env();
+    let cached = cache.model(repo.to_string());
+    if let (Some(config), Some(_)) = (cached.get(CONFIG), cached.get(WEIGHTS)) {
+        return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
+    }
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .context("cannot set up the Hugging Face Hub client")?;
+    let remote = api.model(repo.to_string());
+    let offline = |file: &str| {
+        format!(
+            "cannot download {file} of hf:{repo} from the Hugging Face Hub (offline, or no such repository?); \
+             a model already in the cache ({}) loads without network",
+            cache.path().display()
+        )
+    };
+    let config = remote.get(CONFIG).with_context(|| offline(CONFIG))?;
+    remote.get(WEIGHTS).with_context(|| offline(WEIGHTS))?;
+    // Optional: without it the family's default preprocessing applies.
+    let _ = remote.get(PREPROCESSOR);
+    Ok(config.parent().expect("a cached file has a folder").to_path_buf())
+}

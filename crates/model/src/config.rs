@@ -250,7 +250,7 @@ impl Default for HfVitConfig {
 impl HfVitConfig {
     /// Parses `config.json`.
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(json).map_err(|e| ConfigError::Json(e.to_string()))
+        Ok(serde_json::from_str(json)?)
     }
 
     /// The family named by `model_type`.

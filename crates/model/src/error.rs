@@ -15,6 +15,12 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl From<serde_json::Error> for ConfigError {
+    fn from(e: serde_json::Error) -> Self {
+        ConfigError::Json(e.to_string())
+    }
+}
+
 /// Weights that do not fit the model they are loaded into.
 #[derive(Debug, Error)]
 pub enum LoadError {

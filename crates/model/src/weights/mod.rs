@@ -19,7 +19,7 @@ use safetensors::{Dtype, SafeTensors};
 pub use names::{Family, Mapped, to_canonical, to_hf};
 
 use crate::config::{Head, HfVitConfig, ModelType, VitConfig};
-use crate::error::{ConfigError, LoadError};
+use crate::error::LoadError;
 use crate::model::Vit;
 
 /// A model loaded from a checkpoint, with what it was built from.
@@ -188,10 +188,4 @@ pub fn save_safetensors(model: &Vit, model_type: ModelType) -> Result<Vec<u8>, L
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
     safetensors::serialize(views, metadata).map_err(|e| LoadError::Safetensors(e.to_string()))
-}
-
-impl From<serde_json::Error> for ConfigError {
-    fn from(e: serde_json::Error) -> Self {
-        ConfigError::Json(e.to_string())
-    }
 }

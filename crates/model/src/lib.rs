@@ -4,6 +4,7 @@
 //! same code runs natively and in the browser (wasm32). Other crates depend on this one, never the reverse.
 
 pub mod attention;
+pub mod attention_map;
 pub mod config;
 pub mod embeddings;
 pub mod error;

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds the browser app into dist/ (a folder that a Hugging Face static Space serves as it is).
+#
+#   ./build.sh            build the wasm (release) and lay out the site in dist/
+#   ./build.sh serve      the same, then serve dist/ on http://127.0.0.1:8080 (PORT=... to change)
+#   ./build.sh tools      only install the build tools (wasm32 target, wasm-pack, wasm-bindgen-cli)
+#   ./build.sh site       only lay out dist/ again from www/ (the wasm in dist/www/pkg is kept)
+#
+# Tools are installed with `cargo install` when missing: wasm-pack, and wasm-bindgen-cli at exactly
+# the wasm-bindgen version of Cargo.lock (wasm-pack is told never to download its own). wasm-opt runs
+# only if a current binaryen is installed from npm (`npm install binaryen`); Debian's binaryen 108
+# corrupts this module, so it is never used. The wasm's name section is always stripped.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+DIST=$ROOT/dist
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/vitrine/target}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
+}
+
+ensure_tools() {
+  rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+  if ! command -v wasm-pack >/dev/null; then
+    log "installing wasm-pack"
+    cargo install wasm-pack --locked
+  fi
+  local want have
+  want=$(wasm_bindgen_version)
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+  if [ "$have" != "$want" ]; then
+    log "installing wasm-bindgen-cli $want (found: ${have:-none})"
+    # Not --locked: one of its locked dependencies is no longer on crates.io.
+    cargo install wasm-bindgen-cli --version "=$want" --force
+  fi
+}
+
+build_wasm() {
+  log "building crates/web for wasm32 (release)"
+  rm -rf "$DIST/www/pkg"
+  # --mode no-install: use the wasm-bindgen installed above, never download one.
+  wasm-pack --log-level warn build crates/web --release --target web --mode no-install \
+    --no-typescript --no-pack --out-dir "$DIST/www/pkg"
+  rm -f "$DIST/www/pkg/.gitignore" "$DIST/www/pkg/package.json" "$DIST/www/pkg/README.md"
+  local wasm=$DIST/www/pkg/vitrine_web_bg.wasm
+  node "$ROOT/crates/web/tools/strip-names.mjs" "$wasm"
+  if [ -x "$ROOT/node_modules/.bin/wasm-opt" ] && [ "${VITRINE_WASM_OPT:-1}" != 0 ]; then
+    log "wasm-opt -O2 (npm binaryen $("$ROOT/node_modules/.bin/wasm-opt" --version | awk '{ print $3 }'))"
+    "$ROOT/node_modules/.bin/wasm-opt" -O2 --all-features "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
+  fi
+  log "$(du -h "$wasm" | cut -f1) wasm, $(gzip -9c "$wasm" | wc -c | awk '{ printf "%.1f MB", $1 / 1e6 }') gzipped"
+}
+
+layout_site() {
+  log "laying out the site in dist/"
+  mkdir -p "$DIST/www"
+  # Start clean, except for the wasm build.
+  find "$DIST" -mindepth 1 -maxdepth 1 ! -name www -exec rm -rf {} +
+  find "$DIST/www" -mindepth 1 -maxdepth 1 ! -name pkg -exec rm -rf {} +
+  cp index.html sw.js "$DIST/"
+  # www/ without the wasm build output, which lives only in dist/.
+  (cd www && find . -type f ! -path './pkg/*' -print0 | while IFS= read -r -d '' f; do
+    mkdir -p "$DIST/www/$(dirname "$f")"
+    cp "$f" "$DIST/www/$f"
+  done)
+  cat > "$DIST/README.md" <<'EOF'
+---
+title: vitrine
+emoji: 🔎
+colorFrom: indigo
+colorTo: pink
+sdk: static
+app_file: index.html
+pinned: false
+short_description: Vision Transformers in your browser on WebGPU
+---
+
+# vitrine
+
+Image classification with a Vision Transformer (ViT, DeiT, DINOv2) written in Rust on
+[burn](https://burn.dev) and running in your browser on WebGPU, with a CPU fallback, attention maps,
+webcam and offline use. Images never leave the browser.
+
+This folder is built by `./build.sh` in the vitrine repository.
+EOF
+  # Hugging Face keeps files over 10 MB in Git LFS.
+  cat > "$DIST/.gitattributes" <<'EOF'
+*.safetensors filter=lfs diff=lfs merge=lfs -text
+*.wasm filter=lfs diff=lfs merge=lfs -text
+EOF
+  [ -f "$DIST/www/pkg/vitrine_web_bg.wasm" ] || { echo "dist/www/pkg has no wasm: run ./build.sh first" >&2; exit 1; }
+}
+
+serve() {
+  local port=${PORT:-8080}
+  log "serving dist/ on http://127.0.0.1:$port/ (Ctrl+C stops)"
+  exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$DIST"
+}
+
+case "${1:-build}" in
+  tools) ensure_tools ;;
+  site) layout_site ;;
+  build) ensure_tools; build_wasm; layout_site ;;
+  serve) ensure_tools; build_wasm; layout_site; serve ;;
+  *) echo "usage: $0 [build|serve|tools|site]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,265 @@
+//! The wasm-bindgen surface the page's Web Worker uses: a [`Backend`] (WebGPU or CPU), a
+//! [`Classifier`] loaded onto it from a bundle's bytes, and a [`Prediction`] per image.
+//!
+//! Errors cross as `JsError` with a message for people; nothing here panics on user data.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::{Device, Tensor};
+use wasm_bindgen::prelude::*;
+
+use crate::engine::{Engine, TopClass, softmax, top_k};
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// Why the WebGPU device was lost, once it has been.
+type Lost = Arc<Mutex<Option<String>>>;
+
+thread_local! {
+    /// burn registers one wgpu runtime per page (a second `init_async` is refused), so the device
+    /// is acquired once and shared by every `Backend::webgpu` call.
+    static WEBGPU: RefCell<Option<(Device, String, Lost)>> = const { RefCell::new(None) };
+}
+
+/// Where models run: WebGPU through burn-wgpu, or burn's flex CPU backend compiled to wasm (simd128).
+#[wasm_bindgen]
+pub struct Backend {
+    device: Device,
+    kind: &'static str,
+    adapter: String,
+    lost: Option<Lost>,
+}
+
+#[wasm_bindgen]
+impl Backend {
+    /// The WebGPU adapter and device, or an error saying which of `navigator.gpu`, the adapter or the
+    /// device is missing.
+    pub async fn webgpu() -> Result<Backend, JsError> {
+        if let Some((device, adapter, lost)) = WEBGPU.with(|cell| cell.borrow().clone()) {
+            return Ok(Backend { device, kind: "webgpu", adapter, lost: Some(lost) });
+        }
+        if !has_navigator_gpu() {
+            return Err(JsError::new("this browser has no WebGPU (navigator.gpu is missing)"));
+        }
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup_async()
+            .await
+            .map_err(|e| JsError::new(&format!("WebGPU is not usable here: {e}")))?;
+        let info = setup.adapter.get_info();
+        let adapter = if info.name.is_empty() { "WebGPU adapter (name not shown by the browser)".to_string() } else { info.name };
+        let lost: Lost = Arc::default();
+        let flag = lost.clone();
+        setup.device.set_device_lost_callback(move |reason, message| {
+            *flag.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{reason:?}: {message}"));
+        });
+        WEBGPU.with(|cell| *cell.borrow_mut() = Some((device.clone(), adapter.clone(), lost.clone())));
+        Ok(Backend { device, kind: "webgpu", adapter, lost: Some(lost) })
+    }
+
+    /// burn's flex backend on the CPU, in this thread.
+    pub fn cpu() -> Backend {
+        Backend {
+            device: Device::flex(),
+            kind: "cpu",
+            adapter: "CPU (burn flex, wasm simd128)".to_string(),
+            lost: None,
+        }
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn kind(&self) -> String {
+        self.kind.to_string()
+    }
+
+    /// The adapter's description as the browser reports it.
+    #[wasm_bindgen(getter)]
+    pub fn adapter(&self) -> String {
+        self.adapter.clone()
+    }
+
+    /// Why the WebGPU device was lost, if it was.
+    #[wasm_bindgen(js_name = lostReason)]
+    pub fn lost_reason(&self) -> Option<String> {
+        lost_reason(&self.lost)
+    }
+}
+
+impl Backend {
+    /// The burn device models and inputs live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+fn lost_reason(lost: &Option<Lost>) -> Option<String> {
+    lost.as_ref().and_then(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+/// `navigator.gpu` in a page or a worker.
+fn has_navigator_gpu() -> bool {
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &JsValue::from_str("navigator"))
+        .ok()
+        .filter(|n| !n.is_undefined() && !n.is_null())
+        .and_then(|navigator| js_sys::Reflect::get(&navigator, &JsValue::from_str("gpu")).ok())
+        .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
+}
+
+/// A model bundle loaded onto a backend.
+#[wasm_bindgen]
+pub struct Classifier {
+    engine: Engine,
+    device: Device,
+    lost: Option<Lost>,
+}
+
+#[wasm_bindgen]
+impl Classifier {
+    /// Builds the model of `config_json` (Hugging Face `config.json`) on `backend` from the bytes of
+    /// `model.safetensors`; `preprocessor_json` is `preprocessor_config.json` when the bundle has one.
+    pub fn load(
+        backend: &Backend,
+        weights: &[u8],
+        config_json: &str,
+        preprocessor_json: Option<String>,
+    ) -> Result<Classifier, JsError> {
+        let engine = Engine::load(config_json, weights, preprocessor_json.as_deref(), &backend.device)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(Classifier { engine, device: backend.device.clone(), lost: backend.lost.clone() })
+    }
+
+    /// The model as JSON ([`crate::ModelInfo`]).
+    #[wasm_bindgen(getter)]
+    pub fn info(&self) -> String {
+        serde_json::to_string(&self.engine.info()).expect("plain data serialises")
+    }
+
+    /// Top-k and attention maps for RGBA pixels (`ImageData.data`).
+    pub async fn classify(&self, rgba: Vec<u8>, width: u32, height: u32, top_k: usize) -> Result<Prediction, JsError> {
+        let pixels = self.engine.pixels_from_rgba(&rgba, width, height, &self.device).map_err(|e| JsError::new(&e.to_string()))?;
+        let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
+        prediction.region = self.engine.visible_region([height, width]);
+        prediction.width = width;
+        prediction.height = height;
+        Ok(prediction)
+    }
+
+    /// Top-k and attention maps for an image file's bytes, decoded as the `vitrine` CLI decodes them.
+    #[wasm_bindgen(js_name = classifyFile)]
+    pub async fn classify_file(&self, bytes: Vec<u8>, top_k: usize) -> Result<Prediction, JsError> {
+        let (pixels, size) = self.engine.pixels_from_file(&bytes, &self.device).map_err(|e| JsError::new(&e.to_string()))?;
+        let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
+        prediction.region = self.engine.visible_region(size);
+        prediction.width = size[1];
+        prediction.height = size[0];
+        Ok(prediction)
+    }
+
+    /// Why the WebGPU device was lost, if it was (the page then moves to the CPU).
+    #[wasm_bindgen(js_name = lostReason)]
+    pub fn lost_reason(&self) -> Option<String> {
+        lost_reason(&self.lost)
+    }
+}
+
+impl Classifier {
+    /// The loaded engine, for tests that feed exact pixel values.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// One image's `[1, channels, height, width]` model input to a [`Prediction`].
+    pub async fn predict(&self, pixel_values: Tensor<4>, top_k_count: usize) -> Result<Prediction, String> {
+        if let Some(reason) = lost_reason(&self.lost) {
+            return Err(format!("the WebGPU device was lost ({reason})"));
+        }
+        let out = self.engine.run(pixel_values);
+        let read = |e| format!("reading results back failed: {e:?}");
+        let maps = out.maps.into_data_async().await.map_err(read)?.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+        let logits = match out.logits {
+            Some(logits) => logits.into_data_async().await.map_err(read)?.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?,
+            None => Vec::new(),
+        };
+        let top = top_k(&softmax(&logits), top_k_count, self.engine.labels());
+        Ok(Prediction { top, logits, maps, rows: out.grid[0], cols: out.grid[1], region: [0.0, 0.0, 1.0, 1.0], width: 0, height: 0 })
+    }
+}
+
+/// The answer for one image.
+#[wasm_bindgen]
+pub struct Prediction {
+    top: Vec<TopClass>,
+    logits: Vec<f32>,
+    maps: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    region: [f32; 4],
+    width: u32,
+    height: u32,
+}
+
+#[wasm_bindgen]
+impl Prediction {
+    /// Labels of the top-k classes, most probable first (empty for a backbone).
+    #[wasm_bindgen(getter)]
+    pub fn labels(&self) -> Vec<String> {
+        self.top.iter().map(|t| t.label.clone()).collect()
+    }
+
+    /// Class indices of the top-k.
+    #[wasm_bindgen(getter)]
+    pub fn indices(&self) -> Vec<u32> {
+        self.top.iter().map(|t| t.index as u32).collect()
+    }
+
+    /// Softmax probabilities of the top-k.
+    #[wasm_bindgen(getter)]
+    pub fn probs(&self) -> Vec<f32> {
+        self.top.iter().map(|t| t.prob).collect()
+    }
+
+    /// Every class's logit, in index order.
+    #[wasm_bindgen(getter)]
+    pub fn logits(&self) -> Vec<f32> {
+        self.logits.clone()
+    }
+
+    /// `(2 + heads) * rows * cols` values: rollout, last-layer head mean, then each head of each
+    /// layer, each a row-major `rows x cols` grid scaled to a peak of 1.
+    #[wasm_bindgen(getter)]
+    pub fn maps(&self) -> Vec<f32> {
+        self.maps.clone()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Where the maps lie on the image: `[left, top, right, bottom]` as fractions of its sides.
+    #[wasm_bindgen(getter)]
+    pub fn region(&self) -> Vec<f32> {
+        self.region.to_vec()
+    }
+
+    /// Width of the image in pixels (as decoded, for `classifyFile`).
+    #[wasm_bindgen(getter)]
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+}

@@ -1,0 +1,329 @@
+//! What the page asks of a model, for any burn device: load a bundle, turn pixels into logits and
+//! every attention map the page can draw, rank classes.
+//!
+//! Nothing here blocks on a device: [`Engine::run`] returns tensors, and the caller reads them back
+//! (`into_data_async` in the browser, where WebGPU cannot be waited on synchronously).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde::Serialize;
+use vitrine_model::attention_map::{AttentionMap, attention_map};
+use vitrine_model::preprocess::{Resize, decode_image, rgb_from_rgba};
+use vitrine_model::weights::Family;
+use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
+
+/// A loaded model bundle and the recipe that turns images into its input.
+#[derive(Debug)]
+pub struct Engine {
+    model: Vit,
+    config: VitConfig,
+    preprocess: PreprocessConfig,
+    labels: Vec<String>,
+    family: Family,
+}
+
+/// What the page shows about a model, and what it needs to lay out the attention maps.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    /// `vit`, `deit` or `dinov2`.
+    pub model_type: String,
+    /// The tensor naming of the weights: `hf` or `timm`.
+    pub naming: String,
+    pub hidden_size: usize,
+    pub patch_size: usize,
+    /// Heads of each layer, in order (pruned models have fewer in some layers).
+    pub heads: Vec<usize>,
+    /// Classes of the classifier (0 for a backbone).
+    pub num_labels: usize,
+    pub parameters: usize,
+    /// `[height, width]` of the model input for a square image.
+    pub input_size: [u32; 2],
+}
+
+/// One forward pass.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// `[batch, classes]`, when the model has a classifier.
+    pub logits: Option<Tensor<2>>,
+    /// `[batch, 2 + heads in all layers, rows * cols]`, each row peak-normalised CLS attention over the
+    /// patch grid: rollout, then the mean of the last layer's heads, then every head of every layer
+    /// (layer-major, as [`ModelInfo::heads`] counts them).
+    pub maps: Tensor<3>,
+    /// `[rows, cols]` of the patch grid.
+    pub grid: [usize; 2],
+}
+
+/// A class and its softmax probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopClass {
+    pub index: usize,
+    pub label: String,
+    pub prob: f32,
+}
+
+impl Engine {
+    /// Builds the model of `config_json` on `device` and loads `weights` (safetensors) strictly.
+    /// Without `preprocessor_json`, the family's Hugging Face defaults apply.
+    pub fn load(
+        config_json: &str,
+        weights: &[u8],
+        preprocessor_json: Option<&str>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
+        let loaded = load_safetensors(config_json, weights, device)?;
+        let preprocess = match preprocessor_json {
+            Some(json) => PreprocessConfig::from_json(json)?,
+            None => PreprocessConfig::default_for(&loaded.config),
+        };
+        Ok(Self {
+            model: loaded.model,
+            config: loaded.config,
+            preprocess,
+            labels: loaded.labels,
+            family: loaded.family,
+        })
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let side = self.config.image_size as u32;
+        ModelInfo {
+            model_type: self.config.model_type.as_str().to_string(),
+            naming: match self.family {
+                Family::Hf(_) => "hf",
+                Family::Timm => "timm",
+            }
+            .to_string(),
+            hidden_size: self.config.hidden_size,
+            patch_size: self.config.patch_size,
+            heads: self.config.layer_num_attention_heads.clone(),
+            num_labels: self.model.num_labels(),
+            parameters: self.model.num_params(),
+            input_size: self.preprocess.output_size([side, side]),
+        }
+    }
+
+    /// Class names in index order (empty for a backbone).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// The model input for the page's RGBA pixels (`ImageData.data`, alpha ignored).
+    pub fn pixels_from_rgba(&self, rgba: &[u8], width: u32, height: u32, device: &Device) -> Result<Tensor<4>, ImageError> {
+        let image = rgb_from_rgba(rgba, width, height)?;
+        self.preprocess.batch(&[image], device)
+    }
+
+    /// The model input for an image file's bytes, decoded by the same code as the `vitrine` CLI,
+    /// and the image's `[height, width]`.
+    pub fn pixels_from_file(&self, bytes: &[u8], device: &Device) -> Result<(Tensor<4>, [u32; 2]), ImageError> {
+        let image = decode_image(bytes)?;
+        let size = [image.height(), image.width()];
+        Ok((self.preprocess.batch(&[image], device)?, size))
+    }
+
+    /// The part of an image of `[height, width]` that the model input shows (after resize and centre
+    /// crop), as fractions `[left, top, right, bottom]` of the image: where the attention maps go.
+    /// A crop larger than the resized image reaches outside `0..1`.
+    pub fn visible_region(&self, [height, width]: [u32; 2]) -> [f32; 4] {
+        let [resized_h, resized_w] = match self.preprocess.resize {
+            Some(Resize::Exact { height, width }) => [height, width],
+            // transformers' `get_resize_output_image_size`: the long side is truncated.
+            Some(Resize::ShortestEdge(edge)) if width <= height => [(edge as u64 * height as u64 / width.max(1) as u64) as u32, edge],
+            Some(Resize::ShortestEdge(edge)) => [edge, (edge as u64 * width as u64 / height.max(1) as u64) as u32],
+            None => [height, width],
+        };
+        let Some([crop_h, crop_w]) = self.preprocess.crop else { return [0.0, 0.0, 1.0, 1.0] };
+        let top = (i64::from(resized_h) - i64::from(crop_h)).div_euclid(2) as f32;
+        let left = (i64::from(resized_w) - i64::from(crop_w)).div_euclid(2) as f32;
+        let (rh, rw) = (resized_h.max(1) as f32, resized_w.max(1) as f32);
+        [left / rw, top / rh, (left + crop_w as f32) / rw, (top + crop_h as f32) / rh]
+    }
+
+    /// Logits and attention maps for `[batch, channels, height, width]` model input.
+    pub fn run(&self, pixel_values: Tensor<4>) -> Outputs {
+        let [_, _, height, width] = pixel_values.dims();
+        let patch = self.config.patch_size;
+        let grid = [height / patch, width / patch];
+        let out = self.model.forward_with_attentions(pixel_values);
+        let maps = all_maps(&out.attentions, self.config.num_prefix_tokens(), grid);
+        Outputs { logits: out.logits, maps, grid }
+    }
+}
+
+/// The rows of [`Outputs::maps`] from per-layer attention probabilities.
+///
+/// # Shapes
+/// - attentions: one `[batch, heads, tokens, tokens]` per layer, `tokens = prefix + rows * cols`
+/// - output: `[batch, 2 + total heads, rows * cols]`
+///
+/// # Panics
+/// If `attentions` is empty or the grid does not match the tokens.
+pub fn all_maps(attentions: &[Tensor<4>], prefix: usize, [rows, cols]: [usize; 2]) -> Tensor<3> {
+    let patches = rows * cols;
+    let whole = |map| {
+        let out = attention_map(attentions, map, prefix, [rows, cols]);
+        let batch = out.dims()[0];
+        out.reshape([batch, 1, patches])
+    };
+    let mut parts = vec![whole(AttentionMap::Rollout), whole(AttentionMap::LastLayerMean)];
+    // Every head at once per layer: the same values as `AttentionMap::Head`, without one small
+    // graph per head (a ViT-B has 144 heads, and each graph is a round of GPU dispatches).
+    for probs in attentions {
+        let [batch, heads, _, _] = probs.dims();
+        let cls = probs.clone().narrow(2, 0, 1).narrow(3, prefix, patches).reshape([batch, heads, patches]);
+        let peak = cls.clone().max_dim(2).clamp_min(1e-12);
+        parts.push(cls / peak);
+    }
+    Tensor::cat(parts, 1)
+}
+
+/// Softmax of one row of logits, in f64 so that the largest probabilities are exact to f32.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// The `k` most probable classes, most probable first; unnamed classes are `LABEL_{index}`, as in
+/// transformers.
+pub fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<TopClass> {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| TopClass {
+            index,
+            label: labels.get(index).cloned().unwrap_or_else(|| format!("LABEL_{index}")),
+            prob: probs[index],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    use burn::tensor::{TensorData, Tolerance};
+    use safetensors::SafeTensors;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    }
+
+    fn load(name: &str, device: &Device) -> Engine {
+        let dir = fixtures().join(name);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let preprocessor = std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap();
+        let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+        Engine::load(&config, &weights, Some(&preprocessor), device).unwrap()
+    }
+
+    fn tensor<const D: usize>(file: &SafeTensors, name: &str, device: &Device) -> Tensor<D> {
+        let view = file.tensor(name).unwrap();
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        Tensor::from_data(TensorData::new(values, view.shape().to_vec()), device)
+    }
+
+    #[test]
+    fn per_head_rows_equal_the_model_crates_head_maps() {
+        let device = Device::flex();
+        let bytes = std::fs::read(fixtures().join("deit/expected.safetensors")).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let attentions: Vec<Tensor<4>> = (0..2).map(|i| tensor(&file, &format!("attentions.{i}"), &device)).collect();
+        let maps = all_maps(&attentions, 2, [4, 4]);
+        assert_eq!(maps.dims(), [2, 2 + 4 + 4, 16]);
+        let row = |r: usize| maps.clone().narrow(1, r, 1).reshape([2, 4, 4]).into_data();
+        let tolerance = Tolerance::absolute(1e-6);
+        row(0).assert_approx_eq::<f32>(&attention_map(&attentions, AttentionMap::Rollout, 2, [4, 4]).into_data(), tolerance);
+        row(1).assert_approx_eq::<f32>(&attention_map(&attentions, AttentionMap::LastLayerMean, 2, [4, 4]).into_data(), tolerance);
+        for (layer, head) in [(0, 0), (0, 3), (1, 2)] {
+            let expected = attention_map(&attentions, AttentionMap::Head { layer, head }, 2, [4, 4]);
+            row(2 + 4 * layer + head).assert_approx_eq::<f32>(&expected.into_data(), tolerance);
+        }
+    }
+
+    #[test]
+    fn logits_and_shapes_on_a_non_square_input() {
+        let device = Device::flex();
+        let engine = load("dinov2", &device);
+        let bytes = std::fs::read(fixtures().join("dinov2/expected.safetensors")).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let out = engine.run(tensor(&file, "ns.pixel_values", &device));
+        assert_eq!(out.grid, [4, 6]);
+        assert_eq!(out.maps.dims(), [2, 2 + 4 + 4, 24]);
+        out.logits.unwrap().into_data().assert_approx_eq::<f32>(&tensor::<2>(&file, "ns.logits", &device).into_data(), Tolerance::absolute(1e-4));
+    }
+
+    #[test]
+    fn info_describes_the_bundle() {
+        let device = Device::flex();
+        let info = load("deit", &device).info();
+        assert_eq!(info.model_type, "deit");
+        assert_eq!(info.heads, vec![4, 4]);
+        assert_eq!(info.num_labels, 5);
+        assert_eq!(info.input_size, [32, 32]);
+        assert_eq!(load("vit_timm", &device).info().naming, "timm");
+    }
+
+    /// The photo path against transformers' pipeline (PIL decode and resize): 2e-3, for the decoder and
+    /// resampler differences that `crates/model/tests/parity.rs` measures.
+    #[test]
+    fn photos_classify_like_the_transformers_pipeline() {
+        let device = Device::flex();
+        for name in ["vit", "deit", "dinov2"] {
+            let engine = load(name, &device);
+            let pipeline: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(fixtures().join(name).join("pipeline.json")).unwrap()).unwrap();
+            for case in pipeline.as_array().unwrap() {
+                let image = case["image"].as_str().unwrap();
+                let bytes = std::fs::read(fixtures().join("images").join(image)).unwrap();
+                let out = engine.run(engine.pixels_from_file(&bytes, &device).unwrap().0);
+                let logits = out.logits.unwrap().into_data().try_to_vec::<f32>().unwrap();
+                let probs = softmax(&logits);
+                for (ours, theirs) in probs.iter().zip(case["probs"].as_array().unwrap()) {
+                    let diff = (ours - theirs.as_f64().unwrap() as f32).abs();
+                    assert!(diff <= 2e-3, "{name}/{image}: probabilities differ by {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rgba_and_file_bytes_agree() {
+        let device = Device::flex();
+        let engine = load("vit", &device);
+        let png = std::fs::read(fixtures().join("images/wide.png")).unwrap();
+        let rgb = decode_image(&png).unwrap();
+        let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+        let a = engine.pixels_from_file(&png, &device).unwrap().0.into_data();
+        let b = engine.pixels_from_rgba(&rgba, rgb.width(), rgb.height(), &device).unwrap().into_data();
+        assert_eq!(a, b);
+        let err = engine.pixels_from_file(b"not an image", &device).unwrap_err().to_string();
+        assert!(err.contains("cannot decode image"), "{err}");
+    }
+
+    #[test]
+    fn visible_region_follows_resize_and_crop() {
+        let device = Device::flex();
+        // vit: exact resize, no crop: the whole image.
+        assert_eq!(load("vit", &device).visible_region([40, 96]), [0.0, 0.0, 1.0, 1.0]);
+        // dinov2: shortest edge 36 then crop 32: a 40x96 image resizes to 36x86, the crop is 2..34 x 27..59.
+        let [l, t, r, b] = load("dinov2", &device).visible_region([40, 96]);
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(close(l, 27.0 / 86.0) && close(t, 2.0 / 36.0) && close(r, 59.0 / 86.0) && close(b, 34.0 / 36.0), "{l} {t} {r} {b}");
+    }
+
+    #[test]
+    fn top_k_orders_and_names_classes() {
+        let probs = softmax(&[0.0, 2.0, 1.0]);
+        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let top = top_k(&probs, 2, &labels);
+        assert_eq!(top.iter().map(|t| t.index).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(top[0].label, "b");
+        assert_eq!(top[1].label, "LABEL_2");
+    }
+}

@@ -1,0 +1,176 @@
+//! vitrine-web in a real browser (`wasm-pack test --release --headless --chrome`): on the WebGPU
+//! adapter and on the CPU backend, the committed tiny fixtures give transformers' logits and
+//! attention maps, and photos give the same answer on both backends.
+//!
+//! Tolerances: logits within 1e-4 absolute of transformers' (the native build is within 1e-4 too,
+//! `crates/model/tests/parity.rs`), attention maps within 1e-4 of the maps made from transformers'
+//! attention probabilities; WebGPU and CPU within 1e-5 of each other on photos; photo probabilities
+//! within 2e-3 of transformers' PIL pipeline (JPEG decoder and resampler differences, measured in
+//! parity.rs).
+#![cfg(target_arch = "wasm32")]
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+use vitrine_web::engine::all_maps;
+use vitrine_web::{Backend, Classifier, Prediction};
+use wasm_bindgen::JsValue;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+struct Fixture {
+    name: &'static str,
+    config: &'static str,
+    preprocessor: &'static str,
+    weights: &'static [u8],
+    expected: &'static [u8],
+    pipeline: &'static str,
+}
+
+macro_rules! fixture {
+    ($name:literal) => {
+        Fixture {
+            name: $name,
+            config: include_str!(concat!("../../../tests/fixtures/", $name, "/config.json")),
+            preprocessor: include_str!(concat!("../../../tests/fixtures/", $name, "/preprocessor_config.json")),
+            weights: include_bytes!(concat!("../../../tests/fixtures/", $name, "/model.safetensors")),
+            expected: include_bytes!(concat!("../../../tests/fixtures/", $name, "/expected.safetensors")),
+            pipeline: include_str!(concat!("../../../tests/fixtures/", $name, "/pipeline.json")),
+        }
+    };
+}
+
+fn fixtures() -> [Fixture; 3] {
+    [fixture!("vit"), fixture!("deit"), fixture!("dinov2")]
+}
+
+const PHOTOS: [(&str, &[u8]); 4] = [
+    ("tench.jpg", include_bytes!("../../../tests/fixtures/images/tench.jpg")),
+    ("church.jpg", include_bytes!("../../../tests/fixtures/images/church.jpg")),
+    ("parachute.jpg", include_bytes!("../../../tests/fixtures/images/parachute.jpg")),
+    ("wide.png", include_bytes!("../../../tests/fixtures/images/wide.png")),
+];
+
+async fn webgpu() -> Backend {
+    Backend::webgpu().await.map_err(JsValue::from).expect("WebGPU must be available to this test (--enable-unsafe-webgpu)")
+}
+
+fn load(backend: &Backend, f: &Fixture) -> Classifier {
+    Classifier::load(backend, f.weights, f.config, Some(f.preprocessor.to_string()))
+        .map_err(JsValue::from)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", f.name))
+}
+
+/// One tensor of an `expected.safetensors`, item `item` of its batch.
+fn expected<const D: usize>(file: &SafeTensors, name: &str, item: usize, device: &Device) -> Tensor<D> {
+    let view = file.tensor(name).unwrap_or_else(|_| panic!("fixture has no {name}"));
+    let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let tensor = Tensor::<D>::from_data(TensorData::new(values, view.shape().to_vec()), device);
+    tensor.narrow(0, item, 1)
+}
+
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+async fn check_against_transformers(backend: &Backend) {
+    let cpu = Device::flex();
+    for f in fixtures() {
+        let classifier = load(backend, &f);
+        let file = SafeTensors::deserialize(f.expected).unwrap();
+        for item in 0..2 {
+            let pixels = expected::<4>(&file, "pixel_values", item, backend.device());
+            let out = classifier.predict(pixels, 5).await.unwrap();
+            let logits = values(expected::<2>(&file, "logits", item, &cpu));
+            let diff = max_diff(&out.logits(), &logits);
+            assert!(diff <= 1e-4, "{} on {}: logits differ from transformers' by {diff}", f.name, backend.kind());
+
+            let attentions: Vec<Tensor<4>> =
+                (0..2).map(|layer| expected(&file, &format!("attentions.{layer}"), item, &cpu)).collect();
+            let prefix = if f.name == "deit" { 2 } else { 1 };
+            let reference = values(all_maps(&attentions, prefix, [4, 4]));
+            let diff = max_diff(&out.maps(), &reference);
+            assert!(diff <= 1e-4, "{} on {}: attention maps differ by {diff}", f.name, backend.kind());
+            assert_eq!((out.rows(), out.cols()), (4, 4));
+            let rollout = &out.maps()[..16];
+            assert!(rollout.iter().any(|&v| v < 0.9), "{}: rollout is flat: {rollout:?}", f.name);
+        }
+        // A non-square input: interpolated position embeddings on this backend.
+        let pixels = expected::<4>(&file, "ns.pixel_values", 0, backend.device());
+        let out = classifier.predict(pixels, 5).await.unwrap();
+        let diff = max_diff(&out.logits(), &values(expected::<2>(&file, "ns.logits", 0, &cpu)));
+        assert!(diff <= 1e-4, "{} on {}: non-square logits differ by {diff}", f.name, backend.kind());
+        assert_eq!((out.rows(), out.cols()), (4, 6));
+    }
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_matches_transformers() {
+    let backend = webgpu().await;
+    assert_eq!(backend.kind(), "webgpu");
+    check_against_transformers(&backend).await;
+}
+
+#[wasm_bindgen_test]
+async fn cpu_matches_transformers() {
+    check_against_transformers(&Backend::cpu()).await;
+}
+
+async fn classify(classifier: &Classifier, bytes: &[u8]) -> Prediction {
+    classifier.classify_file(bytes.to_vec(), 5).await.map_err(JsValue::from).unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn photos_agree_on_both_backends_and_with_the_pipeline() {
+    let gpu = webgpu().await;
+    let cpu = Backend::cpu();
+    for f in fixtures() {
+        let on_gpu = load(&gpu, &f);
+        let on_cpu = load(&cpu, &f);
+        let pipeline: serde_json::Value = serde_json::from_str(f.pipeline).unwrap();
+        for case in pipeline.as_array().unwrap() {
+            let image = case["image"].as_str().unwrap();
+            let bytes = PHOTOS.iter().find(|(name, _)| *name == image).unwrap().1;
+            let (a, b) = (classify(&on_gpu, bytes).await, classify(&on_cpu, bytes).await);
+            let diff = max_diff(&a.logits(), &b.logits());
+            assert!(diff <= 1e-5, "{}/{image}: WebGPU and CPU logits differ by {diff}", f.name);
+            let diff = max_diff(&a.maps(), &b.maps());
+            assert!(diff <= 1e-5, "{}/{image}: WebGPU and CPU attention maps differ by {diff}", f.name);
+            let probs = vitrine_web::softmax(&a.logits());
+            let theirs: Vec<f32> = case["probs"].as_array().unwrap().iter().map(|p| p.as_f64().unwrap() as f32).collect();
+            let diff = max_diff(&probs, &theirs);
+            assert!(diff <= 2e-3, "{}/{image}: probabilities differ from transformers' pipeline by {diff}", f.name);
+            assert_eq!(a.labels().len(), 5);
+            assert_eq!(a.probs()[0], probs[a.indices()[0] as usize]);
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+async fn rgba_pixels_and_files_agree() {
+    let classifier = load(&Backend::cpu(), &fixture!("vit"));
+    let rgb = vitrine_model::preprocess::decode_image(PHOTOS[0].1).unwrap();
+    let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let from_pixels = classifier.classify(rgba, rgb.width(), rgb.height(), 3).await.map_err(JsValue::from).unwrap();
+    let from_file = classify(&classifier, PHOTOS[0].1).await;
+    assert_eq!(from_pixels.logits(), from_file.logits());
+    assert_eq!(from_pixels.labels().len(), 3);
+}
+
+#[wasm_bindgen_test]
+async fn bad_input_is_an_error_not_a_panic() {
+    let backend = Backend::cpu();
+    let f = fixture!("vit");
+    let classifier = load(&backend, &f);
+    assert!(classifier.classify_file(b"GIF89a not really".to_vec(), 5).await.is_err());
+    assert!(classifier.classify(vec![0; 7], 2, 2, 5).await.is_err());
+    assert!(Classifier::load(&backend, &f.weights[..100], f.config, None).is_err());
+    assert!(Classifier::load(&backend, f.weights, "{\"model_type\": \"bert\"}", None).is_err());
+    let info: serde_json::Value = serde_json::from_str(&classifier.info()).unwrap();
+    assert_eq!(info["heads"], serde_json::json!([4, 4]));
+}

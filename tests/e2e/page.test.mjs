@@ -1,0 +1,304 @@
+// End-to-end tests of the built page (dist/, made by ./build.sh) in headless Chromium (/usr/bin/chromium,
+// driven by playwright-core), against the native `vitrine predict --json` on the same bundle and photos.
+//
+// Tolerance: each top-5 probability within 1e-4 of the native one, the same labels in the same order.
+// The page decodes uploaded files with the same Rust decoder and preprocessing as the CLI, so only the
+// backend's float arithmetic differs (WebGPU or wasm CPU vs native flex; seen: under 1e-6).
+//
+// Screenshots go to $VITRINE_ARTIFACTS (default: target-e2e/ in the checkout).
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './server.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const DIST = join(ROOT, 'dist');
+const IMAGES = join(ROOT, 'tests/fixtures/images');
+const BUNDLE = join(ROOT, 'www/models/default');
+const ARTIFACTS = process.env.VITRINE_ARTIFACTS ?? join(ROOT, 'target-e2e');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const TOLERANCE = 1e-4;
+const TIMEOUT = 120_000;
+
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/vitrine/target');
+const VITRINE = process.env.VITRINE_BIN ?? join(targetDir, 'release/vitrine');
+
+const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
+const WEBGPU_ARGS = [...BASE_ARGS, '--enable-unsafe-webgpu'];
+const NO_WEBGPU_ARGS = [...BASE_ARGS, '--disable-features=WebGPU'];
+
+mkdirSync(ARTIFACTS, { recursive: true });
+
+function native(image) {
+  const out = execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', join(IMAGES, image)], { encoding: 'utf8' });
+  return JSON.parse(out)[0].top;
+}
+
+async function launch(args) {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args });
+}
+
+async function open(browser, url, { viewport = { width: 1360, height: 860 } } = {}) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(msg.text());
+  });
+  await page.goto(url);
+  return { context, page, errors };
+}
+
+// Waits for the result list to change from `seq` (a data attribute the page bumps per result).
+async function nextResult(page, seq, image) {
+  await page.waitForFunction(
+    ([seq, image]) => {
+      const list = document.querySelector('#predictions');
+      return Number(list.dataset.seq || 0) > seq && (!image || list.dataset.image === image) && list.querySelector('[data-label]');
+    },
+    [seq, image],
+    { timeout: TIMEOUT },
+  );
+  return readPredictions(page);
+}
+
+async function seqOf(page) {
+  return page.evaluate(() => Number(document.querySelector('#predictions').dataset.seq || 0));
+}
+
+async function readPredictions(page) {
+  return page.$$eval('#predictions [data-label]', (rows) => rows.map((r) => ({ label: r.dataset.label, prob: Number(r.dataset.prob) })));
+}
+
+function assertMatchesNative(rows, reference, what) {
+  assert.equal(rows.length, Math.min(5, reference.length), `${what}: ${rows.length} rows`);
+  rows.forEach((row, i) => {
+    assert.equal(row.label, reference[i].label, `${what}: row ${i} label`);
+    const diff = Math.abs(row.prob - reference[i].prob);
+    assert.ok(diff <= TOLERANCE, `${what}: ${row.label} probability ${row.prob} vs native ${reference[i].prob} (diff ${diff})`);
+  });
+  const sum = rows.reduce((a, r) => a + r.prob, 0);
+  assert.ok(sum > 0 && sum <= 1 + 1e-5, `${what}: probabilities sum to ${sum}`);
+}
+
+// The attention overlay as drawn: alpha values over the canvas must vary (a flat map draws one alpha).
+async function overlayStats(page) {
+  return page.evaluate(() => {
+    const canvas = document.querySelector('#overlay');
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let n = 0;
+    let sum = 0;
+    let sq = 0;
+    const distinct = new Set();
+    for (let i = 3; i < data.length; i += 4 * 7) {
+      if (data[i] === 0) continue;
+      n++;
+      sum += data[i];
+      sq += data[i] * data[i];
+      distinct.add(data[i]);
+    }
+    const mean = n ? sum / n : 0;
+    return { painted: n, std: n ? Math.sqrt(sq / n - mean * mean) : 0, distinct: distinct.size, min: Number(canvas.dataset.min), max: Number(canvas.dataset.max) };
+  });
+}
+
+function assertNonUniform(stats, what) {
+  assert.ok(stats.painted > 1000, `${what}: overlay painted ${stats.painted} sampled pixels`);
+  assert.ok(stats.distinct > 8 && stats.std > 3, `${what}: overlay looks flat (${JSON.stringify(stats)})`);
+  assert.ok(stats.max - stats.min > 0.05, `${what}: map values span ${stats.min}..${stats.max}`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
+}
+
+before(() => {
+  assert.ok(existsSync(join(DIST, 'www/pkg/vitrine_web_bg.wasm')), 'dist/ has no wasm: run ./build.sh first');
+  assert.ok(existsSync(VITRINE), `${VITRINE} is missing: cargo build --release -p vitrine`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
+});
+
+describe('with WebGPU', () => {
+  let server;
+  let browser;
+  before(async () => {
+    server = await serve(DIST);
+    browser = await launch(WEBGPU_ARGS);
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('an uploaded photo gives the native top-5 and a non-uniform attention overlay', { timeout: TIMEOUT * 3 }, async () => {
+    const { context, page, errors } = await open(browser, server.url);
+    await page.waitForSelector('#backend[data-backend="webgpu"]', { timeout: TIMEOUT });
+    assert.match(await page.textContent('#backend'), /WebGPU · \S/);
+    assert.ok(await page.isHidden('#notice'), 'no fallback notice on WebGPU');
+    await nextResult(page, 0, 'tench.jpg'); // the first sample, classified on load
+
+    const seq = await seqOf(page);
+    await page.setInputFiles('input[type=file]#file', join(IMAGES, 'church.jpg'));
+    const rows = await nextResult(page, seq, 'church.jpg');
+    assertMatchesNative(rows, native('church.jpg'), 'church.jpg on WebGPU');
+    assert.match(await page.textContent('#timing'), /ms\/image · WebGPU/);
+    assertNonUniform(await overlayStats(page), 'rollout');
+    await shot(page, 'webgpu-upload');
+
+    // A single head of the first layer, at full opacity.
+    await page.selectOption('#map', 'head');
+    await page.selectOption('#layer', '0');
+    await page.selectOption('#head', '1');
+    await page.$eval('#opacity', (input) => {
+      input.value = '100';
+      input.dispatchEvent(new Event('input'));
+    });
+    assert.equal(await page.getAttribute('#overlay', 'data-map'), 'head');
+    assertNonUniform(await overlayStats(page), 'layer 1 head 2');
+    await page.selectOption('#map', 'mean');
+    assertNonUniform(await overlayStats(page), 'last-layer mean');
+    await shot(page, 'webgpu-head-map');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('paste from the clipboard', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page, errors } = await open(browser, server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    const seq = await seqOf(page);
+    const png = [...readFileSync(join(IMAGES, 'wide.png'))];
+    await page.evaluate((bytes) => {
+      const file = new File([new Uint8Array(bytes)], 'wide.png', { type: 'image/png' });
+      const data = new DataTransfer();
+      data.items.add(file);
+      document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true }));
+    }, png);
+    const rows = await nextResult(page, seq, 'wide.png');
+    assertMatchesNative(rows, native('wide.png'), 'pasted wide.png');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('a corrupt image shows an error and the page keeps working', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page } = await open(browser, server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    const before = await readPredictions(page);
+    await page.setInputFiles('#file', { name: 'broken.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('\xff\xd8\xff\xe0 this is not a JPEG at all') });
+    await page.waitForSelector('#message:not([hidden])', { timeout: TIMEOUT });
+    assert.match(await page.textContent('#message-text'), /broken\.jpg/);
+    assert.deepEqual(await readPredictions(page), before, 'the previous answer stays');
+    await shot(page, 'corrupt-image');
+
+    const seq = await seqOf(page);
+    await page.setInputFiles('#file', join(IMAGES, 'parachute.jpg'));
+    const rows = await nextResult(page, seq, 'parachute.jpg');
+    assertMatchesNative(rows, native('parachute.jpg'), 'parachute.jpg after the error');
+    assert.ok(await page.isHidden('#message'), 'the error is cleared by the next image');
+    await context.close();
+  });
+
+  test('webcam: snapshot and live mode with the fake camera', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page, errors } = await open(browser, server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    await page.click('#camera');
+    await page.waitForFunction(() => document.querySelector('#video').videoWidth > 0, null, { timeout: TIMEOUT });
+    let seq = await seqOf(page);
+    await page.click('#snapshot');
+    const rows = await nextResult(page, seq, 'Camera snapshot');
+    assert.equal(rows.length, 5);
+    assertNonUniform(await overlayStats(page), 'snapshot');
+
+    await page.click('#live');
+    seq = await seqOf(page);
+    await page.waitForFunction((seq) => Number(document.querySelector('#predictions').dataset.seq) >= seq + 3, seq, { timeout: TIMEOUT });
+    assert.match(await page.textContent('#timing'), /fps/);
+    assert.equal(await page.getAttribute('#predictions', 'data-image'), 'Camera (live)');
+    await shot(page, 'webcam-live');
+    await page.click('#live');
+    await page.click('#camera');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('camera permission refused is explained', { timeout: TIMEOUT }, async () => {
+    const context = await browser.newContext();
+    await context.addInitScript(() => {
+      navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('Permission denied', 'NotAllowedError'));
+    });
+    const page = await context.newPage();
+    await page.goto(server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    await page.click('#camera');
+    await page.waitForSelector('#message:not([hidden])');
+    assert.match(await page.textContent('#message-text'), /Camera permission was refused/);
+    await context.close();
+  });
+
+  test('?backend=cpu and ?model= select the backend and the bundle; a bad model is reported', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page } = await open(browser, `${server.url}?backend=cpu&model=./www/models/default/`);
+    await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+    await nextResult(page, 0, 'tench.jpg');
+    await context.close();
+
+    const bad = await open(browser, `${server.url}?model=./www/models/missing/`);
+    await bad.page.waitForSelector('#message:not([hidden])', { timeout: TIMEOUT });
+    assert.match(await bad.page.textContent('#message-text'), /Could not load the model .*missing.*config\.json: HTTP 404/);
+    await shot(bad.page, 'bad-model');
+    await bad.context.close();
+  });
+
+  test('offline: after the first visit the page works with the network off', { timeout: TIMEOUT * 3 }, async () => {
+    const own = await serve(DIST);
+    const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });
+    const page = await context.newPage();
+    await page.goto(own.url);
+    await nextResult(page, 0, 'tench.jpg');
+    await page.evaluate(() => navigator.serviceWorker.ready);
+    await page.waitForFunction(() => navigator.serviceWorker.controller || document.readyState === 'complete');
+    await own.close(); // the network is gone
+    await page.reload();
+    await nextResult(page, 0, 'tench.jpg');
+    const seq = await seqOf(page);
+    await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
+    assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg'), 'church.jpg offline');
+    await shot(page, 'offline');
+    await context.close();
+  });
+});
+
+describe('without WebGPU', () => {
+  let server;
+  let browser;
+  before(async () => {
+    server = await serve(DIST);
+    browser = await launch(NO_WEBGPU_ARGS);
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('the CPU fallback says so and gives the native top-5', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page, errors } = await open(browser, server.url);
+    await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+    await page.waitForSelector('#notice:not([hidden])');
+    assert.match(await page.textContent('#notice'), /WebGPU is not available.*CPU/);
+    await nextResult(page, 0, 'tench.jpg');
+    const seq = await seqOf(page);
+    await page.setInputFiles('#file', join(IMAGES, 'parachute.jpg'));
+    const rows = await nextResult(page, seq, 'parachute.jpg');
+    assertMatchesNative(rows, native('parachute.jpg'), 'parachute.jpg on the CPU');
+    assert.match(await page.textContent('#timing'), /ms\/image · CPU/);
+    assertNonUniform(await overlayStats(page), 'CPU rollout');
+    await shot(page, 'cpu-fallback');
+    await page.setViewportSize({ width: 420, height: 900 });
+    await shot(page, 'cpu-fallback-narrow');
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+});

@@ -1,0 +1,745 @@
+// The page: inputs (file, drop, paste, camera, samples), the model picker, and drawing the results.
+// The model itself runs in a Web Worker (worker.js), so the page never freezes.
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const TOP_K = 5;
+const DEFAULT_BUNDLE = new URL('models/default/', import.meta.url).href;
+const SAMPLES = [
+  { file: 'samples/tench.jpg', name: 'tench.jpg' },
+  { file: 'samples/church.jpg', name: 'church.jpg' },
+  { file: 'samples/parachute.jpg', name: 'parachute.jpg' },
+];
+const FILE_TYPES = /^image\/(png|jpeg|webp|gif|bmp)$/;
+
+// Timings for docs/browser.md: milliseconds since navigation start.
+const stats = { scriptStart: performance.now() };
+window.vitrineStats = stats;
+
+const state = {
+  worker: null,
+  nextId: 1,
+  pending: new Map(),
+  backend: null, // { kind, adapter, fallback, wanted }
+  source: null, // the model bundle in use: { kind: 'url', base, label } or { kind: 'files', ... }
+  model: null, // ModelInfo from the worker
+  input: null, // what is on the stage: { kind: 'blob', blob, name } | { kind: 'pixels', bitmap, name }
+  bitmap: null, // the image drawn on the stage (ImageBitmap), or null while the camera preview shows
+  prediction: null,
+  token: 0, // the latest classification asked for; older answers are dropped
+  camera: null, // MediaStream
+  live: false,
+  frozen: false,
+};
+
+// ---------------------------------------------------------------- worker
+
+function startWorker(wanted) {
+  state.worker?.terminate();
+  for (const { reject } of state.pending.values()) reject(new Error('the model restarted'));
+  state.pending.clear();
+  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = ({ data }) => onWorkerMessage(data);
+  worker.onerror = (event) => {
+    event.preventDefault();
+    showMessage(`The model thread failed to start: ${event.message || 'the browser gave no reason'}.`);
+  };
+  state.worker = worker;
+  return call({ type: 'init', backend: wanted });
+}
+
+function call(message, transfer = []) {
+  const id = state.nextId++;
+  return new Promise((resolve, reject) => {
+    state.pending.set(id, { resolve, reject });
+    state.worker.postMessage({ ...message, id }, transfer);
+  });
+}
+
+function onWorkerMessage(data) {
+  if (data.type === 'progress') return showProgress(data);
+  const pending = state.pending.get(data.id);
+  if (!pending) return;
+  state.pending.delete(data.id);
+  if (data.type === 'error') {
+    const error = new Error(data.message);
+    Object.assign(error, { stage: data.stage, fatal: data.fatal, lost: data.lost });
+    pending.reject(error);
+  } else {
+    pending.resolve(data);
+  }
+}
+
+async function boot() {
+  registerServiceWorker();
+  renderSamples();
+  bindInputs();
+  const wanted = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('backend') : 'auto';
+  try {
+    await initBackend(wanted);
+  } catch (err) {
+    showMessage(`The model could not start: ${err.message}`);
+    return;
+  }
+  const requested = params.get('model');
+  let loaded = false;
+  try {
+    loaded = await loadModel(requested ? sourceFromText(requested) : defaultSource());
+  } catch (err) {
+    showMessage(`“${requested}” is neither a Hugging Face repository (org/name) nor a URL.`);
+  }
+  // A model that fails to load leaves its message up while the bundled one stands in.
+  if (!loaded && requested) loaded = await loadModel(defaultSource(), { keepMessage: true });
+  if (loaded && !state.input) await classifySample(SAMPLES[0], { keepMessage: true });
+}
+
+async function initBackend(wanted) {
+  const backend = await startWorker(wanted);
+  state.backend = backend;
+  stats.backendReady = performance.now();
+  const badge = $('backend');
+  badge.dataset.backend = backend.kind;
+  $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : 'CPU · WebAssembly SIMD';
+  badge.title = backend.kind === 'webgpu' ? `Runs on the GPU through WebGPU (${backend.adapter})` : 'Runs on the CPU (burn flex, WebAssembly SIMD)';
+  if (backend.fallback) {
+    showNotice(`WebGPU is not available here (${backend.fallback}), so the model runs on the CPU, which is slower.`);
+  } else if (wanted === 'cpu') {
+    showNotice('Running on the CPU, as the page address asks (backend=cpu).');
+  } else {
+    hideNotice();
+  }
+}
+
+// ---------------------------------------------------------------- models
+
+function defaultSource() {
+  return { kind: 'url', base: DEFAULT_BUNDLE, label: 'Bundled model' };
+}
+
+// `org/name`, `hf:org/name`, a huggingface.co repository URL, or the URL of a bundle folder
+// (relative ones start with `./` or `/`).
+function sourceFromText(text) {
+  const trimmed = text.trim();
+  const hub = trimmed.match(/^(?:hf:|https:\/\/huggingface\.co\/)?([\w-][\w.-]*\/[\w.-]+?)(?:\/(?:tree|resolve|blob)\/main)?\/?$/);
+  if (hub && (!/^https?:/.test(trimmed) || trimmed.startsWith('https://huggingface.co/'))) {
+    return { kind: 'url', base: `https://huggingface.co/${hub[1]}/resolve/main/`, label: hub[1] };
+  }
+  const url = new URL(trimmed, location.href);
+  url.pathname = url.pathname.replace(/(config\.json|model\.safetensors)$/, '');
+  if (!url.pathname.endsWith('/')) url.pathname += '/';
+  return { kind: 'url', base: url.href, label: url.href };
+}
+
+async function loadModel(source, { keepMessage = false } = {}) {
+  setBusy(true);
+  $('progress-row').hidden = source.kind !== 'url';
+  $('progress').value = 0;
+  $('progress-text').textContent = `Loading ${source.label}…`;
+  try {
+    const transfer = source.kind === 'files' ? [source.files.weights] : [];
+    const loaded = await call({ type: 'load', source }, transfer);
+    state.source = source.kind === 'files' ? { kind: 'files', label: source.label } : source;
+    state.model = loaded.info;
+    stats.modelReady = performance.now();
+    renderModelInfo(loaded);
+    $('progress-row').hidden = true;
+    if (!keepMessage) hideMessage();
+    syncModelSelect();
+    return true;
+  } catch (err) {
+    $('progress-row').hidden = true;
+    showMessage(`Could not load the model ${source.label}: ${err.message}`);
+    syncModelSelect();
+    if (err.fatal || err.lost) await recoverOnCpu(err);
+    return false;
+  } finally {
+    setBusy(false);
+  }
+}
+
+function showProgress({ label, loaded, total, cached }) {
+  $('progress-row').hidden = false;
+  const progress = $('progress');
+  if (total > 0) {
+    progress.max = total;
+    progress.value = loaded;
+  } else {
+    progress.removeAttribute('value');
+  }
+  const size = total > 0 ? `${mb(loaded)} of ${mb(total)}` : mb(loaded);
+  $('progress-text').textContent = cached ? `${label}: ${mb(total)} from the offline cache` : `Downloading ${label}: ${size}`;
+}
+
+function renderModelInfo({ info, label, bytes }) {
+  const heads = info.heads;
+  const uniform = heads.every((h) => h === heads[0]);
+  const rows = [
+    ['Model', label],
+    ['Architecture', `${info.model_type.toUpperCase()} · ${heads.length} layers · ${uniform ? heads[0] : heads.join('/')} heads · width ${info.hidden_size}`],
+    ['Input', `${info.input_size[1]}×${info.input_size[0]} px, ${info.patch_size}-px patches`],
+    ['Classes', info.num_labels ? info.num_labels.toLocaleString() : 'none (a backbone: attention maps only)'],
+    ['Parameters', `${(info.parameters / 1e6).toFixed(info.parameters < 1e6 ? 3 : 1)} M · ${mb(bytes)}`],
+  ];
+  const dl = $('model-info');
+  dl.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
+  dl.dataset.modelType = info.model_type;
+
+  const layer = $('layer');
+  layer.replaceChildren(...heads.map((_, i) => el('option', { value: i }, String(i + 1))));
+  layer.value = String(heads.length - 1);
+  fillHeads();
+}
+
+function fillHeads() {
+  const heads = state.model?.heads ?? [];
+  const count = heads[Number($('layer').value)] ?? 0;
+  const head = $('head');
+  const previous = Number(head.value) || 0;
+  head.replaceChildren(...Array.from({ length: count }, (_, i) => el('option', { value: i }, String(i + 1))));
+  head.value = String(Math.min(previous, Math.max(count - 1, 0)));
+}
+
+function syncModelSelect() {
+  const select = $('model-select');
+  const source = state.source;
+  if (!source) return;
+  if (source.kind === 'url' && source.base === DEFAULT_BUNDLE) select.value = 'default';
+  else if (source.kind === 'url' && [...select.options].some((o) => o.value === `hf:${source.label}`)) select.value = `hf:${source.label}`;
+  else select.value = 'custom';
+  $('custom-row').hidden = select.value !== 'custom';
+  if (select.value === 'custom' && source.kind === 'url') $('model-repo').value = source.label;
+}
+
+async function switchModel(source) {
+  const ok = await loadModel(source);
+  if (ok) await reclassify();
+}
+
+// ---------------------------------------------------------------- inputs
+
+function bindInputs() {
+  $('file').addEventListener('change', (e) => {
+    const file = e.target.files[0];
+    if (file) classifyBlob(file, file.name);
+    e.target.value = '';
+  });
+
+  const drop = $('drop');
+  window.addEventListener('dragover', (e) => {
+    e.preventDefault();
+    drop.classList.add('dragging');
+  });
+  window.addEventListener('dragleave', (e) => {
+    if (!e.relatedTarget) drop.classList.remove('dragging');
+  });
+  window.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('dragging');
+    const file = [...(e.dataTransfer?.files ?? [])][0];
+    if (file) classifyBlob(file, file.name);
+  });
+
+  document.addEventListener('paste', (e) => {
+    if (e.target instanceof HTMLInputElement && e.target.type === 'text') return;
+    const item = [...(e.clipboardData?.items ?? [])].find((i) => i.kind === 'file' && i.type.startsWith('image/'));
+    if (!item) return;
+    e.preventDefault();
+    const file = item.getAsFile();
+    if (file) classifyBlob(file, file.name && file.name !== 'image.png' ? file.name : 'Pasted image');
+  });
+
+  $('camera').addEventListener('click', () => (state.camera ? stopCamera() : startCamera()));
+  $('snapshot').addEventListener('click', snapshot);
+  $('live').addEventListener('click', () => setLive(!state.live));
+
+  $('map').addEventListener('change', () => {
+    syncMapControls();
+    drawOverlay();
+  });
+  $('layer').addEventListener('change', () => {
+    fillHeads();
+    drawOverlay();
+  });
+  $('head').addEventListener('change', drawOverlay);
+  $('opacity').addEventListener('input', drawOverlay);
+  syncMapControls();
+
+  $('model-select').addEventListener('change', (e) => {
+    const value = e.target.value;
+    $('custom-row').hidden = value !== 'custom';
+    if (value === 'default') switchModel(defaultSource());
+    else if (value.startsWith('hf:')) switchModel(sourceFromText(value));
+    else $('model-repo').focus();
+  });
+  $('model-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = $('model-repo').value;
+    if (!text.trim()) return;
+    try {
+      switchModel(sourceFromText(text));
+    } catch (err) {
+      showMessage(`“${text}” is neither a Hugging Face repository (org/name) nor a URL.`);
+    }
+  });
+  $('bundle-files').addEventListener('change', async (e) => {
+    const files = [...e.target.files];
+    e.target.value = '';
+    const find = (name) => files.find((f) => f.name === name);
+    const weights = find('model.safetensors') ?? files.find((f) => f.name.endsWith('.safetensors'));
+    const config = find('config.json');
+    if (!weights || !config) {
+      showMessage('A model bundle needs config.json and model.safetensors (and optionally preprocessor_config.json): select them together.');
+      return;
+    }
+    const preprocessor = find('preprocessor_config.json');
+    const label = `${weights.name} from disk`;
+    await switchModel({
+      kind: 'files',
+      label,
+      files: { config: await config.text(), preprocessor: preprocessor ? await preprocessor.text() : null, weights: await weights.arrayBuffer() },
+    });
+  });
+
+  $('message-close').addEventListener('click', hideMessage);
+  new ResizeObserver(() => redraw()).observe($('stage'));
+}
+
+function renderSamples() {
+  $('samples').replaceChildren(
+    ...SAMPLES.map((sample) => {
+      const button = el('button', { type: 'button', class: 'sample', title: `Classify ${sample.name}` });
+      button.append(el('img', { src: new URL(sample.file, import.meta.url).href, alt: sample.name.replace(/\.\w+$/, ''), loading: 'lazy' }));
+      button.addEventListener('click', () => classifySample(sample));
+      return button;
+    }),
+  );
+}
+
+async function classifySample(sample, options) {
+  try {
+    const response = await fetch(new URL(sample.file, import.meta.url));
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    await classifyBlob(await response.blob(), sample.name, options);
+  } catch (err) {
+    showMessage(`Could not open the sample ${sample.name}: ${err.message}`);
+  }
+}
+
+// An image file from the picker, a drop, the clipboard or a sample.
+async function classifyBlob(blob, name, { keepMessage = false } = {}) {
+  let bitmap;
+  try {
+    bitmap = await decodeForDisplay(blob);
+  } catch (err) {
+    showMessage(`Could not read “${name}”: it is not an image this browser can decode.`);
+    return;
+  }
+  if (state.camera) stopCamera();
+  if (!keepMessage) hideMessage();
+  state.input = { kind: 'blob', blob, name };
+  showBitmap(bitmap, name);
+  await classifyInput();
+}
+
+// Decodes without applying EXIF rotation, as the model's decoder does, so the overlay lines up.
+async function decodeForDisplay(blob) {
+  try {
+    return await createImageBitmap(blob, { imageOrientation: 'none' });
+  } catch (err) {
+    if (err?.name !== 'TypeError') throw err;
+    return createImageBitmap(blob);
+  }
+}
+
+async function classifyInput() {
+  const input = state.input;
+  if (!input) return;
+  const token = ++state.token;
+  setBusy(true);
+  try {
+    let result;
+    if (input.kind === 'blob' && FILE_TYPES.test(input.blob.type || 'image/jpeg')) {
+      // The file's own bytes, decoded by the same Rust code as the native `vitrine predict`.
+      const bytes = await input.blob.arrayBuffer();
+      try {
+        result = await call({ type: 'classify', file: bytes, topK: TOP_K }, [bytes]);
+      } catch (err) {
+        if (!/decode/i.test(err.message)) throw err;
+        result = await classifyPixels(state.bitmap); // the browser reads what the Rust decoder does not
+      }
+    } else {
+      result = await classifyPixels(input.bitmap ?? state.bitmap);
+    }
+    if (token !== state.token) return;
+    showResult(result, input.name);
+  } catch (err) {
+    if (token !== state.token) return;
+    await handleClassifyError(err, input.name);
+  } finally {
+    if (token === state.token) setBusy(false);
+  }
+}
+
+function classifyPixels(source, maxSide = Infinity) {
+  const width = source.videoWidth ?? source.width;
+  const height = source.videoHeight ?? source.height;
+  const scale = Math.min(1, maxSide / Math.max(width, height));
+  const w = Math.max(1, Math.round(width * scale));
+  const h = Math.max(1, Math.round(height * scale));
+  const canvas = new OffscreenCanvas(w, h);
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.drawImage(source, 0, 0, w, h);
+  const rgba = ctx.getImageData(0, 0, w, h).data.buffer;
+  return call({ type: 'classify', rgba, width: w, height: h, topK: TOP_K }, [rgba]);
+}
+
+async function handleClassifyError(err, name) {
+  if (err.fatal || err.lost) {
+    await recoverOnCpu(err);
+    return;
+  }
+  const what = /decode|image is|pixels/i.test(err.message) ? `Could not read “${name}”` : `Could not classify “${name}”`;
+  showMessage(`${what}: ${err.message}`);
+}
+
+// WebGPU died (device lost, or a crash in the model thread): start again on the CPU.
+async function recoverOnCpu(err) {
+  const wasGpu = state.backend?.kind === 'webgpu';
+  setLive(false);
+  showMessage(wasGpu ? `WebGPU stopped working (${err.lost ?? err.message}); switched to the CPU.` : `The model thread crashed (${err.message}); it was restarted.`);
+  try {
+    await initBackend('cpu');
+    if (wasGpu) showNotice(`WebGPU stopped working (${err.lost ?? err.message}), so the model now runs on the CPU.`);
+    if (state.source?.kind === 'url' && (await loadModel(state.source))) await classifyInput();
+    else if (await loadModel(defaultSource())) await classifyInput();
+  } catch (again) {
+    showMessage(`The model could not restart: ${again.message}`);
+  }
+}
+
+async function reclassify() {
+  if (state.live) return; // the next frame uses the new model
+  if (state.input) await classifyInput();
+}
+
+// ---------------------------------------------------------------- camera
+
+async function startCamera() {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    showMessage('This browser offers no camera access here (it needs a secure page: https or localhost).');
+    return;
+  }
+  try {
+    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: false });
+  } catch (err) {
+    const reason = {
+      NotAllowedError: 'Camera permission was refused. Allow the camera for this site in the browser settings, then try again.',
+      NotFoundError: 'No camera was found on this device.',
+      NotReadableError: 'The camera is in use by another application.',
+    }[err.name] ?? `The camera could not be opened: ${err.message}`;
+    showMessage(reason);
+    return;
+  }
+  hideMessage();
+  const video = $('video');
+  video.srcObject = state.camera;
+  await video.play().catch(() => {});
+  state.frozen = false;
+  state.input = null;
+  state.bitmap = null;
+  state.prediction = null;
+  showVideo(true);
+  $('camera').setAttribute('aria-pressed', 'true');
+  $('snapshot').disabled = false;
+  $('live').disabled = false;
+  $('snapshot').textContent = 'Snapshot';
+  $('image-name').textContent = 'Camera';
+}
+
+function stopCamera() {
+  setLive(false);
+  state.camera?.getTracks().forEach((t) => t.stop());
+  state.camera = null;
+  $('video').srcObject = null;
+  showVideo(false);
+  $('camera').setAttribute('aria-pressed', 'false');
+  $('snapshot').disabled = true;
+  $('live').disabled = true;
+}
+
+async function snapshot() {
+  const video = $('video');
+  if (state.frozen) {
+    // Back to the preview.
+    state.frozen = false;
+    state.prediction = null;
+    showVideo(true);
+    $('snapshot').textContent = 'Snapshot';
+    return;
+  }
+  if (!video.videoWidth) return;
+  setLive(false);
+  const bitmap = await createImageBitmap(video);
+  state.frozen = true;
+  state.input = { kind: 'pixels', bitmap, name: 'Camera snapshot' };
+  showVideo(false);
+  showBitmap(bitmap, 'Camera snapshot');
+  $('snapshot').textContent = 'Back to camera';
+  await classifyInput();
+}
+
+async function setLive(on) {
+  if (on === state.live) return;
+  state.live = on;
+  $('live').setAttribute('aria-pressed', String(on));
+  if (!on) return;
+  if (state.frozen) {
+    state.frozen = false;
+    showVideo(true);
+    $('snapshot').textContent = 'Snapshot';
+  }
+  state.input = null;
+  const video = $('video');
+  let frames = 0;
+  const started = performance.now();
+  // One frame at a time: the next is taken when the answer for this one arrives, so the rate is
+  // whatever the device sustains.
+  while (state.live && state.camera) {
+    if (!video.videoWidth) {
+      await new Promise((r) => setTimeout(r, 50));
+      continue;
+    }
+    const token = ++state.token;
+    try {
+      const result = await classifyPixels(video, 640);
+      if (!state.live || token !== state.token) break;
+      frames++;
+      showResult(result, 'Camera (live)', frames / ((performance.now() - started) / 1000));
+    } catch (err) {
+      state.live = false;
+      $('live').setAttribute('aria-pressed', 'false');
+      await handleClassifyError(err, 'the camera frame');
+      break;
+    }
+  }
+}
+
+function showVideo(on) {
+  $('video').hidden = !on;
+  $('image').hidden = on;
+  $('stage').dataset.empty = 'false';
+  if (on) state.bitmap = null;
+  redraw();
+}
+
+// ---------------------------------------------------------------- drawing
+
+function showBitmap(bitmap, name) {
+  state.bitmap = bitmap;
+  state.prediction = null;
+  $('stage').dataset.empty = 'false';
+  $('image').hidden = false;
+  $('image-name').textContent = name;
+  redraw();
+}
+
+function showResult(result, name, fps = null) {
+  state.prediction = result;
+  if (!stats.firstResult) {
+    stats.firstResult = performance.now();
+    stats.firstResultMs = result.ms;
+  }
+  stats.lastMs = result.ms;
+  const list = $('predictions');
+  list.dataset.image = name;
+  list.dataset.seq = String((Number(list.dataset.seq) || 0) + 1);
+  list.replaceChildren(
+    ...result.top.map(({ label, rawLabel, index, prob }) => {
+      const li = el('li', { class: 'prediction', 'data-label': rawLabel, 'data-prob': String(prob), 'data-index': String(index) });
+      li.append(el('span', { class: 'label', title: rawLabel }, label), el('span', { class: 'prob' }, percent(prob)));
+      const bar = el('span', { class: 'bar', role: 'presentation' });
+      const fill = el('span');
+      fill.style.width = `${Math.max(prob * 100, 0.5)}%`;
+      bar.append(fill);
+      li.append(bar);
+      li.setAttribute('aria-label', `${label}: ${percent(prob)}`);
+      return li;
+    }),
+  );
+  $('predictions-empty').hidden = result.top.length > 0;
+  if (!result.top.length) $('predictions-empty').textContent = 'This model has no classifier: only its attention is shown.';
+  const where = state.backend?.kind === 'webgpu' ? 'WebGPU' : 'CPU';
+  const timing = $('timing');
+  timing.dataset.ms = String(result.ms);
+  timing.textContent = fps ? `${result.ms.toFixed(1)} ms/image · ${fps.toFixed(1)} fps · ${where}` : `${result.ms.toFixed(1)} ms/image · ${where}`;
+  drawOverlay();
+}
+
+function redraw() {
+  const canvas = $('image');
+  const { width, height } = fitCanvas(canvas);
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, width, height);
+  if (state.bitmap) {
+    const r = containRect(state.bitmap.width, state.bitmap.height, width, height);
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(state.bitmap, r.x, r.y, r.w, r.h);
+  }
+  drawOverlay();
+}
+
+function fitCanvas(canvas) {
+  const stage = $('stage');
+  const dpr = window.devicePixelRatio || 1;
+  const width = Math.max(1, Math.round(stage.clientWidth * dpr));
+  const height = Math.max(1, Math.round(stage.clientHeight * dpr));
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  return { width, height };
+}
+
+function syncMapControls() {
+  const head = $('map').value === 'head';
+  $('layer-label').hidden = !head;
+  $('head-label').hidden = !head;
+}
+
+// Which row of the maps the controls select: rollout, last-layer mean, or one head of one layer.
+function selectedMap() {
+  const kind = $('map').value;
+  if (kind === 'rollout') return 0;
+  if (kind === 'mean') return 1;
+  const heads = state.model?.heads ?? [];
+  const layer = Number($('layer').value);
+  return 2 + heads.slice(0, layer).reduce((a, b) => a + b, 0) + Number($('head').value);
+}
+
+function drawOverlay() {
+  const overlay = $('overlay');
+  const { width, height } = fitCanvas(overlay);
+  const ctx = overlay.getContext('2d');
+  ctx.clearRect(0, 0, width, height);
+  const p = state.prediction;
+  if (!p || !p.rows) return;
+  const source = state.bitmap ?? (!$('video').hidden ? $('video') : null);
+  const sw = source?.videoWidth ?? source?.width ?? p.width;
+  const sh = source?.videoHeight ?? source?.height ?? p.height;
+  if (!sw || !sh) return;
+  const cells = p.rows * p.cols;
+  const row = selectedMap();
+  const values = p.maps.subarray(row * cells, (row + 1) * cells);
+  if (values.length !== cells) return;
+
+  const small = new OffscreenCanvas(p.cols, p.rows);
+  const sctx = small.getContext('2d');
+  const image = sctx.createImageData(p.cols, p.rows);
+  let min = Infinity;
+  let max = -Infinity;
+  values.forEach((v, i) => {
+    min = Math.min(min, v);
+    max = Math.max(max, v);
+    const [r, g, b] = colormap(v);
+    image.data.set([r, g, b, Math.round(255 * (0.15 + 0.85 * v))], i * 4);
+  });
+  sctx.putImageData(image, 0, 0);
+
+  const img = containRect(sw, sh, width, height);
+  const [left, top, right, bottom] = p.region;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(img.x, img.y, img.w, img.h);
+  ctx.clip();
+  ctx.globalAlpha = Number($('opacity').value) / 100;
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = 'high';
+  ctx.drawImage(small, img.x + left * img.w, img.y + top * img.h, (right - left) * img.w, (bottom - top) * img.h);
+  ctx.restore();
+  overlay.dataset.map = $('map').value;
+  overlay.dataset.min = String(min);
+  overlay.dataset.max = String(max);
+}
+
+function containRect(sw, sh, width, height) {
+  const scale = Math.min(width / sw, height / sh);
+  const w = sw * scale;
+  const h = sh * scale;
+  return { x: (width - w) / 2, y: (height - h) / 2, w, h };
+}
+
+// "inferno"-like: black-purple, red, orange, pale yellow.
+const STOPS = [
+  [0.0, [20, 11, 52]],
+  [0.3, [120, 28, 109]],
+  [0.55, [212, 72, 66]],
+  [0.8, [250, 153, 22]],
+  [1.0, [252, 255, 164]],
+];
+function colormap(v) {
+  const x = Math.min(1, Math.max(0, v));
+  for (let i = 1; i < STOPS.length; i++) {
+    const [x1, c1] = STOPS[i];
+    if (x <= x1) {
+      const [x0, c0] = STOPS[i - 1];
+      const t = (x - x0) / (x1 - x0);
+      return c0.map((c, k) => Math.round(c + t * (c1[k] - c)));
+    }
+  }
+  return STOPS[STOPS.length - 1][1];
+}
+
+// ---------------------------------------------------------------- small things
+
+function setBusy(on) {
+  $('busy').hidden = !on;
+}
+
+function showMessage(text) {
+  $('message-text').textContent = text;
+  $('message').hidden = false;
+}
+
+function hideMessage() {
+  $('message').hidden = true;
+}
+
+function showNotice(text) {
+  const notice = $('notice');
+  notice.textContent = text;
+  notice.hidden = false;
+}
+
+function hideNotice() {
+  $('notice').hidden = true;
+}
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function percent(p) {
+  return p >= 0.001 ? `${(p * 100).toFixed(1)}%` : '<0.1%';
+}
+
+function mb(bytes) {
+  return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1e3))} kB`;
+}
+
+function registerServiceWorker() {
+  if (!('serviceWorker' in navigator)) return;
+  navigator.serviceWorker
+    .register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname })
+    .then(() => navigator.serviceWorker.ready)
+    .then(() => {
+      $('offline-state').textContent = 'Works offline after this visit.';
+    })
+    .catch(() => {
+      $('offline-state').textContent = '';
+    });
+}
+
+boot();

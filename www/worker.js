@@ -1,0 +1,180 @@
+// The model's thread: loads the wasm, picks the backend, fetches and caches model bundles, classifies.
+// The page talks to it with messages (see app.js); nothing here touches the DOM.
+import init, { Backend, Classifier } from './pkg/vitrine_web.js';
+
+const MODEL_CACHE = 'vitrine-models-v1';
+
+let backend = null;
+let classifier = null;
+let labels = null;
+
+const post = (message, transfer = []) => self.postMessage(message, transfer);
+
+self.onmessage = async ({ data }) => {
+  try {
+    await handlers[data.type](data);
+  } catch (err) {
+    // A Rust panic surfaces as a WebAssembly RuntimeError: the module may be unusable after it.
+    const fatal = err instanceof WebAssembly.RuntimeError;
+    const lost = classifier?.lostReason?.() ?? backend?.lostReason?.() ?? null;
+    post({ type: 'error', id: data.id, stage: data.type, message: messageOf(err), fatal, lost });
+  }
+};
+
+const handlers = {
+  async init({ id, backend: wanted }) {
+    await init();
+    let fallback = null;
+    if (wanted !== 'cpu') {
+      if (!('gpu' in navigator)) {
+        fallback = 'this browser has no WebGPU';
+      } else {
+        try {
+          backend = await Backend.webgpu();
+        } catch (err) {
+          fallback = messageOf(err);
+        }
+      }
+    }
+    if (!backend) backend = Backend.cpu();
+    post({ type: 'backend', id, kind: backend.kind, adapter: backend.adapter, fallback: wanted === 'cpu' ? null : fallback, wanted });
+  },
+
+  async load({ id, source }) {
+    const files = source.kind === 'files' ? source.files : await fetchBundle(source.base);
+    const started = performance.now();
+    const next = Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
+    classifier?.free();
+    classifier = next;
+    labels = labelsOf(files.config);
+    post({ type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started, bytes: files.weights.byteLength });
+  },
+
+  async classify({ id, file, rgba, width, height, topK }) {
+    if (!classifier) throw new Error('no model is loaded yet');
+    const started = performance.now();
+    const prediction = file
+      ? await classifier.classifyFile(new Uint8Array(file), topK)
+      : await classifier.classify(new Uint8Array(rgba), width, height, topK);
+    const ms = performance.now() - started;
+    const probs = prediction.probs;
+    const indices = prediction.indices;
+    const names = prediction.labels;
+    const top = Array.from(indices, (index, i) => ({ index, label: prettyLabel(names[i]), rawLabel: names[i], prob: probs[i] }));
+    const maps = prediction.maps;
+    const result = {
+      type: 'result', id, ms, top, maps, rows: prediction.rows, cols: prediction.cols,
+      region: Array.from(prediction.region), width: prediction.width, height: prediction.height,
+      hasHead: labels === null || labels.length > 0,
+    };
+    prediction.free();
+    post(result, [maps.buffer]);
+  },
+};
+
+// The bundle at `base` (a folder URL ending in '/'): config.json and model.safetensors, and
+// preprocessor_config.json when there is one.
+async function fetchBundle(base) {
+  const config = await fetchCached(base + 'config.json', { label: 'config.json' }).then(asText);
+  let preprocessor = null;
+  try {
+    preprocessor = await fetchCached(base + 'preprocessor_config.json', { label: 'preprocessor_config.json', optional: true }).then((b) => (b ? asText(b) : null));
+  } catch (err) {
+    preprocessor = null; // the model's family defaults apply
+  }
+  const weights = await fetchCached(base + 'model.safetensors', { label: 'model.safetensors', progress: true });
+  return { config, preprocessor, weights };
+}
+
+// Same-origin files (the bundled model) go to the network first, so that a new deployment is picked up,
+// and fall back to the cache offline. Other origins (Hugging Face) are served from the cache once stored.
+async function fetchCached(url, { label, progress = false, optional = false }) {
+  const absolute = new URL(url, self.location.href);
+  const sameOrigin = absolute.origin === self.location.origin;
+  const cache = await caches.open(MODEL_CACHE).catch(() => null);
+  const cached = async () => {
+    const hit = await cache?.match(absolute.href);
+    return hit ? hit.arrayBuffer() : null;
+  };
+  if (!sameOrigin) {
+    const hit = await cached();
+    if (hit) {
+      if (progress) post({ type: 'progress', label, loaded: hit.byteLength, total: hit.byteLength, cached: true });
+      return hit;
+    }
+  }
+  let response;
+  try {
+    response = await fetch(absolute.href);
+  } catch (err) {
+    const hit = await cached();
+    if (hit) return hit;
+    throw new Error(`could not download ${label} (${messageOf(err)}); the network may be off, and this model is not cached yet`);
+  }
+  if (!response.ok) {
+    if (optional && response.status === 404) return null;
+    const hit = sameOrigin ? await cached() : null;
+    if (hit) return hit;
+    const hint = response.status === 404 && label === 'model.safetensors'
+      ? ' (the repository has no model.safetensors: vitrine reads safetensors weights only)'
+      : response.status === 401 || response.status === 403 ? ' (a private or gated repository?)' : '';
+    throw new Error(`${label}: HTTP ${response.status} from ${absolute.href}${hint}`);
+  }
+  const bytes = await readWithProgress(response, progress ? label : null);
+  if (cache) {
+    const headers = { 'content-type': response.headers.get('content-type') ?? 'application/octet-stream', 'content-length': String(bytes.byteLength) };
+    await cache.put(absolute.href, new Response(bytes, { headers })).catch(() => {});
+  }
+  return bytes;
+}
+
+async function readWithProgress(response, label) {
+  const total = Number(response.headers.get('content-length')) || 0;
+  if (!label || !response.body) return response.arrayBuffer();
+  const reader = response.body.getReader();
+  const chunks = [];
+  let loaded = 0;
+  let lastPost = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.byteLength;
+    const now = performance.now();
+    if (now - lastPost > 80) {
+      post({ type: 'progress', label, loaded, total });
+      lastPost = now;
+    }
+  }
+  post({ type: 'progress', label, loaded, total: Math.max(total, loaded) });
+  const bytes = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes.buffer;
+}
+
+function asText(buffer) {
+  return new TextDecoder().decode(buffer);
+}
+
+function labelsOf(configText) {
+  try {
+    const config = JSON.parse(configText);
+    return config.id2label ? Object.values(config.id2label) : null;
+  } catch {
+    return null;
+  }
+}
+
+// ImageNet labels read "tench, Tinca tinca"; Imagenette folders read "golf_ball".
+function prettyLabel(label) {
+  return label.replaceAll('_', ' ');
+}
+
+function messageOf(err) {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

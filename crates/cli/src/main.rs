@@ -22,6 +22,14 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Time the forward pass of one or more models in the same run.
     Bench(cmd::bench::Args),
+    /// Fine-tune a pretrained model on an ImageFolder dataset (or resume a run).
+    Train(cmd::train::Args),
+    /// Accuracy of a model on an ImageFolder split.
+    Eval(cmd::eval::Args),
+    /// Write a run's best model as a Hugging Face-style bundle.
+    Export(cmd::export::Args),
+    /// Rebuild a run's HTML report, optionally compared with other runs.
+    Report(cmd::report::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +37,10 @@ fn main() -> std::process::ExitCode {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Export(args) => cmd::export::run(args),
+        Command::Report(args) => cmd::report::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

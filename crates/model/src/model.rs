@@ -127,6 +127,31 @@ impl Vit {
         VitOutput { last_hidden_state, logits, attentions }
     }
 
+    /// Patch, class (and distillation) token and position embeddings: the first block's input.
+    ///
+    /// # Shapes
+    /// - pixel_values: `[batch, channels, height, width]`
+    /// - output: `[batch, tokens, hidden]`
+    pub fn embed(&self, pixel_values: Tensor<4>) -> Tensor<3> {
+        assert_shape!(pixel_values, [_, self.num_channels, _, _]);
+        self.vit.embeddings.forward(pixel_values)
+    }
+
+    /// Runs blocks `layers` (a range of block indices) on hidden states. Training caches the output
+    /// of frozen blocks with this and starts later passes from it.
+    pub fn forward_layers(&self, mut hidden_states: Tensor<3>, layers: std::ops::Range<usize>) -> Tensor<3> {
+        for layer in &self.vit.encoder.layer[layers] {
+            hidden_states = layer.forward(hidden_states, false).0;
+        }
+        hidden_states
+    }
+
+    /// Logits from the input of block `start`: the remaining blocks, final LayerNorm and head.
+    pub fn forward_from_layer(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<2> {
+        let end = self.vit.encoder.layer.len();
+        self.forward_head(self.vit.layernorm.forward(self.forward_layers(hidden_states, start..end)))
+    }
+
     fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
         assert_shape!(pixel_values, [_, self.num_channels, _, _]);
         let mut x = self.vit.embeddings.forward(pixel_values);
@@ -176,7 +201,7 @@ impl Vit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Activation, ModelType};
 

@@ -187,6 +187,60 @@ impl PreprocessConfig {
         }
     }
 
+    /// The same recipe for `side` x `side` model inputs: the crop becomes `side` and the resize keeps
+    /// its ratio to the crop (256/224 stays 256/224); without a crop the resize becomes `side`.
+    pub fn at_size(&self, side: u32) -> Self {
+        let mut out = self.clone();
+        match (self.resize, self.crop) {
+            (Some(Resize::ShortestEdge(edge)), Some([crop, _])) => {
+                out.resize = Some(Resize::ShortestEdge((f64::from(edge) * f64::from(side) / f64::from(crop)).round() as u32));
+                out.crop = Some([side, side]);
+            }
+            (_, Some(_)) => {
+                out.resize = self.resize.map(|_| Resize::Exact { height: side, width: side });
+                out.crop = Some([side, side]);
+            }
+            (_, None) => out.resize = Some(Resize::Exact { height: side, width: side }),
+        }
+        out
+    }
+
+    /// `preprocessor_config.json` for this recipe, as transformers reads it (`image_processor_type`
+    /// names the processor class: `BitImageProcessor` for DINOv2, `ViTImageProcessor` otherwise).
+    pub fn to_json(&self, model_type: ModelType) -> serde_json::Value {
+        let size = |resize: Resize| match resize {
+            Resize::Exact { height, width } => serde_json::json!({ "height": height, "width": width }),
+            Resize::ShortestEdge(edge) => serde_json::json!({ "shortest_edge": edge }),
+        };
+        let (mean, std) = self.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        let resample = match self.resample {
+            Resample::Nearest => 0,
+            Resample::Lanczos => 1,
+            Resample::Bilinear => 2,
+            Resample::Bicubic => 3,
+        };
+        let processor = if model_type == ModelType::Dinov2 { "BitImageProcessor" } else { "ViTImageProcessor" };
+        let mut json = serde_json::json!({
+            "image_processor_type": processor,
+            "do_resize": self.resize.is_some(),
+            "resample": resample,
+            "do_center_crop": self.crop.is_some(),
+            "do_rescale": self.rescale.is_some(),
+            "rescale_factor": self.rescale.unwrap_or(1.0 / 255.0),
+            "do_normalize": self.normalize.is_some(),
+            "image_mean": mean,
+            "image_std": std,
+            "do_convert_rgb": true,
+        });
+        if let Some(resize) = self.resize {
+            json["size"] = size(resize);
+        }
+        if let Some([height, width]) = self.crop {
+            json["crop_size"] = serde_json::json!({ "height": height, "width": width });
+        }
+        json
+    }
+
     /// `[height, width]` of the tensor this recipe makes from an image of `[height, width]`.
     pub fn output_size(&self, [height, width]: [u32; 2]) -> [u32; 2] {
         if let Some(crop) = self.crop {
@@ -321,6 +375,18 @@ pub fn rgb_from_rgba(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_round_trips_and_resizes_in_proportion() {
+        let config = crate::model::tests::tiny(ModelType::Dinov2, crate::config::Head::Linear);
+        let dinov2 = PreprocessConfig::default_for(&config);
+        let back = PreprocessConfig::from_json(&dinov2.to_json(ModelType::Dinov2).to_string()).unwrap();
+        assert_eq!(back, dinov2);
+        let small = dinov2.at_size(112);
+        assert_eq!((small.resize, small.crop), (Some(Resize::ShortestEdge(128)), Some([112, 112])));
+        let vit = PreprocessConfig::default_for(&VitConfig { model_type: ModelType::Vit, ..config });
+        assert_eq!(PreprocessConfig::from_json(&vit.to_json(ModelType::Vit).to_string()).unwrap(), vit);
+    }
 
     #[test]
     fn dinov2_processor_resizes_the_short_side_and_crops() {

@@ -1,10 +1,15 @@
-//! `vitrine bench`: forward latency of models in the same run, on the same device and input.
+//! `vitrine bench`: forward latency of models in the same run, on the same device and input; with
+//! `--train`, the time of a whole training step (forward, loss, backward, AdamW) instead.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::Module;
-use burn::tensor::{Distribution, Tensor};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use vitrine_train::recipe::Recipe;
+use vitrine_train::setup;
+use vitrine_train::trainer::cross_entropy;
 use serde::Serialize;
 
 use crate::device::DeviceKind;
@@ -30,6 +35,9 @@ pub struct Args {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time training steps (every parameter trained, a new 10-class head) instead of inference.
+    #[arg(long)]
+    train: bool,
 }
 
 #[derive(Serialize)]
@@ -49,29 +57,38 @@ pub fn run(args: Args) -> Result<()> {
             Some(side) => [side, side],
             None => model.preprocess.output_size([model.loaded.config.image_size as u32; 2]),
         };
-        let x = Tensor::<4>::random([args.batch, 3, h as usize, w as usize], Distribution::Normal(0.0, 1.0), &device);
-        let forward = || {
-            let out = model.loaded.model.forward_features(x.clone());
-            // Reading the result back makes lazy and asynchronous backends finish the work.
-            out.into_data();
+        let shape = [args.batch, 3, h as usize, w as usize];
+        let params = model.loaded.model.num_params();
+        let mut times = if args.train {
+            train_step_times(model.loaded, shape, args.iters, &device)?
+        } else {
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            let forward = || {
+                let out = model.loaded.model.forward_features(x.clone());
+                // Reading the result back makes lazy and asynchronous backends finish the work.
+                out.into_data();
+            };
+            forward();
+            forward();
+            (0..args.iters.max(1))
+                .map(|_| {
+                    let start = Instant::now();
+                    forward();
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect()
         };
-        forward();
-        forward();
-        let mut times: Vec<f64> = (0..args.iters.max(1))
-            .map(|_| {
-                let start = Instant::now();
-                forward();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
         rows.push(Row {
             model: name.clone(),
             ms_per_image: median / args.batch as f64,
-            params: model.loaded.model.num_params(),
+            params,
             bytes: model.weight_bytes,
         });
+    }
+    if args.train && !args.json {
+        println!("(training step: forward, loss, backward and AdamW update, every parameter trained)");
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -82,4 +99,27 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Milliseconds of full training steps (after 2 warm-up steps) on random images and labels.
+fn train_step_times(loaded: vitrine_model::Loaded, shape: [usize; 4], iters: usize, device: &Device) -> Result<Vec<f64>> {
+    let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
+    let recipe = Recipe { drop_path: 0.0, ..Recipe::default() };
+    let (mut model, _) = setup::with_head(loaded, &classes, &recipe, &device.clone().autodiff())?;
+    let mut optimizer = setup::optimizer(&recipe)?;
+    let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device.clone().autodiff());
+    let labels: Vec<usize> = (0..shape[0]).map(|i| i % classes.len()).collect();
+    let mut times = Vec::new();
+    for i in 0..iters.max(1) + 2 {
+        let start = Instant::now();
+        let loss = cross_entropy(model.forward(x.clone()), &labels, 0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(1e-5, model, grads);
+        // Reading a parameter back makes lazy backends finish the update.
+        model.vit.layernorm.gamma.val().into_data();
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
 }

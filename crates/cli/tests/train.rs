@@ -1,0 +1,203 @@
+//! `vitrine train`, `eval`, `export` and `report` end to end: a killed run resumes to the same
+//! weights, and bad datasets, folders and models fail with clear messages.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn vitrine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn model() -> String {
+    fixtures().join("vit").display().to_string()
+}
+
+fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
+    let model: &'static str = Box::leak(model().into_boxed_str());
+    vec![
+        "train", "--model", model, "--data", data, "--out", out, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
+        "--lr", "3e-3", "--head-only-epochs", "1", "--checkpoint-secs", "0", "--seed", "5", "--dropout", "0.1",
+    ]
+}
+
+fn checkpoint_name(run: &Path) -> Option<String> {
+    std::fs::read_to_string(run.join("checkpoints/latest")).ok()
+}
+
+#[test]
+fn a_killed_run_resumes_to_exactly_the_uninterrupted_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    vitrine_train::toy::write_shapes(&data, 40, 6, 1).unwrap();
+    let data = data.display().to_string();
+    let (a, b) = (tmp.path().join("a").display().to_string(), tmp.path().join("b").display().to_string());
+
+    let straight = vitrine(&train_args(&data, &a));
+    assert!(straight.status.success(), "{}", text(&straight.stderr));
+
+    // Kill the second run with SIGKILL in the middle of its second epoch.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(train_args(&data, &b))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let name = checkpoint_name(Path::new(&b)).unwrap_or_default();
+        // step-SSSSSSS-batch-BBBBBB: epoch 2 has begun and is not over.
+        let step: usize = name.get(5..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let batch: usize = name.get(19..25).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if step > 35 && batch > 0 {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        assert!(started.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!Path::new(&b).join("best").exists() || Path::new(&b).join("epochs.jsonl").exists());
+
+    let resumed = vitrine(&["train", "--resume", &b]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert!(text(&resumed.stderr).contains("resuming from"));
+
+    let read = |run: &str, file: &str| std::fs::read(Path::new(run).join(file)).unwrap();
+    assert!(read(&a, "best/model.safetensors") == read(&b, "best/model.safetensors"), "weights differ after resume");
+    // The logged losses agree too (to rounding: the loss is reduced over threads).
+    let losses = |run: &str| -> Vec<(u64, f64)> {
+        text(&read(run, "steps.jsonl"))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.iter().map(|l| l.0).collect::<Vec<_>>(), lb.iter().map(|l| l.0).collect::<Vec<_>>());
+    assert!(la.iter().zip(&lb).all(|(x, y)| (x.1 - y.1).abs() <= 1e-6 * x.1.abs()), "losses differ after resume");
+    assert_eq!(losses(&a).len(), 3 * 30);
+
+    // A finished run refuses to resume, and a second start in the same folder is refused.
+    let again = vitrine(&["train", "--resume", &b]);
+    assert!(text(&again.stderr).contains("already finished"), "{}", text(&again.stderr));
+    let twice = vitrine(&train_args(&data, &b));
+    assert!(text(&twice.stderr).contains("already holds a run"), "{}", text(&twice.stderr));
+
+    // Export, eval (JSON), report.
+    let bundle = tmp.path().join("bundle").display().to_string();
+    let export = vitrine(&["export", &b, "--out", &bundle]);
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let eval = vitrine(&["eval", "--model", &bundle, "--data", &data, "--json"]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(json["n"], 18);
+    assert!(json["top1"].as_f64().unwrap() > 0.5, "{json}");
+    assert_eq!(json["per_class"].as_object().unwrap().len(), 3);
+    let report = vitrine(&["report", &b, "--compare", &a]);
+    assert!(report.status.success(), "{}", text(&report.stderr));
+    let html = text(&read(&b, "report.html"));
+    assert!(html.contains("Compared runs") && html.contains("<svg") && html.contains("Confusion matrix"));
+}
+
+#[test]
+fn bad_datasets_and_folders_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let out = |name: &str| root.join(name).display().to_string();
+    let fails_with = |data: &Path, run: &str, needle: &str| {
+        let output = vitrine(&train_args(&data.display().to_string(), run));
+        assert!(!output.status.success());
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    };
+
+    // Missing dataset folder.
+    fails_with(&root.join("nowhere"), &out("r1"), "does not exist");
+
+    // A single class.
+    let single = root.join("single/train/only");
+    std::fs::create_dir_all(&single).unwrap();
+    std::fs::create_dir_all(root.join("single/val/only")).unwrap();
+    fails_with(&root.join("single"), &out("r2"), "single class");
+
+    // An empty class folder.
+    let data = root.join("shapes");
+    vitrine_train::toy::write_shapes(&data, 6, 3, 2).unwrap();
+    let empty = root.join("empty");
+    vitrine_train::toy::write_shapes(&empty, 6, 3, 2).unwrap();
+    std::fs::create_dir_all(empty.join("train/void")).unwrap();
+    std::fs::create_dir_all(empty.join("val/void")).unwrap();
+    fails_with(&empty, &out("r3"), "has no images");
+
+    // An output folder that cannot be created (its parent is a file).
+    std::fs::write(root.join("file"), "x").unwrap();
+    fails_with(&data, &root.join("file/run").display().to_string(), "cannot create the output folder");
+
+    // Non-image files and corrupt images are skipped with a count, and training goes on.
+    let messy = root.join("messy");
+    vitrine_train::toy::write_shapes(&messy, 6, 3, 3).unwrap();
+    std::fs::write(messy.join("train/disc/notes.txt"), "not an image").unwrap();
+    std::fs::write(messy.join("train/square/broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    std::fs::write(messy.join("val/bar/cut.jpg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
+    let (messy_arg, run_arg) = (messy.display().to_string(), out("r4"));
+    let mut args = train_args(&messy_arg, &run_arg);
+    args[8] = "1"; // one epoch
+    let output = vitrine(&args);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 1 non-image files"), "{stderr}");
+    assert!(stderr.contains("skipping 1 unreadable images in train"), "{stderr}");
+    assert!(stderr.contains("skipping 1 unreadable images in val"), "{stderr}");
+
+    // A model whose labels differ from the data's classes.
+    let eval = vitrine(&["eval", "--model", &model(), "--data", &data.display().to_string()]);
+    assert!(text(&eval.stderr).contains("do not match the dataset's classes"), "{}", text(&eval.stderr));
+
+    // Resume of a folder that holds no run.
+    let resume = vitrine(&["train", "--resume", &out("nothing")]);
+    assert!(text(&resume.stderr).contains("is not a run folder"), "{}", text(&resume.stderr));
+}
+
+#[test]
+fn a_nan_loss_stops_with_a_message_and_keeps_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    vitrine_train::toy::write_shapes(&data, 6, 3, 4).unwrap();
+    // The fixture with one weight set to NaN: the first loss is NaN.
+    let poisoned = tmp.path().join("poisoned");
+    std::fs::create_dir_all(&poisoned).unwrap();
+    for name in ["config.json", "preprocessor_config.json"] {
+        std::fs::copy(fixtures().join("vit").join(name), poisoned.join(name)).unwrap();
+    }
+    let bytes = std::fs::read(fixtures().join("vit/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        file.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    let target = tensors.iter_mut().find(|t| t.0 == "vit.encoder.layer.1.output.dense.weight").unwrap();
+    target.2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::write(poisoned.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+
+    let run = tmp.path().join("run");
+    let output = vitrine(&[
+        "train", "--model", &poisoned.display().to_string(), "--data", &data.display().to_string(), "--out",
+        &run.display().to_string(), "--epochs", "1", "--batch-size", "4", "--image-size", "32",
+    ]);
+    assert!(!output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("the loss became NaN") && stderr.contains("last good checkpoint"), "{stderr}");
+    assert!(checkpoint_name(&run).unwrap().starts_with("step-0000000"));
+}

@@ -1,0 +1,48 @@
+//! Model bundles: the Hugging Face-style folder that transformers, `vitrine` and the browser load
+//! (`config.json` with `id2label`/`label2id`, `preprocessor_config.json`, `model.safetensors`).
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use vitrine_model::{HfVitConfig, ModelType, PreprocessConfig, Vit, save_safetensors};
+
+use crate::checkpoint::write_atomic;
+
+/// `config.json` text: the HF config with `label2id` beside `id2label`.
+pub fn config_json(hf_config: &HfVitConfig) -> Result<String> {
+    let mut json = serde_json::to_value(hf_config)?;
+    let label2id: serde_json::Map<String, serde_json::Value> = hf_config
+        .id2label
+        .iter()
+        .map(|(id, label)| (label.clone(), serde_json::json!(id.parse::<usize>().unwrap_or(0))))
+        .collect();
+    json["label2id"] = serde_json::Value::Object(label2id);
+    Ok(serde_json::to_string_pretty(&json)?)
+}
+
+/// Writes a bundle into `dir` (created if needed). Files are replaced one by one, atomically.
+pub fn write(dir: &Path, model: &Vit, hf_config: &HfVitConfig, model_type: ModelType, preprocess: &PreprocessConfig) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let weights = save_safetensors(model, model_type)?;
+    write_atomic(&dir.join("model.safetensors"), &weights)?;
+    write_atomic(&dir.join("config.json"), config_json(hf_config)?.as_bytes())?;
+    let preprocessor = serde_json::to_string_pretty(&preprocess.to_json(model_type))?;
+    write_atomic(&dir.join("preprocessor_config.json"), preprocessor.as_bytes())
+}
+
+/// Replaces the bundle at `dir` as a whole: written beside it, then swapped in by renames, so that
+/// a crash leaves either the old bundle or the new one.
+pub fn replace(dir: &Path, model: &Vit, hf_config: &HfVitConfig, model_type: ModelType, preprocess: &PreprocessConfig) -> Result<()> {
+    let fresh = dir.with_extension("new");
+    let old = dir.with_extension("old");
+    let _ = fs::remove_dir_all(&fresh);
+    write(&fresh, model, hf_config, model_type, preprocess)?;
+    let _ = fs::remove_dir_all(&old);
+    if dir.exists() {
+        fs::rename(dir, &old)?;
+    }
+    fs::rename(&fresh, dir)?;
+    let _ = fs::remove_dir_all(&old);
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Checkpoints that survive a kill or a full disk: each one is written into a fresh folder
+//! (`checkpoints/step-NNNNNNN/`), then `checkpoints/latest` is atomically replaced to point at it,
+//! and only then are older folders removed. A crash at any moment leaves the previous one intact.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::optim::ModuleOptimizer;
+use burn::tensor::Bytes;
+use burn_store::{BurnpackStore, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+use vitrine_model::Vit;
+
+/// Where a run is, exactly enough to continue it as if it had never stopped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The epoch in progress (or the next one, when `batch_in_epoch` is 0).
+    pub epoch: usize,
+    /// Forward passes of that epoch already done (a multiple of the accumulation).
+    pub batch_in_epoch: usize,
+    /// Optimizer steps so far.
+    pub step: usize,
+    /// Running sums of the epoch in progress.
+    pub epoch_loss_sum: f64,
+    pub epoch_correct: usize,
+    pub epoch_seen: usize,
+    pub best_top1: f64,
+    pub best_epoch: Option<usize>,
+    pub epochs_since_best: usize,
+    /// Set when the run ended (finished or stopped early).
+    pub finished: bool,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::anyhow!("writing {}: {e}", path.display())
+    })
+}
+
+/// Saves model, optimizer and state as the run's latest checkpoint.
+pub fn save(run_dir: &Path, model: &Vit, optimizer: &ModuleOptimizer, state: &RunState) -> Result<()> {
+    let root = run_dir.join("checkpoints");
+    let dir = root.join(format!("step-{:07}-batch-{:06}", state.step, state.batch_in_epoch));
+    let result = (|| -> Result<()> {
+        fs::create_dir_all(&dir)?;
+        let mut store = BurnpackStore::from_bytes(None);
+        model.save_into(&mut store).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let model_bytes = store.get_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        write_atomic(&dir.join("model.bpk"), &model_bytes)?;
+        let optim_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        write_atomic(&dir.join("optimizer.bpk"), &optim_bytes)?;
+        write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+        write_atomic(&root.join("latest"), dir.file_name().unwrap().to_string_lossy().as_bytes())
+    })();
+    if let Err(err) = result {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(err.context("saving a checkpoint (the previous one is kept)"));
+    }
+    for entry in fs::read_dir(&root)? {
+        let path = entry?.path();
+        if path.is_dir() && path != dir {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+    Ok(())
+}
+
+/// The latest checkpoint's folder, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let pointer = run_dir.join("checkpoints").join("latest");
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = fs::read_to_string(&pointer)?;
+    let dir = run_dir.join("checkpoints").join(name.trim());
+    if !dir.is_dir() {
+        bail!("{} points at {}, which is missing", pointer.display(), dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// Loads a checkpoint into a model of the same architecture and a fresh optimizer; parameter
+/// identities come from the file, so the optimizer's moments find their parameters again.
+pub fn load(dir: &Path, mut model: Vit, optimizer: ModuleOptimizer) -> Result<(Vit, ModuleOptimizer, RunState)> {
+    let read = |name: &str| fs::read(dir.join(name)).with_context(|| format!("reading {}", dir.join(name).display()));
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(read("model.bpk")?)));
+    let result = model.load_from(&mut store).map_err(|e| anyhow::anyhow!("checkpoint {}: {e}", dir.display()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        bail!("checkpoint {} does not match the model: {:?} {:?}", dir.display(), result.errors, result.missing);
+    }
+    let optimizer = optimizer
+        .from_bytes(Bytes::from_bytes_vec(read("optimizer.bpk")?))
+        .map_err(|e| anyhow::anyhow!("optimizer state in {}: {e:?}", dir.display()))?;
+    let state: RunState = serde_json::from_slice(&read("state.json")?)?;
+    Ok((model, optimizer, state))
+}

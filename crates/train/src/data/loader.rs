@@ -1,0 +1,160 @@
+//! Batches made on worker threads: a producer thread walks the epoch's order and decodes and
+//! transforms each batch's images in parallel (rayon) while the model works on the previous one.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use image::RgbImage;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use vitrine_model::PreprocessConfig;
+use vitrine_model::preprocess::decode_image;
+
+use super::Sample;
+use super::augment::Augment;
+
+/// How images become pixels.
+#[derive(Debug, Clone)]
+pub enum Transform {
+    /// The model's own preprocessing (resize, centre crop, normalise): evaluation.
+    Eval(PreprocessConfig),
+    /// A random augmented `size` x `size` view, normalised like `PreprocessConfig`: training.
+    Train { augment: Augment, size: u32, normalize: PreprocessConfig },
+}
+
+impl Transform {
+    /// A training transform that normalises as `preprocess` does.
+    pub fn train(augment: Augment, size: u32, preprocess: &PreprocessConfig) -> Self {
+        let normalize = PreprocessConfig { resize: None, crop: None, ..preprocess.clone() };
+        Self::Train { augment, size, normalize }
+    }
+
+    /// The `[3, h, w]` values of one decoded image and `[h, w]`; `rng_seed` drives the augmentation.
+    pub fn pixels(&self, image: &RgbImage, rng_seed: u64) -> Result<(Vec<f32>, [usize; 2]), String> {
+        match self {
+            Self::Eval(preprocess) => {
+                let [h, w] = preprocess.output_size([image.height(), image.width()]);
+                let values = preprocess.pixels(image).map_err(|e| e.to_string())?;
+                Ok((values, [h as usize, w as usize]))
+            }
+            Self::Train { augment, size, normalize } => {
+                let view = augment.apply(image, *size, &mut ChaCha8Rng::seed_from_u64(rng_seed));
+                let values = normalize.pixels(&view).map_err(|e| e.to_string())?;
+                Ok((values, [*size as usize; 2]))
+            }
+        }
+    }
+}
+
+/// One batch, in the order the epoch asked for.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[n, 3, height, width]` values, row-major.
+    pub pixels: Vec<f32>,
+    pub shape: [usize; 4],
+    pub labels: Vec<usize>,
+    /// Positions of the samples in the split.
+    pub indices: Vec<usize>,
+}
+
+/// A seed per (run, epoch, sample), stable whatever thread handles the sample.
+pub fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    splitmix(splitmix(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ index as u64)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The order of an epoch: a seeded shuffle, or the split's order.
+pub fn epoch_order(len: usize, shuffle_seed: Option<(u64, usize)>) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    if let Some((seed, epoch)) = shuffle_seed {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(seed, epoch, usize::MAX)));
+    }
+    order
+}
+
+/// Starts producing the batches of `order` (in chunks of `batch_size`) on a background thread,
+/// `prefetch` batches ahead. An image that fails to decode is left out of its batch with a warning.
+pub fn batches(
+    samples: Arc<Vec<Sample>>,
+    order: Vec<usize>,
+    batch_size: usize,
+    transform: Arc<Transform>,
+    seed: u64,
+    epoch: usize,
+    prefetch: usize,
+) -> Receiver<Batch> {
+    let (sender, receiver) = sync_channel(prefetch.max(1));
+    std::thread::spawn(move || {
+        for chunk in order.chunks(batch_size.max(1)) {
+            let made: Vec<(usize, Result<(Vec<f32>, [usize; 2]), String>)> = chunk
+                .par_iter()
+                .map(|&i| {
+                    let sample = &samples[i];
+                    let pixels = std::fs::read(&sample.path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| decode_image(&bytes).map_err(|e| e.to_string()))
+                        .and_then(|image| transform.pixels(&image, sample_seed(seed, epoch, i)));
+                    (i, pixels)
+                })
+                .collect();
+            let mut batch = Batch { pixels: Vec::new(), shape: [0; 4], labels: Vec::new(), indices: Vec::new() };
+            let mut size = None;
+            for (i, pixels) in made {
+                let pixels = pixels.and_then(|(values, hw)| match size.get_or_insert(hw) {
+                    first if *first == hw => Ok(values),
+                    first => Err(format!("preprocesses to {hw:?}, unlike the batch's {first:?}")),
+                });
+                match pixels {
+                    Ok(values) => {
+                        batch.pixels.extend(values);
+                        batch.labels.push(samples[i].label);
+                        batch.indices.push(i);
+                    }
+                    Err(err) => eprintln!("warning: skipping {}: {err}", samples[i].path.display()),
+                }
+            }
+            let n = batch.labels.len();
+            if n == 0 {
+                continue;
+            }
+            let [h, w] = size.unwrap_or_default();
+            batch.shape = [n, 3, h, w];
+            if sender.send(batch).is_err() {
+                return; // the consumer stopped early
+            }
+        }
+    });
+    receiver
+}
+
+/// Decodes every sample once (in parallel) and keeps the readable ones; returns the unreadable
+/// paths with their errors, so a run can warn once instead of every epoch.
+pub fn drop_unreadable(samples: Vec<Sample>) -> (Vec<Sample>, Vec<(Sample, String)>) {
+    let checked: Vec<(Sample, Option<String>)> = samples
+        .into_par_iter()
+        .map(|sample| {
+            let error = std::fs::read(&sample.path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| decode_image(&bytes).map(|_| ()).map_err(|e| e.to_string()))
+                .err();
+            (sample, error)
+        })
+        .collect();
+    let mut kept = Vec::new();
+    let mut bad = Vec::new();
+    for (sample, error) in checked {
+        match error {
+            None => kept.push(sample),
+            Some(error) => bad.push((sample, error)),
+        }
+    }
+    (kept, bad)
+}

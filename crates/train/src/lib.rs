@@ -1,0 +1,14 @@
+//! vitrine-train: the native side of vitrine: ImageFolder data and augmentation, the fine-tuning
+//! loop with checkpoints and resume, evaluation, model bundles and reports.
+
+pub mod bundle;
+pub mod cache;
+pub mod checkpoint;
+pub mod data;
+pub mod evaluate;
+pub mod logbook;
+pub mod recipe;
+pub mod report;
+pub mod setup;
+pub mod trainer;
+pub mod toy;

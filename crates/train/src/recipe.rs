@@ -1,0 +1,155 @@
+//! The fine-tuning recipe: every choice of a run, saved as `RUN_DIR/recipe.json` so that a run can
+//! be resumed and reported exactly.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::Augment;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Where the pretrained weights came from (a folder or `hf:ORG/NAME`), for the record.
+    pub model: String,
+    /// The ImageFolder root.
+    pub data: String,
+    pub epochs: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Forward passes per optimizer step (gradient accumulation).
+    pub accumulation: usize,
+    /// Peak learning rate of the head; blocks get `lr * layer_decay^depth_from_top`.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak (cosine floor).
+    pub min_lr_ratio: f64,
+    /// Linear warmup, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    /// Layer-wise learning-rate decay (1.0 = off).
+    pub layer_decay: f64,
+    pub label_smoothing: f64,
+    /// Dropout on the classifier input.
+    pub dropout: f64,
+    /// Stochastic depth at the last block.
+    pub drop_path: f64,
+    /// Square input side in pixels.
+    pub image_size: u32,
+    pub seed: u64,
+    pub augment: Augment,
+    /// Bottom blocks that are never trained (with the embeddings).
+    pub frozen_blocks: usize,
+    /// Compute the frozen blocks' output once per image and view and train from it.
+    pub cache_frozen: bool,
+    /// Augmented views cached per training image (epoch `e` uses view `e % views`).
+    pub cache_views: usize,
+    /// Gradual unfreezing: epochs that train only the head (and final norm) first.
+    pub head_only_epochs: usize,
+    /// Gradual unfreezing: blocks unfrozen per epoch after that, from the top (0 = all at once).
+    pub unfreeze_per_epoch: usize,
+    /// Stop after this many epochs without a better validation top-1 (0 = never).
+    pub patience: usize,
+    /// Save a mid-epoch checkpoint at most this many seconds after the previous one.
+    pub checkpoint_secs: u64,
+    /// Batches decoded ahead of the model.
+    pub prefetch: usize,
+    /// Train on at most this many images per epoch (0 = all): quick trials and tests.
+    pub limit_train: usize,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            data: String::new(),
+            epochs: 10,
+            batch_size: 32,
+            accumulation: 1,
+            lr: 1e-3,
+            min_lr_ratio: 0.01,
+            warmup_epochs: 1.0,
+            weight_decay: 0.05,
+            layer_decay: 0.75,
+            label_smoothing: 0.1,
+            dropout: 0.0,
+            drop_path: 0.1,
+            image_size: 224,
+            seed: 0,
+            augment: Augment::default(),
+            frozen_blocks: 0,
+            cache_frozen: false,
+            cache_views: 2,
+            head_only_epochs: 1,
+            unfreeze_per_epoch: 0,
+            patience: 0,
+            checkpoint_secs: 300,
+            prefetch: 2,
+            limit_train: 0,
+        }
+    }
+}
+
+impl Recipe {
+    /// Refuses settings that cannot work, before any time is spent.
+    pub fn validate(&self, num_layers: usize, patch_size: usize) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.accumulation == 0 {
+            bail!("epochs, batch size and accumulation must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr <= 1.0) {
+            bail!("--lr must be in (0, 1], got {}", self.lr);
+        }
+        if !(0.0..=1.0).contains(&self.layer_decay) || self.layer_decay == 0.0 {
+            bail!("--layer-decay must be in (0, 1], got {}", self.layer_decay);
+        }
+        if self.frozen_blocks > num_layers {
+            bail!("--frozen-blocks {} exceeds the model's {num_layers} blocks", self.frozen_blocks);
+        }
+        if self.cache_frozen && self.frozen_blocks == 0 {
+            bail!("--cache-frozen needs --frozen-blocks >= 1");
+        }
+        if self.cache_frozen && self.cache_views == 0 {
+            bail!("--cache-views must be at least 1");
+        }
+        if self.image_size == 0 || self.image_size as usize % patch_size != 0 {
+            bail!("--image-size {} must be a positive multiple of the patch size {patch_size}", self.image_size);
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_path) {
+            bail!("label smoothing, dropout and drop path must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// Blocks trained in `epoch` (counted from the top), under gradual unfreezing.
+    pub fn trainable_blocks(&self, epoch: usize, num_layers: usize) -> usize {
+        let available = num_layers - self.frozen_blocks;
+        if epoch < self.head_only_epochs {
+            0
+        } else if self.unfreeze_per_epoch == 0 {
+            available
+        } else {
+            ((epoch - self.head_only_epochs + 1) * self.unfreeze_per_epoch).min(available)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradual_unfreezing_goes_top_down_to_the_frozen_prefix() {
+        let recipe = Recipe { head_only_epochs: 1, unfreeze_per_epoch: 2, frozen_blocks: 6, ..Recipe::default() };
+        let plan: Vec<usize> = (0..6).map(|e| recipe.trainable_blocks(e, 12)).collect();
+        assert_eq!(plan, [0, 2, 4, 6, 6, 6]);
+        let all = Recipe { head_only_epochs: 0, ..Recipe::default() };
+        assert_eq!(all.trainable_blocks(0, 12), 12);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let ok = Recipe { image_size: 112, ..Recipe::default() };
+        assert!(ok.validate(12, 14).is_ok());
+        assert!(Recipe { image_size: 100, ..ok.clone() }.validate(12, 14).is_err());
+        assert!(Recipe { lr: 0.0, ..ok.clone() }.validate(12, 14).is_err());
+        assert!(Recipe { frozen_blocks: 13, ..ok.clone() }.validate(12, 14).is_err());
+        assert!(Recipe { cache_frozen: true, ..ok }.validate(12, 14).is_err());
+    }
+}

@@ -1,0 +1,443 @@
+//! The fine-tuning loop: gradual unfreezing, layer-wise learning rates, gradient accumulation,
+//! validation every epoch, early stopping, the best model kept as a bundle, and checkpoints from
+//! which `resume` continues exactly (same batches, same augmentation, same dropout draws).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use vitrine_model::{HfVitConfig, Loaded, PreprocessConfig, Vit};
+
+use crate::bundle;
+use crate::cache::TokenCache;
+use crate::checkpoint::{self, RunState};
+use crate::data::loader::{Transform, batches, drop_unreadable, epoch_order, sample_seed};
+use crate::data::{ImageFolder, Sample};
+use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
+use crate::logbook::{EpochRecord, Logbook, StepRecord};
+use crate::recipe::Recipe;
+use crate::setup::{self, ModelSpec};
+
+/// Files of a run folder.
+pub struct RunDir(pub PathBuf);
+
+impl RunDir {
+    pub fn recipe(&self) -> PathBuf {
+        self.0.join("recipe.json")
+    }
+    pub fn model_config(&self) -> PathBuf {
+        self.0.join("model_config.json")
+    }
+    pub fn preprocessor(&self) -> PathBuf {
+        self.0.join("preprocessor_config.json")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.0.join("best")
+    }
+    pub fn cache(&self, name: &str) -> PathBuf {
+        self.0.join("cache").join(format!("{name}.f16"))
+    }
+}
+
+/// Everything a run needs besides its mutable state.
+struct Run {
+    dir: RunDir,
+    recipe: Recipe,
+    spec: ModelSpec,
+    /// The model's own preprocessing at the run's image size: evaluation and export.
+    preprocess: PreprocessConfig,
+    classes: Vec<String>,
+    train: Arc<Vec<Sample>>,
+    val: Arc<Vec<Sample>>,
+    device: Device,
+    logbook: Logbook,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub best_top1: f64,
+    pub best_epoch: Option<usize>,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+}
+
+/// Starts a new run in `run_dir` from a pretrained model.
+pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: PreprocessConfig, device: &Device) -> Result<Outcome> {
+    let dir = RunDir(run_dir.to_path_buf());
+    if dir.recipe().exists() {
+        bail!("{} already holds a run; continue it with --resume {}", run_dir.display(), run_dir.display());
+    }
+    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the output folder {}", run_dir.display()))?;
+    checkpoint::write_atomic(&run_dir.join(".write-test"), b"ok")
+        .with_context(|| format!("the output folder {} is not writable", run_dir.display()))?;
+    let _ = std::fs::remove_file(run_dir.join(".write-test"));
+
+    recipe.validate(pretrained.config.num_hidden_layers, pretrained.config.patch_size)?;
+    let data = open_data(&recipe)?;
+    // The new head's initialisation draws from the device RNG: seed it for reproducible runs.
+    let ad_device = device.clone().autodiff();
+    ad_device.seed(recipe.seed);
+    let (model, spec) = setup::with_head(pretrained, &data.classes, &recipe, &ad_device)?;
+    let preprocess = preprocess.at_size(recipe.image_size);
+    checkpoint::write_atomic(&dir.recipe(), serde_json::to_string_pretty(&recipe)?.as_bytes())?;
+    checkpoint::write_atomic(&dir.model_config(), bundle::config_json(&spec.hf_config)?.as_bytes())?;
+    checkpoint::write_atomic(&dir.preprocessor(), preprocess.to_json(spec.model_type).to_string().as_bytes())?;
+    let run = Run::new(dir, recipe, spec, preprocess, data, device);
+    let optimizer = setup::optimizer(&run.recipe)?;
+    let state = RunState { best_top1: -1.0, ..RunState::default() };
+    checkpoint::save(&run.dir.0, &model, &optimizer, &state)?;
+    run.go(model, optimizer, state)
+}
+
+/// Continues the run in `run_dir` from its latest checkpoint.
+pub fn resume(run_dir: &Path, device: &Device) -> Result<Outcome> {
+    let dir = RunDir(run_dir.to_path_buf());
+    let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("{} is not a run folder (no {})", run_dir.display(), p.display()));
+    let recipe: Recipe = serde_json::from_str(&read(dir.recipe())?)?;
+    let hf_config = HfVitConfig::from_json(&read(dir.model_config())?)?;
+    let preprocess = PreprocessConfig::from_json(&read(dir.preprocessor())?)?;
+    let model_type = hf_config.model_type()?;
+    let config = vitrine_model::VitConfig {
+        drop_path_rate: recipe.drop_path,
+        classifier_dropout: recipe.dropout,
+        ..hf_config.to_vit_config(vitrine_model::config::Head::Linear)?
+    };
+    let data = open_data(&recipe)?;
+    if hf_config.labels()? != data.classes {
+        bail!("the dataset's classes changed since the run started: {:?} vs {:?}", data.classes, hf_config.labels()?);
+    }
+    let Some(latest) = checkpoint::latest(run_dir)? else { bail!("{} has no checkpoint to resume from", run_dir.display()) };
+    let model = config.init(&device.clone().autodiff());
+    let (model, optimizer, state) = checkpoint::load(&latest, model, setup::optimizer(&recipe)?)?;
+    if state.finished {
+        bail!("the run in {} has already finished", run_dir.display());
+    }
+    eprintln!("resuming from {} (epoch {}, step {})", latest.display(), state.epoch + 1, state.step);
+    let spec = ModelSpec { config, hf_config, model_type };
+    let run = Run::new(dir, recipe, spec, preprocess, data, device);
+    run.logbook.rewind(state.step, state.epoch)?;
+    run.go(model, optimizer, state)
+}
+
+fn open_data(recipe: &Recipe) -> Result<ImageFolder> {
+    let mut data = ImageFolder::open(Path::new(&recipe.data), recipe.seed)?;
+    for (name, split) in [("train", &mut data.train), ("val", &mut data.val)] {
+        let (kept, bad) = drop_unreadable(std::mem::take(split));
+        if !bad.is_empty() {
+            eprintln!("warning: skipping {} unreadable images in {name}:", bad.len());
+            for (sample, error) in bad.iter().take(5) {
+                eprintln!("  {}: {error}", sample.path.display());
+            }
+        }
+        *split = kept;
+    }
+    if data.train.is_empty() || data.val.is_empty() {
+        bail!("{} has no readable training or validation images", recipe.data);
+    }
+    Ok(data)
+}
+
+/// Cross-entropy with label smoothing, averaged over the batch.
+pub fn cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f64) -> Tensor<1> {
+    let [n, classes] = logits.dims();
+    let device = logits.device();
+    let log_probs = log_softmax(logits, 1);
+    let targets = Tensor::<2, Int>::from_data(
+        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [n, 1]),
+        &device,
+    );
+    let nll = log_probs.clone().gather(1, targets).neg();
+    let uniform = log_probs.sum_dim(1).neg() / classes as f64;
+    (nll * (1.0 - smoothing) + uniform * smoothing).mean()
+}
+
+/// Inputs of one training batch: pixels, or cached hidden states of the frozen blocks.
+enum Input {
+    Pixels(Tensor<4>),
+    Hidden(Tensor<3>),
+}
+
+impl Run {
+    fn new(dir: RunDir, recipe: Recipe, spec: ModelSpec, preprocess: PreprocessConfig, data: ImageFolder, device: &Device) -> Self {
+        let logbook = Logbook::new(&dir.0);
+        Self {
+            dir,
+            recipe,
+            spec,
+            preprocess,
+            classes: data.classes,
+            train: Arc::new(data.train),
+            val: Arc::new(data.val),
+            device: device.clone(),
+            logbook,
+        }
+    }
+
+    fn train_len(&self) -> usize {
+        match self.recipe.limit_train {
+            0 => self.train.len(),
+            n => n.min(self.train.len()),
+        }
+    }
+
+    fn go(&self, mut model: Vit, mut optimizer: ModuleOptimizer, mut state: RunState) -> Result<Outcome> {
+        let recipe = &self.recipe;
+        let num_layers = self.spec.config.num_hidden_layers;
+        let ad_device = self.device.clone().autodiff();
+        let batches_per_epoch = self.train_len().div_ceil(recipe.batch_size);
+        let steps_per_epoch = batches_per_epoch.div_ceil(recipe.accumulation);
+        let total_steps = steps_per_epoch * recipe.epochs;
+        let warmup_steps = ((recipe.warmup_epochs * steps_per_epoch as f64).round() as usize).min(total_steps.saturating_sub(1));
+        let mut scheduler = setup::lr_scheduler(recipe, num_layers, total_steps, warmup_steps)?;
+        for _ in 0..state.step {
+            scheduler.step();
+        }
+        let caches = if recipe.cache_frozen { Some(self.caches(&model)?) } else { None };
+        let eval_transform = Arc::new(Transform::Eval(self.preprocess.clone()));
+        let train_transform = Arc::new(Transform::train(recipe.augment, recipe.image_size, &self.preprocess));
+        let mut last_checkpoint = Instant::now();
+        let mut stopped_early = false;
+
+        while state.epoch < recipe.epochs {
+            let epoch = state.epoch;
+            let trainable = recipe.trainable_blocks(epoch, num_layers);
+            model = setup::set_trainable(model, trainable)?;
+            let order: Vec<usize> =
+                epoch_order(self.train.len(), Some((recipe.seed, epoch))).into_iter().take(self.train_len()).collect();
+            let skip = state.batch_in_epoch;
+            let progress = bar(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, recipe.epochs));
+            progress.set_position(skip as u64);
+            let started = Instant::now();
+            let mut images_this_session = 0usize;
+
+            // The epoch's batches, from the cache or from the image pipeline.
+            let remaining: Vec<Vec<usize>> = order.chunks(recipe.batch_size).skip(skip).map(<[usize]>::to_vec).collect();
+            let mut pixel_batches = match &caches {
+                Some(_) => None,
+                None => Some(batches(
+                    self.train.clone(),
+                    remaining.concat(),
+                    recipe.batch_size,
+                    train_transform.clone(),
+                    recipe.seed,
+                    epoch,
+                    recipe.prefetch,
+                )),
+            };
+            let mut accumulator = GradientsAccumulator::<Vit>::new();
+            let (mut step_loss, mut step_correct, mut step_seen, mut step_wait) = (0.0, 0usize, 0usize, Duration::ZERO);
+            let mut step_started = Instant::now();
+            for (offset, chunk) in remaining.iter().enumerate() {
+                let batch_index = skip + offset;
+                let waiting = Instant::now();
+                let (input, labels) = match (&caches, &mut pixel_batches) {
+                    (Some((views, _)), _) => {
+                        let view = &views[epoch % views.len()];
+                        (Input::Hidden(view.batch(chunk, &ad_device)), chunk.iter().map(|&i| view.labels[i]).collect::<Vec<_>>())
+                    }
+                    (None, Some(receiver)) => {
+                        let Ok(batch) = receiver.recv() else { break };
+                        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), &ad_device);
+                        (Input::Pixels(pixels), batch.labels)
+                    }
+                    (None, None) => unreachable!(),
+                };
+                step_wait += waiting.elapsed();
+                // Dropout and drop-path draw from the device RNG: seed it per batch so a resumed
+                // run draws what the uninterrupted one would have.
+                ad_device.seed(sample_seed(recipe.seed, epoch, batch_index));
+                let logits = match input {
+                    Input::Pixels(pixels) => model.forward(pixels),
+                    Input::Hidden(hidden) => model.forward_from_layer(hidden, recipe.frozen_blocks),
+                };
+                let host_logits = logits.clone().into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let loss = cross_entropy(logits, &labels, recipe.label_smoothing);
+                let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+                if !loss_value.is_finite() {
+                    progress.abandon();
+                    bail!(
+                        "the loss became {loss_value} at epoch {}, batch {batch_index}: training stopped. The last good checkpoint \
+                         is kept in {}; lower --lr (now {}) and start again, or resume from it",
+                        epoch + 1,
+                        self.dir.0.join("checkpoints").display(),
+                        recipe.lr
+                    );
+                }
+                let classes = self.classes.len();
+                let correct = host_logits.chunks_exact(classes).zip(&labels).filter(|(row, l)| argmax(row) == **l).count();
+                let grads = GradientsParams::from_grads((loss / recipe.accumulation as f64).backward(), &model);
+                accumulator.accumulate(&model, grads);
+                step_loss += loss_value * labels.len() as f64;
+                (step_correct, step_seen) = (step_correct + correct, step_seen + labels.len());
+                images_this_session += labels.len();
+
+                let end_of_step = (batch_index + 1) % recipe.accumulation == 0 || batch_index + 1 == batches_per_epoch;
+                if !end_of_step {
+                    continue;
+                }
+                let lr = scheduler.step();
+                let head_lr = lr.base();
+                model = optimizer.step(lr, model, accumulator.grads());
+                state.step += 1;
+                state.batch_in_epoch = batch_index + 1;
+                state.epoch_loss_sum += step_loss;
+                state.epoch_correct += step_correct;
+                state.epoch_seen += step_seen;
+                let seconds = step_started.elapsed().as_secs_f64();
+                let record = StepRecord {
+                    step: state.step,
+                    epoch,
+                    loss: step_loss / step_seen as f64,
+                    accuracy: step_correct as f64 / step_seen as f64,
+                    lr: head_lr,
+                    images_per_s: step_seen as f64 / seconds,
+                    data_wait: step_wait.as_secs_f64() / seconds,
+                };
+                self.logbook.step(&record)?;
+                progress.set_position(state.batch_in_epoch as u64);
+                progress.set_message(format!(
+                    "loss {:.3}  acc {:.1}%  {:.1} img/s  lr {:.2e}",
+                    state.epoch_loss_sum / state.epoch_seen as f64,
+                    100.0 * state.epoch_correct as f64 / state.epoch_seen as f64,
+                    images_this_session as f64 / started.elapsed().as_secs_f64(),
+                    head_lr
+                ));
+                (step_loss, step_correct, step_seen, step_wait) = (0.0, 0, 0, Duration::ZERO);
+                step_started = Instant::now();
+                if last_checkpoint.elapsed().as_secs() >= recipe.checkpoint_secs && state.batch_in_epoch < batches_per_epoch {
+                    checkpoint::save(&self.dir.0, &model, &optimizer, &state)?;
+                    last_checkpoint = Instant::now();
+                }
+            }
+            progress.finish_and_clear();
+            let seconds = started.elapsed().as_secs_f64();
+
+            // Validation, the best bundle, early stopping, then the end-of-epoch checkpoint.
+            let val = self.validate(&model, caches.as_ref().map(|(_, val)| val), &eval_transform)?;
+            let record = EpochRecord {
+                epoch,
+                step: state.step,
+                train_loss: state.epoch_loss_sum / state.epoch_seen.max(1) as f64,
+                train_accuracy: state.epoch_correct as f64 / state.epoch_seen.max(1) as f64,
+                trainable_blocks: trainable,
+                seconds,
+                images_per_s: images_this_session as f64 / seconds,
+                val,
+            };
+            println!(
+                "epoch {:>3}/{}  train loss {:.4} acc {:.2}%  |  val loss {:.4} top-1 {:.2}% top-5 {:.2}%  |  {} blocks  {:.0} s  {:.1} img/s",
+                epoch + 1,
+                recipe.epochs,
+                record.train_loss,
+                100.0 * record.train_accuracy,
+                record.val.loss,
+                100.0 * record.val.top1,
+                100.0 * record.val.top5,
+                trainable,
+                seconds,
+                record.images_per_s
+            );
+            self.logbook.epoch(&record)?;
+            if record.val.top1 > state.best_top1 {
+                state.best_top1 = record.val.top1;
+                state.best_epoch = Some(epoch);
+                state.epochs_since_best = 0;
+                bundle::replace(&self.dir.best(), &model.valid(), &self.spec.hf_config, self.spec.model_type, &self.preprocess)?;
+            } else {
+                state.epochs_since_best += 1;
+            }
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+            (state.epoch_loss_sum, state.epoch_correct, state.epoch_seen) = (0.0, 0, 0);
+            if recipe.patience > 0 && state.epochs_since_best >= recipe.patience && state.epoch < recipe.epochs {
+                println!("early stop: no better validation top-1 for {} epochs", recipe.patience);
+                stopped_early = true;
+                state.finished = true;
+            }
+            if state.epoch == recipe.epochs {
+                state.finished = true;
+            }
+            checkpoint::save(&self.dir.0, &model, &optimizer, &state)?;
+            last_checkpoint = Instant::now();
+            if state.finished {
+                break;
+            }
+        }
+        crate::report::write(&self.dir.0).context("writing the report")?;
+        Ok(Outcome { best_top1: state.best_top1, best_epoch: state.best_epoch, epochs_run: state.epoch, stopped_early })
+    }
+
+    /// The frozen blocks' outputs: one cache per augmented view of the training set, one of val.
+    fn caches(&self, model: &Vit) -> Result<(Vec<TokenCache>, TokenCache)> {
+        let frozen = model.valid();
+        let device = self.device.clone();
+        let layers = self.recipe.frozen_blocks;
+        let size = self.recipe.image_size;
+        let build = |name: String, samples: Arc<Vec<Sample>>, transform: Transform, view: usize| -> Result<TokenCache> {
+            let path = self.dir.cache(&name);
+            if let Some(cache) = TokenCache::load(&path)? {
+                if cache.len() == samples.len() {
+                    return Ok(cache);
+                }
+            }
+            let progress = bar(samples.len() as u64, &format!("caching blocks 1-{layers} ({name})"));
+            let cache = TokenCache::build(&frozen, layers, samples, Arc::new(transform), self.recipe.seed, view, 32, &device, &progress)?;
+            progress.finish_and_clear();
+            std::fs::create_dir_all(path.parent().unwrap())?;
+            cache.save(&path)?;
+            Ok(cache)
+        };
+        let train_subset: Arc<Vec<Sample>> = Arc::new(self.train.to_vec());
+        let mut views = Vec::new();
+        for view in 0..self.recipe.cache_views {
+            let transform = Transform::train(self.recipe.augment, size, &self.preprocess);
+            views.push(build(format!("train-{size}px-view{view}"), train_subset.clone(), transform, view)?);
+        }
+        let val = build(format!("val-{size}px"), self.val.clone(), Transform::Eval(self.preprocess.clone()), 0)?;
+        Ok((views, val))
+    }
+
+    fn validate(&self, model: &Vit, val_cache: Option<&TokenCache>, transform: &Arc<Transform>) -> Result<Evaluation> {
+        let model = model.valid();
+        let progress = bar(self.val.len() as u64, "validating");
+        let evaluation = match val_cache {
+            None => evaluate(&model, self.val.clone(), transform.clone(), self.classes.len(), 64, &self.device, &progress)?,
+            Some(cache) => {
+                let mut tally = Tally::new(self.classes.len());
+                let order: Vec<usize> = (0..cache.len()).collect();
+                for chunk in order.chunks(64) {
+                    let logits = model.forward_from_layer(cache.batch(chunk, &self.device), self.recipe.frozen_blocks);
+                    let labels: Vec<usize> = chunk.iter().map(|&i| cache.labels[i]).collect();
+                    tally.add(&probabilities(logits)?, &labels, chunk);
+                    progress.inc(chunk.len() as u64);
+                }
+                tally.finish()
+            }
+        };
+        progress.finish_and_clear();
+        let mut evaluation = evaluation;
+        for miss in &mut evaluation.worst {
+            miss.path = Some(self.val[miss.index].path.display().to_string());
+        }
+        Ok(evaluation)
+    }
+}
+
+/// A progress bar in the run's style.
+pub fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}

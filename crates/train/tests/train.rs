@@ -1,0 +1,159 @@
+//! Fine-tuning end to end on a small dataset that the tests draw (coloured shapes), starting from
+//! the committed tiny ViT fixture.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_store::ModuleSnapshot;
+use vitrine_model::{Loaded, PreprocessConfig, Vit, load_safetensors};
+use vitrine_train::data::augment::Augment;
+use vitrine_train::logbook::Logbook;
+use vitrine_train::recipe::Recipe;
+use vitrine_train::{checkpoint, setup, trainer};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn pretrained(device: &Device) -> (Loaded, PreprocessConfig) {
+    let dir = fixture("vit");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let preprocess = PreprocessConfig::from_json(&std::fs::read_to_string(dir.join("preprocessor_config.json")).unwrap()).unwrap();
+    (load_safetensors(&config, &weights, device).unwrap(), preprocess)
+}
+
+fn shapes_dataset(root: &Path, per_class: (usize, usize)) {
+    vitrine_train::toy::write_shapes(root, per_class.0, per_class.1, 11).unwrap();
+}
+
+fn recipe(data: &Path) -> Recipe {
+    Recipe {
+        model: "tests/fixtures/vit".into(),
+        data: data.display().to_string(),
+        epochs: 3,
+        batch_size: 8,
+        lr: 3e-3,
+        warmup_epochs: 0.5,
+        layer_decay: 0.8,
+        drop_path: 0.1,
+        dropout: 0.1,
+        image_size: 32,
+        head_only_epochs: 0,
+        checkpoint_secs: 0,
+        augment: Augment { rotation_deg: 10.0, ..Augment::default() },
+        ..Recipe::default()
+    }
+}
+
+fn bundle_model(dir: &Path, device: &Device) -> Vit {
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), device).unwrap().model
+}
+
+fn values(model: &Vit, prefix: &str) -> Vec<f32> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|t| t.name.starts_with(prefix))
+        .flat_map(|t| t.to_bytes().unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn loss_falls_accuracy_rises_and_the_export_reloads_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (24, 8));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let run = tmp.path().join("run");
+    let outcome = trainer::start(&run, Recipe { epochs: 4, ..recipe(&data) }, loaded, preprocess, &device).unwrap();
+
+    let epochs = Logbook::new(&run).epochs().unwrap();
+    assert_eq!(epochs.len(), 4);
+    assert!(epochs[3].train_loss < epochs[0].train_loss * 0.8, "train loss {} -> {}", epochs[0].train_loss, epochs[3].train_loss);
+    assert!(outcome.best_top1 >= 0.9, "val top-1 {}", outcome.best_top1);
+    assert!(run.join("report.html").exists());
+
+    // The best bundle reloads (strictly, by HF names) and gives the logits of the trained model.
+    let best_epoch = outcome.best_epoch.unwrap();
+    let bundle = bundle_model(&run.join("best"), &device);
+    let x = Tensor::<4>::from_data(TensorData::new((0..2 * 3 * 32 * 32).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect::<Vec<_>>(), [2, 3, 32, 32]), &device);
+    let reloaded = bundle.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+    if best_epoch == 3 {
+        let (trained, _, _) = checkpoint::load(&checkpoint::latest(&run).unwrap().unwrap(), setup_like(&run, &device), setup::optimizer(&Recipe::default()).unwrap()).unwrap();
+        let direct = trained.valid().forward(x).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(direct, reloaded);
+    }
+    let labels = vitrine_model::HfVitConfig::from_json(&std::fs::read_to_string(run.join("best/config.json")).unwrap()).unwrap().labels().unwrap();
+    assert_eq!(labels, ["bar", "disc", "square"]);
+}
+
+/// A model with the run's architecture (weights to be loaded from a checkpoint).
+fn setup_like(run: &Path, device: &Device) -> Vit {
+    let hf = vitrine_model::HfVitConfig::from_json(&std::fs::read_to_string(run.join("model_config.json")).unwrap()).unwrap();
+    hf.to_vit_config(vitrine_model::config::Head::Linear).unwrap().init(&device.clone().autodiff())
+}
+
+#[test]
+fn head_only_epochs_leave_the_blocks_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (8, 4));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    // Head-only epochs train the classifier and the final LayerNorm; blocks and embeddings stay.
+    let before_blocks = values(&loaded.model, "vit.encoder.");
+    let before_embeddings = values(&loaded.model, "vit.embeddings.");
+    let run = tmp.path().join("run");
+    let recipe = Recipe { epochs: 1, head_only_epochs: 1, ..recipe(&data) };
+    trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
+    let after = bundle_model(&run.join("best"), &device);
+    assert!(values(&after, "vit.encoder.") == before_blocks, "a frozen block changed");
+    assert!(values(&after, "vit.embeddings.") == before_embeddings, "frozen embeddings changed");
+    let head = values(&after, "classifier.");
+    assert!(head.iter().any(|v| *v != 0.0));
+}
+
+#[test]
+fn frozen_prefix_from_cache_trains_only_the_top() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (16, 6));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let block0 = values(&loaded.model, "vit.encoder.layer.0.");
+    let embeddings = values(&loaded.model, "vit.embeddings.");
+    let block1 = values(&loaded.model, "vit.encoder.layer.1.");
+    let run = tmp.path().join("run");
+    let recipe = Recipe { epochs: 2, frozen_blocks: 1, cache_frozen: true, cache_views: 2, ..recipe(&data) };
+    trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
+    assert!(run.join("cache/train-32px-view1.f16").exists());
+    let after = bundle_model(&run.join("best"), &device);
+    assert!(values(&after, "vit.encoder.layer.0.") == block0, "the cached block changed");
+    assert!(values(&after, "vit.embeddings.") == embeddings, "the embeddings changed");
+    assert!(values(&after, "vit.encoder.layer.1.") != block1, "the top block did not train");
+}
+
+#[test]
+fn layer_wise_decay_assigns_the_intended_rates() {
+    let device = Device::flex();
+    let (loaded, _) = pretrained(&device);
+    let recipe = Recipe { lr: 0.01, layer_decay: 0.5, min_lr_ratio: 1.0, ..Recipe::default() };
+    let mut scheduler = setup::lr_scheduler(&recipe, 2, 10, 0).unwrap();
+    let lr = scheduler.step();
+    // The paths the optimizer matches groups against.
+    let paths = setup::param_paths(&loaded.model);
+    let rate = |prefix: &str| {
+        let (id, path) = paths.iter().find(|(_, p)| p.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {paths:?}"));
+        lr.lr_from_param(*id, Some(path))
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(rate("classifier."), 0.01));
+    assert!(close(rate("vit.layernorm."), 0.01));
+    assert!(close(rate("vit.encoder.layer.1."), 0.005));
+    assert!(close(rate("vit.encoder.layer.0."), 0.0025));
+    assert!(close(rate("vit.embeddings."), 0.00125));
+}

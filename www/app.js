@@ -637,11 +637,16 @@ function drawOverlay() {
   const image = sctx.createImageData(p.cols, p.rows);
   let min = Infinity;
   let max = -Infinity;
-  values.forEach((v, i) => {
+  for (const v of values) {
     min = Math.min(min, v);
     max = Math.max(max, v);
-    const [r, g, b] = colormap(v);
-    image.data.set([r, g, b, Math.round(255 * (0.15 + 0.85 * v))], i * 4);
+  }
+  // Stretched to the map's own range, so that nearly flat maps (rollout) still show their shape.
+  const span = max - min > 1e-6 ? max - min : 1;
+  values.forEach((v, i) => {
+    const t = (v - min) / span;
+    const [r, g, b] = colormap(t);
+    image.data.set([r, g, b, Math.round(255 * (0.6 + 0.4 * t))], i * 4);
   });
   sctx.putImageData(image, 0, 0);
 

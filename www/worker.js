@@ -37,7 +37,8 @@ const handlers = {
       }
     }
     if (!backend) backend = Backend.cpu();
-    post({ type: 'backend', id, kind: backend.kind, adapter: backend.adapter, fallback: wanted === 'cpu' ? null : fallback, wanted });
+    const adapter = backend.kind === 'webgpu' ? await describeAdapter(backend.adapter) : backend.adapter;
+    post({ type: 'backend', id, kind: backend.kind, adapter, fallback: wanted === 'cpu' ? null : fallback, wanted });
   },
 
   async load({ id, source }) {
@@ -154,6 +155,19 @@ async function readWithProgress(response, label) {
     offset += chunk.byteLength;
   }
   return bytes.buffer;
+}
+
+// "google swiftshader (software)" where the browser gives no description.
+async function describeAdapter(description) {
+  if (description) return description;
+  try {
+    const info = (await navigator.gpu.requestAdapter())?.info;
+    const name = [info?.vendor, info?.architecture, info?.device].filter(Boolean).join(' ');
+    if (name) return info.isFallbackAdapter ? `${name} (software)` : name;
+  } catch {
+    // fall through
+  }
+  return 'unnamed adapter';
 }
 
 function asText(buffer) {

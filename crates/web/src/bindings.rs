@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
+use burn::tensor::wgpu::WgpuInitError;
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
@@ -48,9 +49,10 @@ impl Backend {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup_async()
             .await
-            .map_err(|e| JsError::new(&format!("WebGPU is not usable here: {e}")))?;
+            .map_err(|e| JsError::new(&init_error(e)))?;
         let info = setup.adapter.get_info();
-        let adapter = if info.name.is_empty() { "WebGPU adapter (name not shown by the browser)".to_string() } else { info.name };
+        // Browsers may leave the description empty (Chromium does): the page then describes it.
+        let adapter = info.name;
         let lost: Lost = Arc::default();
         let flag = lost.clone();
         setup.device.set_device_lost_callback(move |reason, message| {
@@ -76,7 +78,7 @@ impl Backend {
         self.kind.to_string()
     }
 
-    /// The adapter's description as the browser reports it.
+    /// The adapter's description as the browser reports it (may be empty).
     #[wasm_bindgen(getter)]
     pub fn adapter(&self) -> String {
         self.adapter.clone()
@@ -98,6 +100,15 @@ impl Backend {
 
 fn lost_reason(lost: &Option<Lost>) -> Option<String> {
     lost.as_ref().and_then(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+/// What went wrong with WebGPU, for people.
+fn init_error(error: WgpuInitError) -> String {
+    match error {
+        WgpuInitError::AdapterUnavailable { .. } => "the browser offers no WebGPU adapter".to_string(),
+        WgpuInitError::RequestDevice { message } => format!("the WebGPU adapter would not create a device: {message}"),
+        other => format!("WebGPU could not start: {other}"),
+    }
 }
 
 /// `navigator.gpu` in a page or a worker.

@@ -218,6 +218,9 @@ pub struct HfVitConfig {
     /// vitrine: MLP width per layer after pruning.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_intermediate_size: Option<Vec<usize>>,
+    /// vitrine: how `model.safetensors` stores the weights (absent for f32; see `weights::storage`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
 }
 
 impl Default for HfVitConfig {
@@ -243,6 +246,7 @@ impl Default for HfVitConfig {
             id2label: BTreeMap::new(),
             layer_num_attention_heads: None,
             layer_intermediate_size: None,
+            quantization: None,
         }
     }
 }

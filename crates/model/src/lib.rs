@@ -18,4 +18,4 @@ pub use config::{HfVitConfig, ModelType, VitConfig};
 pub use error::{ConfigError, ImageError, LoadError};
 pub use model::{Vit, VitOutput};
 pub use preprocess::PreprocessConfig;
-pub use weights::{Loaded, load_safetensors, save_safetensors};
+pub use weights::{Loaded, Storage, load_safetensors, save_safetensors, save_safetensors_as};

@@ -7,6 +7,7 @@
 //! runs in the browser.
 
 mod names;
+pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +18,7 @@ use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurn
 use safetensors::{Dtype, SafeTensors};
 
 pub use names::{Family, Mapped, to_canonical, to_hf};
+pub use storage::Storage;
 
 use crate::config::{Head, HfVitConfig, ModelType, VitConfig};
 use crate::error::LoadError;
@@ -86,7 +88,14 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
     // In name order, so that the first error reported is the same on every run.
     let mut entries = file.tensors();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
+    // int8 weights carry a `<name>_scale` beside them; the scales are read with their weights.
+    let int8: BTreeSet<String> = entries.iter().filter(|(_, v)| v.dtype() == Dtype::I8).map(|(n, _)| n.clone()).collect();
     for (name, view) in entries {
+        if let Some(base) = name.strip_suffix(storage::SCALE_SUFFIX)
+            && int8.contains(base)
+        {
+            continue;
+        }
         let targets = match to_canonical(family, &name) {
             Mapped::To(canonical) => vec![(canonical, 0, 1)],
             Mapped::SplitQkv { prefix, param } => ["query", "key", "value"]
@@ -117,7 +126,10 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             if &part_shape != want {
                 return Err(LoadError::Shape { name: name.clone(), expected: want.clone(), found: shape });
             }
-            let values = to_f32_bytes(&name, view.dtype(), view.data())?;
+            let values = match view.dtype() {
+                Dtype::I8 => dequantize(file, &name, &shape, view.data())?,
+                dtype => to_f32_bytes(&name, dtype, view.data())?,
+            };
             let block = values.len() / parts;
             let bytes = values[part * block..(part + 1) * block].to_vec();
             tensors.push(PackTensor::new(canonical, DType::F32, part_shape, None, Bytes::from_bytes_vec(bytes)));
@@ -150,6 +162,26 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
     Ok(())
 }
 
+/// f32 bytes of the int8 matrix `name` times its per-row scales `<name>_scale`.
+fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> Result<Vec<u8>, LoadError> {
+    let scale_name = format!("{name}{}", storage::SCALE_SUFFIX);
+    let bad = |message: String| LoadError::Tensor { name: name.to_string(), message };
+    let scale = file.tensor(&scale_name).map_err(|_| bad(format!("an int8 tensor needs its scales in {scale_name}")))?;
+    if shape.len() != 2 || scale.dtype() != Dtype::F32 || scale.shape() != [shape[0]] {
+        return Err(bad(format!(
+            "{scale_name} must be F32 [{}] for an int8 [rows, cols] matrix, got {:?} {:?}",
+            shape.first().copied().unwrap_or(0),
+            scale.dtype(),
+            scale.shape()
+        )));
+    }
+    let scales: Vec<f32> = scale.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if scales.iter().any(|s| !s.is_finite()) {
+        return Err(bad(format!("{scale_name} holds non-finite scales")));
+    }
+    Ok(storage::dequantize_rows(data, &scales))
+}
+
 /// Little-endian f32 bytes of a tensor stored as f32, f16, bf16 or f64.
 fn to_f32_bytes(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>, LoadError> {
     let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> {
@@ -167,21 +199,36 @@ fn to_f32_bytes(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>, LoadEr
 /// The model's weights as a Hugging Face `model.safetensors` for `model_type` (f32), which
 /// transformers loads into `*ForImageClassification` (or `*Model` for a backbone).
 pub fn save_safetensors(model: &Vit, model_type: ModelType) -> Result<Vec<u8>, LoadError> {
+    save_safetensors_as(model, model_type, Storage::F32)
+}
+
+/// Like [`save_safetensors`], stored as `storage` (f16, or int8 block weights with per-channel
+/// scales: see [`storage`]). transformers reads f32 and f16 files; int8 ones load in vitrine.
+pub fn save_safetensors_as(model: &Vit, model_type: ModelType, storage: Storage) -> Result<Vec<u8>, LoadError> {
     let with_head = model.has_head();
     let teacher = model.distillation_classifier.is_some();
-    let mut named = Vec::new();
+    let mut named: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
         let name = to_hf(model_type, &tensor.name, with_head, teacher);
         let shape = tensor.shape.to_vec();
         let bytes = tensor
             .to_bytes()
             .map_err(|e| LoadError::Tensor { name: name.clone(), message: e.to_string() })?;
-        named.push((name, shape, bytes.to_vec()));
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        match storage {
+            Storage::Int8 if storage::is_quantized_weight(&tensor.name) => {
+                let (q, scales) = storage::quantize_rows(&values, shape[0]);
+                named.push((format!("{name}{}", storage::SCALE_SUFFIX), Dtype::F32, vec![shape[0]], storage::float_bytes(&scales, Dtype::F32)));
+                named.push((name, Dtype::I8, shape, q.into_iter().map(|v| v as u8).collect()));
+            }
+            Storage::F16 => named.push((name, Dtype::F16, shape, storage::float_bytes(&values, Dtype::F16))),
+            _ => named.push((name, Dtype::F32, shape, bytes.to_vec())),
+        }
     }
     let views = named
         .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
                 .map_err(|e| LoadError::Safetensors(e.to_string()))
         })

@@ -1,0 +1,101 @@
+//! Bundles stored as f16 and int8 (per-channel scales) load back into the same model, within
+//! stated bounds of the f32 model, and refuse malformed int8 files.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+use vitrine_model::{LoadError, Storage, load_safetensors, save_safetensors_as};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+fn input(side: usize) -> Tensor<4> {
+    let values: Vec<f32> = (0..2 * 3 * side * side).map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0).collect();
+    Tensor::from_data(TensorData::new(values, [2, 3, side, side]), &Device::flex())
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Logits of the fixture `name` as stored in f32 and after a round trip through `storage`.
+fn round_trip(name: &str, storage: Storage) -> (Vec<f32>, Vec<f32>, usize, usize) {
+    let dir = fixture(name);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let original = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let device = Device::flex();
+    let loaded = load_safetensors(&config, &original, &device).unwrap();
+    let model_type = loaded.hf_config.model_type().unwrap();
+    let stored = save_safetensors_as(&loaded.model, model_type, storage).unwrap();
+    let reloaded = load_safetensors(&config, &stored, &device).unwrap();
+    let side = loaded.config.image_size;
+    let a = loaded.model.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+    let b = reloaded.model.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+    (a, b, original.len(), stored.len())
+}
+
+#[test]
+fn f16_storage_stays_within_1e_3() {
+    for name in ["vit", "deit", "dinov2"] {
+        let (a, b, _, _) = round_trip(name, Storage::F16);
+        assert!(max_abs_diff(&a, &b) < 1e-3, "{name}: {}", max_abs_diff(&a, &b));
+    }
+}
+
+#[test]
+fn int8_storage_stays_within_2_percent_of_the_logit_range() {
+    for name in ["vit", "deit", "dinov2"] {
+        let (a, b, _, _) = round_trip(name, Storage::Int8);
+        let range = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff > 0.0, "{name}: int8 changed nothing, so nothing was quantized");
+        assert!(diff < 0.02 * range, "{name}: {diff} vs logit range {range}");
+    }
+}
+
+#[test]
+fn int8_file_stores_block_weights_as_i8_with_scales() {
+    let dir = fixture("vit");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let loaded = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::flex()).unwrap();
+    let bytes = save_safetensors_as(&loaded.model, loaded.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let query = file.tensor("vit.encoder.layer.0.attention.attention.query.weight").unwrap();
+    assert_eq!(query.dtype(), Dtype::I8);
+    let scale = file.tensor("vit.encoder.layer.0.attention.attention.query.weight_scale").unwrap();
+    assert_eq!((scale.dtype(), scale.shape()), (Dtype::F32, &[32][..]));
+    assert_eq!(file.tensor("classifier.weight").unwrap().dtype(), Dtype::F32);
+    assert_eq!(file.tensor("vit.encoder.layer.0.output.dense.bias").unwrap().dtype(), Dtype::F32);
+}
+
+#[test]
+fn int8_without_or_with_bad_scales_is_refused() {
+    let dir = fixture("vit");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let loaded = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::flex()).unwrap();
+    let bytes = save_safetensors_as(&loaded.model, loaded.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let target = "vit.encoder.layer.1.intermediate.dense.weight_scale";
+    let rewrite = |replace: Option<(Vec<usize>, Vec<u8>)>| {
+        let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .filter_map(|(n, v)| match (&replace, n == target) {
+                (None, true) => None,
+                (Some((shape, data)), true) => Some((n, Dtype::F32, shape.clone(), data.clone())),
+                _ => Some((n, v.dtype(), v.shape().to_vec(), v.data().to_vec())),
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            kept.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let missing = load_safetensors(&config, &rewrite(None), &Device::flex()).unwrap_err();
+    assert!(matches!(&missing, LoadError::Tensor { message, .. } if message.contains("needs its scales")), "{missing}");
+    let short = load_safetensors(&config, &rewrite(Some((vec![2], vec![0; 8]))), &Device::flex()).unwrap_err();
+    assert!(short.to_string().contains("must be F32"), "{short}");
+    let nan = load_safetensors(&config, &rewrite(Some((vec![48], f32::NAN.to_le_bytes().repeat(48)))), &Device::flex()).unwrap_err();
+    assert!(nan.to_string().contains("non-finite"), "{nan}");
+}

@@ -12,6 +12,7 @@ pub mod interpolate;
 pub mod layer;
 pub mod model;
 pub mod preprocess;
+pub mod prune;
 pub mod weights;
 
 pub use config::{HfVitConfig, ModelType, VitConfig};

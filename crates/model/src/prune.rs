@@ -1,0 +1,117 @@
+//! Structured pruning that really removes parameters: attention heads (their query, key and value
+//! rows and the output projection's columns) and MLP neurons (the first MLP layer's rows and the
+//! second's columns). The result is an ordinary, smaller [`Vit`] whose config lists the heads and
+//! MLP width kept in each layer. Choosing *what* to remove (importance from data) is the caller's.
+
+use burn::tensor::{DType, Device};
+use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+
+use crate::config::VitConfig;
+use crate::error::ConfigError;
+use crate::model::Vit;
+
+/// What to keep, per layer: head indices and MLP neuron indices (each sorted, unique, in range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keep {
+    pub heads: Vec<Vec<usize>>,
+    pub neurons: Vec<Vec<usize>>,
+}
+
+impl Keep {
+    /// Everything: pruning with this changes nothing.
+    pub fn all(config: &VitConfig) -> Self {
+        Self {
+            heads: config.layer_num_attention_heads.iter().map(|&h| (0..h).collect()).collect(),
+            neurons: config.layer_intermediate_size.iter().map(|&n| (0..n).collect()).collect(),
+        }
+    }
+
+    fn check(&self, config: &VitConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.heads.len() != config.num_hidden_layers || self.neurons.len() != config.num_hidden_layers {
+            return bad(format!("a pruning plan needs one entry per layer ({})", config.num_hidden_layers));
+        }
+        for (layer, (heads, neurons)) in self.heads.iter().zip(&self.neurons).enumerate() {
+            if heads.is_empty() {
+                return bad(format!("pruning would remove every head of layer {layer}; keep at least one"));
+            }
+            if neurons.is_empty() {
+                return bad(format!("pruning would remove every MLP neuron of layer {layer}; keep at least one"));
+            }
+            let sorted = |v: &Vec<usize>, n: usize| v.windows(2).all(|w| w[0] < w[1]) && v.last().is_some_and(|&l| l < n);
+            if !sorted(heads, config.layer_num_attention_heads[layer]) || !sorted(neurons, config.layer_intermediate_size[layer]) {
+                return bad(format!("layer {layer}: kept heads and neurons must be sorted, unique and in range"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A copy of `model` (built from `config`) with only the heads and neurons of `keep`.
+pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+    keep.check(config)?;
+    let head_dim = config.head_dim();
+    let pruned_config = VitConfig {
+        layer_num_attention_heads: keep.heads.iter().map(Vec::len).collect(),
+        layer_intermediate_size: keep.neurons.iter().map(Vec::len).collect(),
+        ..config.clone()
+    };
+    let mut tensors = Vec::new();
+    for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
+        let shape = tensor.shape.to_vec();
+        let bytes = tensor.to_bytes().map_err(|e| ConfigError::Invalid(format!("{}: {e}", tensor.name)))?;
+        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let (values, shape) = match slice_plan(&tensor.name, keep, head_dim) {
+            None => (values, shape),
+            Some((Axis::Rows, index)) => select(&values, &shape, &index, true),
+            Some((Axis::Cols, index)) => select(&values, &shape, &index, false),
+        };
+        let bytes = Bytes::from_bytes_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        tensors.push(PackTensor::new(tensor.name.clone(), DType::F32, shape, None, bytes));
+    }
+    let mut pruned = pruned_config.init(device);
+    let result = pruned.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(ConfigError::Invalid(format!("pruned weights do not fit: {:?} {:?}", result.errors, result.missing)));
+    }
+    Ok((pruned, pruned_config))
+}
+
+enum Axis {
+    Rows,
+    Cols,
+}
+
+/// Which axis of parameter `name` (PyTorch layout) to slice, and the indices to keep.
+fn slice_plan(name: &str, keep: &Keep, head_dim: usize) -> Option<(Axis, Vec<usize>)> {
+    let rest = name.strip_prefix("vit.encoder.layer.")?;
+    let (layer, param) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let head_units = || keep.heads[layer].iter().flat_map(|&h| h * head_dim..(h + 1) * head_dim).collect::<Vec<_>>();
+    match param {
+        "attention.attention.query.weight" | "attention.attention.key.weight" | "attention.attention.value.weight"
+        | "attention.attention.query.bias" | "attention.attention.key.bias" | "attention.attention.value.bias" => {
+            Some((Axis::Rows, head_units()))
+        }
+        "attention.output.dense.weight" => Some((Axis::Cols, head_units())),
+        "intermediate.dense.weight" | "intermediate.dense.bias" => Some((Axis::Rows, keep.neurons[layer].clone())),
+        "output.dense.weight" => Some((Axis::Cols, keep.neurons[layer].clone())),
+        _ => None,
+    }
+}
+
+/// Rows (axis 0) or columns (axis 1) `index` of a row-major tensor of `shape` (1-D: elements).
+fn select(values: &[f32], shape: &[usize], index: &[usize], rows: bool) -> (Vec<f32>, Vec<usize>) {
+    if shape.len() == 1 {
+        return (index.iter().map(|&i| values[i]).collect(), vec![index.len()]);
+    }
+    let cols = shape[1];
+    if rows {
+        let out = index.iter().flat_map(|&r| values[r * cols..(r + 1) * cols].iter().copied()).collect();
+        (out, vec![index.len(), cols])
+    } else {
+        let out = values.chunks_exact(cols).flat_map(|row| index.iter().map(move |&c| row[c])).collect();
+        (out, vec![shape[0], index.len()])
+    }
+}

@@ -30,6 +30,10 @@ enum Command {
     Export(cmd::export::Args),
     /// Rebuild a run's HTML report, optionally compared with other runs.
     Report(cmd::report::Args),
+    /// Remove the least important attention heads (and MLP neurons), measured on data.
+    Prune(cmd::prune::Args),
+    /// Store a model's weights as int8 (per output channel) or f16.
+    Quantize(cmd::quantize::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Report(args) => cmd::report::run(args),
+        Command::Prune(args) => cmd::prune::run(args),
+        Command::Quantize(args) => cmd::quantize::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -12,3 +12,5 @@ pub mod report;
 pub mod setup;
 pub mod trainer;
 pub mod toy;
+pub mod importance;
+pub mod speed;

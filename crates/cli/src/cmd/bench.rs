@@ -1,15 +1,9 @@
 //! `vitrine bench`: forward latency of models in the same run, on the same device and input; with
 //! `--train`, the time of a whole training step (forward, loss, backward, AdamW) instead.
 
-use std::time::Instant;
-
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
-use vitrine_train::recipe::Recipe;
-use vitrine_train::setup;
-use vitrine_train::trainer::cross_entropy;
+use vitrine_train::speed;
 use serde::Serialize;
 
 use crate::device::DeviceKind;
@@ -59,30 +53,14 @@ pub fn run(args: Args) -> Result<()> {
         };
         let shape = [args.batch, 3, h as usize, w as usize];
         let params = model.loaded.model.num_params();
-        let mut times = if args.train {
-            train_step_times(model.loaded, shape, args.iters, &device)?
+        let ms_per_image = if args.train {
+            speed::train_step_ms_per_image(model.loaded, shape, args.iters, &device)?
         } else {
-            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-            let forward = || {
-                let out = model.loaded.model.forward_features(x.clone());
-                // Reading the result back makes lazy and asynchronous backends finish the work.
-                out.into_data();
-            };
-            forward();
-            forward();
-            (0..args.iters.max(1))
-                .map(|_| {
-                    let start = Instant::now();
-                    forward();
-                    start.elapsed().as_secs_f64() * 1e3
-                })
-                .collect()
+            speed::forward_ms_per_image(&model.loaded.model, shape, args.iters, &device)
         };
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
         rows.push(Row {
             model: name.clone(),
-            ms_per_image: median / args.batch as f64,
+            ms_per_image,
             params,
             bytes: model.weight_bytes,
         });
@@ -101,25 +79,3 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds of full training steps (after 2 warm-up steps) on random images and labels.
-fn train_step_times(loaded: vitrine_model::Loaded, shape: [usize; 4], iters: usize, device: &Device) -> Result<Vec<f64>> {
-    let classes: Vec<String> = (0..10).map(|i| format!("class{i}")).collect();
-    let recipe = Recipe { drop_path: 0.0, ..Recipe::default() };
-    let (mut model, _) = setup::with_head(loaded, &classes, &recipe, &device.clone().autodiff())?;
-    let mut optimizer = setup::optimizer(&recipe)?;
-    let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device.clone().autodiff());
-    let labels: Vec<usize> = (0..shape[0]).map(|i| i % classes.len()).collect();
-    let mut times = Vec::new();
-    for i in 0..iters.max(1) + 2 {
-        let start = Instant::now();
-        let loss = cross_entropy(model.forward(x.clone()), &labels, 0.0);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(1e-5, model, grads);
-        // Reading a parameter back makes lazy backends finish the update.
-        model.vit.layernorm.gamma.val().into_data();
-        if i >= 2 {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    Ok(times)
-}

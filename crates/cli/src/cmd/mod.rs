@@ -3,5 +3,7 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod predict;
+pub mod prune;
+pub mod quantize;
 pub mod report;
 pub mod train;

@@ -14,3 +14,4 @@ pub mod trainer;
 pub mod toy;
 pub mod importance;
 pub mod speed;
+pub mod progress;

@@ -11,7 +11,6 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use indicatif::{ProgressBar, ProgressStyle};
 use vitrine_model::{HfVitConfig, Loaded, PreprocessConfig, Vit};
 
 use crate::bundle;
@@ -21,6 +20,7 @@ use crate::data::loader::{Transform, batches, drop_unreadable, epoch_order, samp
 use crate::data::{ImageFolder, Sample};
 use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
+pub use crate::progress::bar;
 use crate::recipe::Recipe;
 use crate::setup::{self, ModelSpec};
 
@@ -428,16 +428,4 @@ impl Run {
         }
         Ok(evaluation)
     }
-}
-
-/// A progress bar in the run's style.
-pub fn bar(len: u64, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix.to_string());
-    bar
 }

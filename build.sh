@@ -7,9 +7,11 @@
 #   ./build.sh site       only lay out dist/ again from www/ (the wasm in dist/www/pkg is kept)
 #
 # Tools are installed with `cargo install` when missing: wasm-pack, and wasm-bindgen-cli at exactly
-# the wasm-bindgen version of Cargo.lock (wasm-pack is told never to download its own). wasm-opt runs
-# only if a current binaryen is installed from npm (`npm install binaryen`); Debian's binaryen 108
-# corrupts this module, so it is never used. The wasm's name section is always stripped.
+# the wasm-bindgen version of Cargo.lock (wasm-pack is told never to download its own).
+# The wasm's debug sections are always stripped (25 MB, 4.1 MB gzipped). wasm-opt runs only with
+# VITRINE_WASM_OPT=1 and a current binaryen from npm (`npm install binaryen`): binaryen 132's -O2 took
+# 7 minutes here for 19.6 MB raw but 4.2 MB gzipped, no gain where it counts (docs/browser.md).
+# Debian's binaryen 108 corrupts this module (externref tables), so it is never used.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -47,7 +49,8 @@ build_wasm() {
   rm -f "$DIST/www/pkg/.gitignore" "$DIST/www/pkg/package.json" "$DIST/www/pkg/README.md"
   local wasm=$DIST/www/pkg/vitrine_web_bg.wasm
   node "$ROOT/crates/web/tools/strip-names.mjs" "$wasm"
-  if [ -x "$ROOT/node_modules/.bin/wasm-opt" ] && [ "${VITRINE_WASM_OPT:-1}" != 0 ]; then
+  if [ "${VITRINE_WASM_OPT:-0}" = 1 ]; then
+    [ -x "$ROOT/node_modules/.bin/wasm-opt" ] || { echo "VITRINE_WASM_OPT=1 needs npm binaryen: npm install binaryen" >&2; exit 1; }
     log "wasm-opt -O2 (npm binaryen $("$ROOT/node_modules/.bin/wasm-opt" --version | awk '{ print $3 }'))"
     "$ROOT/node_modules/.bin/wasm-opt" -O2 --all-features "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
   fi

@@ -11,7 +11,8 @@ cargo test --workspace --release
 
 step "wasm-pack test: crates/web in headless Chromium, on WebGPU (SwiftShader) and on the CPU"
 # webdriver.json in crates/web passes --enable-unsafe-webgpu to Chromium.
-CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" \
+# SwiftShader compiles each WebGPU shader on the CPU: the first tests take minutes, not seconds.
+WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}" CHROMEDRIVER="${CHROMEDRIVER:-/usr/bin/chromedriver}" \
   wasm-pack --log-level warn test --release --headless --chrome --mode no-install crates/web
 
 step "build the site (dist/), reusing the wasm build above"

@@ -279,7 +279,7 @@ mod tests {
                 serde_json::from_str(&std::fs::read_to_string(fixtures().join(name).join("pipeline.json")).unwrap()).unwrap();
             for case in pipeline.as_array().unwrap() {
                 let image = case["image"].as_str().unwrap();
-                let bytes = std::fs::read(fixtures().join("images").join(image)).unwrap();
+                let bytes = std::fs::read(fixtures().join(image)).unwrap();
                 let out = engine.run(engine.pixels_from_file(&bytes, &device).unwrap().0);
                 let logits = out.logits.unwrap().into_data().try_to_vec::<f32>().unwrap();
                 let probs = softmax(&logits);

@@ -34,6 +34,8 @@ enum Command {
     Prune(cmd::prune::Args),
     /// Store a model's weights as int8 (per output channel) or f16.
     Quantize(cmd::quantize::Args),
+    /// Train a smaller ViT from a teacher's outputs (soft or hard distillation).
+    Distill(cmd::distill::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Report(args) => cmd::report::run(args),
         Command::Prune(args) => cmd::prune::run(args),
         Command::Quantize(args) => cmd::quantize::run(args),
+        Command::Distill(args) => cmd::distill::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

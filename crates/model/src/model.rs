@@ -148,8 +148,7 @@ impl Vit {
 
     /// Logits from the input of block `start`: the remaining blocks, final LayerNorm and head.
     pub fn forward_from_layer(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<2> {
-        let end = self.vit.encoder.layer.len();
-        self.forward_head(self.vit.layernorm.forward(self.forward_layers(hidden_states, start..end)))
+        self.forward_head(self.features_from_layer(hidden_states, start))
     }
 
     fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
@@ -182,20 +181,33 @@ impl Vit {
         }
     }
 
+    /// The class head's logits and, for DeiT with a distillation token, the distillation head's
+    /// (training needs them apart: DeiT trains the second on the teacher's labels).
+    pub fn forward_heads(&self, last_hidden_state: Tensor<3>) -> (Tensor<2>, Option<Tensor<2>>) {
+        let classifier = self.classifier.as_ref().expect("this model has no classifier (a backbone)");
+        let logits = classifier.forward(self.classifier_dropout.forward(self.pre_logits(last_hidden_state.clone())));
+        let distilled = self.distillation_classifier.as_ref().map(|distillation| {
+            let [batch, _, hidden] = last_hidden_state.dims();
+            let token = last_hidden_state.narrow(1, 1, 1).reshape([batch, hidden]);
+            distillation.forward(self.classifier_dropout.forward(token))
+        });
+        (logits, distilled)
+    }
+
+    /// The final LayerNorm's output from the input of block `start` (training from cached blocks).
+    pub fn features_from_layer(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<3> {
+        let end = self.vit.encoder.layer.len();
+        self.vit.layernorm.forward(self.forward_layers(hidden_states, start..end))
+    }
+
     /// Logits from `last_hidden_state`; DeiT with its teacher head averages both heads, as HF does.
     ///
     /// # Panics
     /// If the model has no classifier.
     pub fn forward_head(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
-        let classifier = self.classifier.as_ref().expect("this model has no classifier (a backbone)");
-        let logits = classifier.forward(self.classifier_dropout.forward(self.pre_logits(last_hidden_state.clone())));
-        match &self.distillation_classifier {
-            None => logits,
-            Some(distillation) => {
-                let [batch, _, hidden] = last_hidden_state.dims();
-                let token = last_hidden_state.narrow(1, 1, 1).reshape([batch, hidden]);
-                (logits + distillation.forward(self.classifier_dropout.forward(token))) / 2.0
-            }
+        match self.forward_heads(last_hidden_state) {
+            (logits, None) => logits,
+            (logits, Some(distilled)) => (logits + distilled) / 2.0,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! rows and the output projection's columns) and MLP neurons (the first MLP layer's rows and the
 //! second's columns). The result is an ordinary, smaller [`Vit`] whose config lists the heads and
 //! MLP width kept in each layer. Choosing *what* to remove (importance from data) is the caller's.
+//! [`select_layers`] keeps a subset of whole blocks (a shallower student initialised from a teacher).
 
 use burn::tensor::{DType, Device};
 use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
@@ -114,4 +115,37 @@ fn select(values: &[f32], shape: &[usize], index: &[usize], rows: bool) -> (Vec<
         let out = values.chunks_exact(cols).flat_map(|row| index.iter().map(move |&c| row[c])).collect();
         (out, vec![shape[0], index.len()])
     }
+}
+
+/// A copy of `model` with only the blocks `layers` (sorted, unique, in range), renumbered from 0.
+pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+    if layers.is_empty() || !layers.windows(2).all(|w| w[0] < w[1]) || layers.last().is_some_and(|&l| l >= config.num_hidden_layers) {
+        return Err(ConfigError::Invalid(format!(
+            "layers to keep must be sorted, unique and below {}, got {layers:?}",
+            config.num_hidden_layers
+        )));
+    }
+    let selected = VitConfig {
+        num_hidden_layers: layers.len(),
+        layer_num_attention_heads: layers.iter().map(|&l| config.layer_num_attention_heads[l]).collect(),
+        layer_intermediate_size: layers.iter().map(|&l| config.layer_intermediate_size[l]).collect(),
+        ..config.clone()
+    };
+    let tensors: Vec<PackTensor> = model
+        .collect(None, None, false)
+        .into_iter()
+        .filter_map(|mut t| {
+            let Some(rest) = t.name.strip_prefix("vit.encoder.layer.") else { return Some(t) };
+            let (index, param) = rest.split_once('.')?;
+            let new_index = layers.iter().position(|&l| index.parse() == Ok(l))?;
+            t.name = format!("vit.encoder.layer.{new_index}.{param}");
+            Some(t)
+        })
+        .collect();
+    let mut out = selected.init(device);
+    let result = out.apply(tensors, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(ConfigError::Invalid(format!("selected layers do not fit: {:?} {:?}", result.errors, result.missing)));
+    }
+    Ok((out, selected))
 }

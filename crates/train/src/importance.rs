@@ -104,6 +104,26 @@ pub fn plan(importance: &Importance, remove_heads: usize, mlp_fraction: f64) -> 
     Keep { heads, neurons }
 }
 
+/// Keeps the `heads` most important heads of every layer and drops the `mlp_fraction` least
+/// important neurons of every MLP (a uniformly narrower student).
+pub fn plan_per_layer(importance: &Importance, heads: usize, mlp_fraction: f64) -> Keep {
+    let top = |scores: &Vec<f64>, keep: usize| {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        let mut kept: Vec<usize> = order[..keep.clamp(1, scores.len())].to_vec();
+        kept.sort();
+        kept
+    };
+    Keep {
+        heads: importance.heads.iter().map(|s| top(s, heads)).collect(),
+        neurons: importance
+            .neurons
+            .iter()
+            .map(|s| top(s, s.len() - ((s.len() as f64 * mlp_fraction).round() as usize).min(s.len() - 1)))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +138,9 @@ mod tests {
         // Ranked: (1,0) 0.05, (0,0) 0.1, (0,2) 0.2, ...: three removals, layer 1 keeps head 1.
         assert_eq!(keep.heads, vec![vec![1], vec![1]]);
         assert_eq!(keep.neurons, vec![vec![0, 3], vec![2, 3]]);
+        let per_layer = plan_per_layer(&importance, 2, 0.25);
+        assert_eq!(per_layer.heads, vec![vec![1, 2], vec![0, 1]]);
+        assert_eq!(per_layer.neurons, vec![vec![0, 2, 3], vec![0, 2, 3]]);
         let all = plan(&importance, 10, 0.0);
         assert_eq!(all.heads, vec![vec![1], vec![1]]);
         assert_eq!(all.neurons[0].len(), 4);

@@ -15,3 +15,4 @@ pub mod toy;
 pub mod importance;
 pub mod speed;
 pub mod progress;
+pub mod distill;

@@ -53,6 +53,13 @@ pub struct Recipe {
     pub prefetch: usize,
     /// Train on at most this many images per epoch (0 = all): quick trials and tests.
     pub limit_train: usize,
+    /// Augmented views per image, reused across epochs (epoch `e` sees view `e % views`), so that
+    /// teacher outputs can be cached; 0 = a fresh augmentation every epoch.
+    #[serde(default)]
+    pub views: usize,
+    /// Learn from a teacher as well as the labels.
+    #[serde(default)]
+    pub distill: Option<crate::distill::DistillRecipe>,
 }
 
 impl Default for Recipe {
@@ -83,6 +90,8 @@ impl Default for Recipe {
             checkpoint_secs: 300,
             prefetch: 2,
             limit_train: 0,
+            views: 0,
+            distill: None,
         }
     }
 }
@@ -107,6 +116,14 @@ impl Recipe {
         }
         if self.cache_frozen && self.cache_views == 0 {
             bail!("--cache-views must be at least 1");
+        }
+        if let Some(distill) = &self.distill {
+            if self.views == 0 && !self.cache_frozen {
+                bail!("distillation caches the teacher's outputs per augmented view: give --views N (N >= 1)");
+            }
+            if !(0.0..=1.0).contains(&distill.alpha) || distill.temperature <= 0.0 {
+                bail!("--alpha must be in [0, 1] and --temperature positive");
+            }
         }
         if self.image_size == 0 || self.image_size as usize % patch_size != 0 {
             bail!("--image-size {} must be a positive multiple of the patch size {patch_size}", self.image_size);

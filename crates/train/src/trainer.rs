@@ -40,8 +40,9 @@ impl RunDir {
     pub fn best(&self) -> PathBuf {
         self.0.join("best")
     }
+    /// A cache file (`cache/<name>`): frozen-block outputs (`.f16`), teacher logits (`.f32`).
     pub fn cache(&self, name: &str) -> PathBuf {
-        self.0.join("cache").join(format!("{name}.f16"))
+        self.0.join("cache").join(name)
     }
 }
 
@@ -200,6 +201,10 @@ impl Run {
             scheduler.step();
         }
         let caches = if recipe.cache_frozen { Some(self.caches(&model)?) } else { None };
+        let teacher = match &recipe.distill {
+            Some(distill) => Some(self.teacher(&distill.teacher)?),
+            None => None,
+        };
         let eval_transform = Arc::new(Transform::Eval(self.preprocess.clone()));
         let train_transform = Arc::new(Transform::train(recipe.augment, recipe.image_size, &self.preprocess));
         let mut last_checkpoint = Instant::now();
@@ -212,6 +217,24 @@ impl Run {
             let order: Vec<usize> =
                 epoch_order(self.train.len(), Some((recipe.seed, epoch))).into_iter().take(self.train_len()).collect();
             let skip = state.batch_in_epoch;
+            // Which augmented view this epoch sees (a fresh one per epoch unless views are reused).
+            let view = match (&caches, recipe.views) {
+                (Some((views, _)), _) => epoch % views.len(),
+                (None, 0) => epoch,
+                (None, n) => epoch % n,
+            };
+            let teacher_logits = match &teacher {
+                Some(teacher) => Some(crate::distill::TeacherLogits::for_view(
+                    &self.dir.cache(&format!("teacher-{}px-view{view}.f32", recipe.image_size)),
+                    teacher,
+                    self.train.clone(),
+                    train_transform.clone(),
+                    recipe.seed,
+                    view,
+                    &self.device,
+                )?),
+                None => None,
+            };
             let progress = bar(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, recipe.epochs));
             progress.set_position(skip as u64);
             let started = Instant::now();
@@ -227,7 +250,7 @@ impl Run {
                     recipe.batch_size,
                     train_transform.clone(),
                     recipe.seed,
-                    epoch,
+                    view,
                     recipe.prefetch,
                 )),
             };
@@ -237,15 +260,16 @@ impl Run {
             for (offset, chunk) in remaining.iter().enumerate() {
                 let batch_index = skip + offset;
                 let waiting = Instant::now();
-                let (input, labels) = match (&caches, &mut pixel_batches) {
+                let (input, labels, indices) = match (&caches, &mut pixel_batches) {
                     (Some((views, _)), _) => {
-                        let view = &views[epoch % views.len()];
-                        (Input::Hidden(view.batch(chunk, &ad_device)), chunk.iter().map(|&i| view.labels[i]).collect::<Vec<_>>())
+                        let cache = &views[view];
+                        let labels = chunk.iter().map(|&i| cache.labels[i]).collect::<Vec<_>>();
+                        (Input::Hidden(cache.batch(chunk, &ad_device)), labels, chunk.clone())
                     }
                     (None, Some(receiver)) => {
                         let Ok(batch) = receiver.recv() else { break };
                         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), &ad_device);
-                        (Input::Pixels(pixels), batch.labels)
+                        (Input::Pixels(pixels), batch.labels, batch.indices)
                     }
                     (None, None) => unreachable!(),
                 };
@@ -253,12 +277,27 @@ impl Run {
                 // Dropout and drop-path draw from the device RNG: seed it per batch so a resumed
                 // run draws what the uninterrupted one would have.
                 ad_device.seed(sample_seed(recipe.seed, epoch, batch_index));
-                let logits = match input {
-                    Input::Pixels(pixels) => model.forward(pixels),
-                    Input::Hidden(hidden) => model.forward_from_layer(hidden, recipe.frozen_blocks),
+                let features = match input {
+                    Input::Pixels(pixels) => model.forward_features(pixels),
+                    Input::Hidden(hidden) => model.features_from_layer(hidden, recipe.frozen_blocks),
+                };
+                let (class_logits, distilled) = model.forward_heads(features);
+                let logits = match &distilled {
+                    Some(distilled) => (class_logits.clone() + distilled.clone()) / 2.0,
+                    None => class_logits.clone(),
                 };
                 let host_logits = logits.clone().into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                let loss = cross_entropy(logits, &labels, recipe.label_smoothing);
+                let loss = match (&recipe.distill, &teacher_logits) {
+                    (Some(distill), Some(teacher)) => crate::distill::loss(
+                        class_logits,
+                        distilled,
+                        teacher.batch(&indices, &ad_device),
+                        &labels,
+                        distill,
+                        recipe.label_smoothing,
+                    ),
+                    _ => cross_entropy(logits, &labels, recipe.label_smoothing),
+                };
                 let loss_value = f64::from(loss.clone().into_scalar::<f32>());
                 if !loss_value.is_finite() {
                     progress.abandon();
@@ -374,6 +413,18 @@ impl Run {
         Ok(Outcome { best_top1: state.best_top1, best_epoch: state.best_epoch, epochs_run: state.epoch, stopped_early })
     }
 
+    /// The teacher bundle, checked against the dataset's classes.
+    fn teacher(&self, dir: &str) -> Result<Vit> {
+        let dir = Path::new(dir);
+        let config = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading the teacher in {}", dir.display()))?;
+        let weights = std::fs::read(dir.join("model.safetensors")).with_context(|| format!("reading the teacher in {}", dir.display()))?;
+        let loaded = vitrine_model::load_safetensors(&config, &weights, &self.device)?;
+        if loaded.labels != self.classes {
+            bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", loaded.labels, self.classes);
+        }
+        Ok(loaded.model)
+    }
+
     /// The frozen blocks' outputs: one cache per augmented view of the training set, one of val.
     fn caches(&self, model: &Vit) -> Result<(Vec<TokenCache>, TokenCache)> {
         let frozen = model.valid();
@@ -398,9 +449,9 @@ impl Run {
         let mut views = Vec::new();
         for view in 0..self.recipe.cache_views {
             let transform = Transform::train(self.recipe.augment, size, &self.preprocess);
-            views.push(build(format!("train-{size}px-view{view}"), train_subset.clone(), transform, view)?);
+            views.push(build(format!("train-{size}px-view{view}.f16"), train_subset.clone(), transform, view)?);
         }
-        let val = build(format!("val-{size}px"), self.val.clone(), Transform::Eval(self.preprocess.clone()), 0)?;
+        let val = build(format!("val-{size}px.f16"), self.val.clone(), Transform::Eval(self.preprocess.clone()), 0)?;
         Ok((views, val))
     }
 

@@ -157,3 +157,54 @@ fn layer_wise_decay_assigns_the_intended_rates() {
     assert!(close(rate("vit.encoder.layer.0."), 0.0025));
     assert!(close(rate("vit.embeddings."), 0.00125));
 }
+
+/// Mean KL(teacher || student) at temperature 1 over the validation images.
+fn kl_to_teacher(student: &Vit, teacher: &Vit, data: &Path, preprocess: &PreprocessConfig, device: &Device) -> f32 {
+    let folder = vitrine_train::data::ImageFolder::open(data, 0).unwrap();
+    let transform = vitrine_train::data::loader::Transform::Eval(preprocess.clone());
+    let mut total = 0.0;
+    let mut n = 0;
+    for sample in &folder.val {
+        let image = vitrine_model::preprocess::decode_image(&std::fs::read(&sample.path).unwrap()).unwrap();
+        let (pixels, [h, w]) = transform.pixels(&image, 0).unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h, w]), device);
+        total += vitrine_train::distill::kl_divergence(student.forward(x.clone()), teacher.forward(x), 1.0).into_scalar::<f32>();
+        n += 1;
+    }
+    total / n as f32
+}
+
+#[test]
+fn distillation_brings_the_student_closer_to_the_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (24, 8));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let teacher_run = tmp.path().join("teacher");
+    trainer::start(&teacher_run, recipe(&data), loaded, preprocess.clone(), &device).unwrap();
+    let teacher = bundle_model(&teacher_run.join("best"), &device);
+
+    // The student: the teacher's last block only, with half of its heads.
+    let dir = teacher_run.join("best");
+    let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let full = load_safetensors(&config_json, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
+    let mut keep = vitrine_model::prune::Keep::all(&full.config);
+    keep.heads = vec![vec![0, 1], vec![0, 1]];
+    let (pruned, pruned_config) = vitrine_model::prune::prune(&full.model, &full.config, &keep, &device).unwrap();
+    let (student, student_config) = vitrine_model::prune::select_layers(&pruned, &pruned_config, &[1], &device).unwrap();
+    let before = kl_to_teacher(&student, &teacher, &data, &preprocess, &device);
+    let mut hf_config = full.hf_config.clone();
+    hf_config.num_hidden_layers = 1;
+    hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
+    hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());
+    let student = Loaded { model: student, config: student_config, hf_config, labels: full.labels.clone(), family: full.family };
+
+    let run = tmp.path().join("student");
+    let distill = vitrine_train::distill::DistillRecipe { teacher: dir.display().to_string(), temperature: 2.0, alpha: 0.9, hard: false };
+    let recipe = Recipe { views: 2, distill: Some(distill), epochs: 3, ..recipe(&data) };
+    trainer::start(&run, recipe, student, preprocess.clone(), &device).unwrap();
+    let after = kl_to_teacher(&bundle_model(&run.join("best"), &device), &teacher, &data, &preprocess, &device);
+    assert!(after < before * 0.7, "KL to the teacher {before} -> {after}");
+    assert!(run.join("cache/teacher-32px-view1.f32").exists());
+}

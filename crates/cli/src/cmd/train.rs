@@ -24,6 +24,13 @@ pub struct Args {
     /// Continue the run in this folder from its last checkpoint (other options are read from it).
     #[arg(long, conflicts_with_all = ["model", "data", "out"])]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+/// The training options shared by `train` and `distill`.
+#[derive(clap::Args)]
+pub struct RecipeArgs {
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
@@ -82,48 +89,32 @@ pub struct Args {
     /// Seconds between mid-epoch checkpoints.
     #[arg(long, default_value_t = 300)]
     checkpoint_secs: u64,
+    /// Augmented views per image reused across epochs (0 = a fresh one every epoch); distillation
+    /// caches the teacher's outputs per view.
+    #[arg(long, default_value_t = 0)]
+    views: usize,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = args.device.device()?;
+    let device = args.recipe.device.device()?;
     let outcome = match &args.resume {
         Some(run_dir) => trainer::resume(run_dir, &device)?,
         None => {
             let (Some(model), Some(data), Some(out)) = (&args.model, &args.data, &args.out) else {
                 bail!("--model, --data and --out are required to start a run");
             };
-            let recipe = Recipe {
-                model: model.clone(),
-                data: data.display().to_string(),
-                epochs: args.epochs,
-                batch_size: args.batch_size,
-                accumulation: args.accumulation,
-                lr: args.lr,
-                warmup_epochs: args.warmup_epochs,
-                weight_decay: args.weight_decay,
-                layer_decay: args.layer_decay,
-                label_smoothing: args.label_smoothing,
-                dropout: args.dropout,
-                drop_path: args.drop_path,
-                image_size: args.image_size,
-                seed: args.seed,
-                augment: if args.no_augment { Augment::none() } else { Augment::default() },
-                frozen_blocks: args.frozen_blocks,
-                cache_frozen: args.cache_frozen,
-                cache_views: args.cache_views,
-                head_only_epochs: args.head_only_epochs,
-                unfreeze_per_epoch: args.unfreeze_per_epoch,
-                patience: args.patience,
-                checkpoint_secs: args.checkpoint_secs,
-                limit_train: args.limit_train,
-                ..Recipe::default()
-            };
+            let recipe = args.recipe.recipe(model, data);
             let pretrained = source::load(model, &device)?;
             trainer::start(out, recipe, pretrained.loaded, pretrained.preprocess, &device)?
         }
     };
+    print_outcome(&outcome);
+    Ok(())
+}
+
+pub fn print_outcome(outcome: &trainer::Outcome) {
     println!(
         "best validation top-1 {:.2}% (epoch {}); {} epochs{}",
         100.0 * outcome.best_top1,
@@ -131,5 +122,41 @@ pub fn run(args: Args) -> Result<()> {
         outcome.epochs_run,
         if outcome.stopped_early { ", stopped early" } else { "" }
     );
-    Ok(())
+}
+
+impl RecipeArgs {
+    /// The recipe these options describe, for `model` on `data`.
+    pub fn recipe(&self, model: &str, data: &std::path::Path) -> Recipe {
+        Recipe {
+            model: model.to_string(),
+            data: data.display().to_string(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            accumulation: self.accumulation,
+            lr: self.lr,
+            warmup_epochs: self.warmup_epochs,
+            weight_decay: self.weight_decay,
+            layer_decay: self.layer_decay,
+            label_smoothing: self.label_smoothing,
+            dropout: self.dropout,
+            drop_path: self.drop_path,
+            image_size: self.image_size,
+            seed: self.seed,
+            augment: if self.no_augment { Augment::none() } else { Augment::default() },
+            frozen_blocks: self.frozen_blocks,
+            cache_frozen: self.cache_frozen,
+            cache_views: self.cache_views,
+            head_only_epochs: self.head_only_epochs,
+            unfreeze_per_epoch: self.unfreeze_per_epoch,
+            patience: self.patience,
+            checkpoint_secs: self.checkpoint_secs,
+            limit_train: self.limit_train,
+            views: self.views,
+            ..Recipe::default()
+        }
+    }
+
+    pub fn device(&self) -> DeviceKind {
+        self.device
+    }
 }

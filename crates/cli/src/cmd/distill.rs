@@ -1,0 +1,112 @@
+//! `vitrine distill`: train a smaller ViT from a teacher's outputs (soft KL or DeiT hard labels).
+//! The student is another checkpoint, or is cut from the teacher: a subset of its blocks, the most
+//! important heads of each block and the most important part of each MLP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use vitrine_model::prune::{prune, select_layers};
+use vitrine_model::Loaded;
+use vitrine_train::data::ImageFolder;
+use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::distill::DistillRecipe;
+use vitrine_train::{importance, trainer};
+
+use super::train::{RecipeArgs, print_outcome};
+use crate::source;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The teacher: a classifier bundle for the dataset's classes.
+    #[arg(long)]
+    teacher: String,
+    /// A student checkpoint (folder or hf:ORG/NAME); without it the student is cut from the teacher.
+    #[arg(long)]
+    student: Option<String>,
+    /// Teacher blocks the student keeps, e.g. 0,2,4,6,8,10 (default: all).
+    #[arg(long, value_delimiter = ',')]
+    student_layers: Vec<usize>,
+    /// Heads per block the student keeps (the teacher's most important ones; default: all).
+    #[arg(long)]
+    student_heads: Option<usize>,
+    /// Fraction of each MLP's neurons the student drops (the least important).
+    #[arg(long, default_value_t = 0.0)]
+    student_mlp_drop: f64,
+    /// ImageFolder root.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Softening temperature of the KL term.
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f64,
+    /// Weight of the teacher's term (the labels get 1 - alpha).
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// DeiT's hard distillation: the teacher's top-1 as the label of the teacher's term.
+    #[arg(long)]
+    hard: bool,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = args.recipe.device().device()?;
+    let mut recipe = args.recipe.recipe(args.student.as_deref().unwrap_or(&args.teacher), &args.data);
+    if recipe.views == 0 && !recipe.cache_frozen {
+        recipe.views = 4;
+    }
+    recipe.distill = Some(DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: args.hard });
+    let teacher = source::load(&args.teacher, &device)?;
+    let data = ImageFolder::open(&args.data, recipe.seed)?;
+    if teacher.loaded.labels != data.classes {
+        bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", teacher.loaded.labels, data.classes);
+    }
+    let (student, preprocess) = match &args.student {
+        Some(student) => {
+            let loaded = source::load(student, &device)?;
+            (loaded.loaded, loaded.preprocess)
+        }
+        None => (cut_from_teacher(&args, &data, &device)?, teacher.preprocess.clone()),
+    };
+    println!(
+        "student: {} blocks, heads {:?}, MLP {:?}, {:.2} M parameters",
+        student.config.num_hidden_layers,
+        student.config.layer_num_attention_heads,
+        student.config.layer_intermediate_size,
+        burn::module::Module::num_params(&student.model) as f64 / 1e6
+    );
+    print_outcome(&trainer::start(&args.out, recipe, student, preprocess, &device)?);
+    Ok(())
+}
+
+/// The teacher's chosen blocks, with each block's most important heads and MLP neurons.
+fn cut_from_teacher(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<Loaded> {
+    let ad_device = device.clone().autodiff();
+    let teacher = source::load(&args.teacher, &ad_device)?;
+    let config = &teacher.loaded.config;
+    let layers: Vec<usize> = if args.student_layers.is_empty() { (0..config.num_hidden_layers).collect() } else { args.student_layers.clone() };
+    let heads = args.student_heads.unwrap_or(config.num_attention_heads);
+    if heads == 0 || heads > config.num_attention_heads {
+        bail!("--student-heads must be between 1 and {}", config.num_attention_heads);
+    }
+    if !(0.0..1.0).contains(&args.student_mlp_drop) {
+        bail!("--student-mlp-drop must be in [0, 1)");
+    }
+    let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
+    let (train, _) = drop_unreadable(data.train.clone());
+    let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
+    let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
+    progress.finish_and_clear();
+    let keep = importance::plan_per_layer(&scores, heads, args.student_mlp_drop);
+    let model = burn::module::Module::valid(&teacher.loaded.model);
+    let (pruned, pruned_config) = prune(&model, config, &keep, device)?;
+    let (student, student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;
+    let mut hf_config = teacher.loaded.hf_config.clone();
+    hf_config.num_hidden_layers = student_config.num_hidden_layers;
+    hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
+    hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());
+    Ok(Loaded { model: student, config: student_config, hf_config, labels: teacher.loaded.labels.clone(), family: teacher.loaded.family })
+}

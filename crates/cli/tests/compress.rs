@@ -1,0 +1,71 @@
+//! `vitrine prune`, `quantize` and `distill` end to end on a toy dataset, and their refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn vitrine(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(output: Output) -> String {
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+}
+
+#[test]
+fn prune_quantize_and_distill_a_toy_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name).display().to_string();
+    vitrine_train::toy::write_shapes(tmp.path().join("shapes").as_path(), 16, 6, 7).unwrap();
+    let data = path("shapes");
+    let fixture = fixtures().join("vit").display().to_string();
+    ok(vitrine(&[
+        "train", "--model", &fixture, "--data", &data, "--out", &path("run"), "--epochs", "2", "--batch-size", "8",
+        "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0",
+    ]));
+    let model = path("run/best");
+
+    // Pruning: 3 of 8 heads and a quarter of the MLP go; the bundle is smaller and loads.
+    let out = ok(vitrine(&["prune", "--model", &model, "--data", &data, "--heads", "3", "--mlp", "0.25", "--levels", "1", "--out", &path("pruned")]));
+    assert!(out.contains("3 heads removed"), "{out}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path("pruned/config.json")).unwrap()).unwrap();
+    let heads: usize = config["layer_num_attention_heads"].as_array().unwrap().iter().map(|h| h.as_u64().unwrap() as usize).sum();
+    assert_eq!(heads, 5);
+    assert!(std::fs::metadata(path("pruned/model.safetensors")).unwrap().len() < std::fs::metadata(path("run/best/model.safetensors")).unwrap().len());
+    assert!(std::fs::read_to_string(path("pruned/pruning.html")).unwrap().contains("<svg"));
+    ok(vitrine(&["eval", "--model", &path("pruned"), "--data", &data, "--json"]));
+
+    // Pruning every head of some layer is refused.
+    let all = vitrine(&["prune", "--model", &model, "--data", &data, "--heads", "7", "--out", &path("p2")]);
+    assert!(text(&all.stderr).contains("must keep at least one"), "{}", text(&all.stderr));
+
+    // int8: smaller, and its accuracy stays close (the toy's 18 validation images may differ by one).
+    ok(vitrine(&["quantize", "--model", &model, "--out", &path("q8")]));
+    let eval = |m: &str| -> f64 {
+        let json: serde_json::Value = serde_json::from_str(&ok(vitrine(&["eval", "--model", m, "--data", &data, "--json"]))).unwrap();
+        json["top1"].as_f64().unwrap()
+    };
+    assert!((eval(&path("q8")) - eval(&model)).abs() <= 1.0 / 18.0 + 1e-9);
+    let bad_scheme = vitrine(&["quantize", "--model", &model, "--out", &path("q4"), "--scheme", "int4"]);
+    assert!(text(&bad_scheme.stderr).contains("invalid value 'int4'"), "{}", text(&bad_scheme.stderr));
+
+    // Distillation into the teacher's last block with two heads per block.
+    let out = ok(vitrine(&[
+        "distill", "--teacher", &model, "--data", &data, "--out", &path("student"), "--student-layers", "1", "--student-heads", "2",
+        "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0",
+    ]));
+    assert!(out.contains("student: 1 blocks, heads [2]"), "{out}");
+    ok(vitrine(&["eval", "--model", &path("student/best"), "--data", &data, "--json"]));
+
+    // A teacher whose labels are not the dataset's classes is refused.
+    let wrong = vitrine(&["distill", "--teacher", &fixture, "--data", &data, "--out", &path("s2"), "--student-layers", "0"]);
+    assert!(text(&wrong.stderr).contains("teacher's labels"), "{}", text(&wrong.stderr));
+}

@@ -102,7 +102,8 @@ async function initBackend(wanted) {
   $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : 'CPU · WebAssembly SIMD';
   badge.title = backend.kind === 'webgpu' ? `Runs on the GPU through WebGPU (${backend.adapter})` : 'Runs on the CPU (burn flex, WebAssembly SIMD)';
   if (backend.fallback) {
-    showNotice(`WebGPU is not available here (${backend.fallback}), so the model runs on the CPU, which is slower.`);
+    const slower = /software emulation/.test(backend.fallback) ? '' : ', which is slower';
+    showNotice(`WebGPU is not used here (${backend.fallback}), so the model runs on the CPU${slower}.`);
   } else if (wanted === 'cpu') {
     showNotice('Running on the CPU, as the page address asks (backend=cpu).');
   } else {
@@ -499,6 +500,7 @@ async function setLive(on) {
     $('snapshot').textContent = 'Snapshot';
   }
   state.input = null;
+  $('image-name').textContent = 'Camera (live)';
   const video = $('video');
   let frames = 0;
   const started = performance.now();
@@ -571,7 +573,8 @@ function showResult(result, name, fps = null) {
   const where = state.backend?.kind === 'webgpu' ? 'WebGPU' : 'CPU';
   const timing = $('timing');
   timing.dataset.ms = String(result.ms);
-  timing.textContent = fps ? `${result.ms.toFixed(1)} ms/image · ${fps.toFixed(1)} fps · ${where}` : `${result.ms.toFixed(1)} ms/image · ${where}`;
+  const ms = result.ms < 100 ? result.ms.toFixed(1) : Math.round(result.ms);
+  timing.textContent = fps ? `${ms} ms/image · ${fps.toFixed(1)} fps · ${where}` : `${ms} ms/image · ${where}`;
   drawOverlay();
 }
 

@@ -26,8 +26,13 @@ const handlers = {
     await init();
     let fallback = null;
     if (wanted !== 'cpu') {
+      const adapter = 'gpu' in navigator ? await navigator.gpu.requestAdapter().catch(() => null) : null;
       if (!('gpu' in navigator)) {
         fallback = 'this browser has no WebGPU';
+      } else if (adapter?.info?.isFallbackAdapter && wanted === 'auto') {
+        // A software rasterizer (SwiftShader, WARP) runs the model far slower than the wasm CPU path:
+        // 92 s against 0.63 s per image for a ViT-S here (docs/browser.md). ?backend=webgpu forces it.
+        fallback = `the only WebGPU adapter is a software emulation (${adapterName(adapter.info)}), slower than the CPU path`;
       } else {
         try {
           backend = await Backend.webgpu();
@@ -162,12 +167,16 @@ async function describeAdapter(description) {
   if (description) return description;
   try {
     const info = (await navigator.gpu.requestAdapter())?.info;
-    const name = [info?.vendor, info?.architecture, info?.device].filter(Boolean).join(' ');
-    if (name) return info.isFallbackAdapter ? `${name} (software)` : name;
+    if (info) return adapterName(info);
   } catch {
     // fall through
   }
   return 'unnamed adapter';
+}
+
+function adapterName(info) {
+  const name = info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' ') || 'unnamed adapter';
+  return info.isFallbackAdapter ? `${name} (software)` : name;
 }
 
 function asText(buffer) {

@@ -46,6 +46,8 @@ async function waitResult(page, seq) {
 }
 
 async function measure(url, backend) {
+  // Force the adapter: by default the page prefers the CPU over a software one such as SwiftShader.
+  url += `${url.includes('?') ? '&' : '?'}backend=${backend}`;
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BACKENDS[backend] });
   try {
     const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });

@@ -30,6 +30,8 @@ const VITRINE = process.env.VITRINE_BIN ?? join(targetDir, 'release/vitrine');
 const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
 const WEBGPU_ARGS = [...BASE_ARGS, '--enable-unsafe-webgpu'];
 const NO_WEBGPU_ARGS = [...BASE_ARGS, '--disable-features=WebGPU'];
+// The page prefers the CPU over a software adapter such as SwiftShader (all this machine has), unless asked.
+const gpuUrl = (server) => `${server.url}?backend=webgpu`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
 
@@ -136,10 +138,11 @@ describe('with WebGPU', () => {
   });
 
   test('an uploaded photo gives the native top-5 and a non-uniform attention overlay', { timeout: TIMEOUT * 3 }, async () => {
-    const { context, page, errors } = await open(browser, server.url);
+    const { context, page, errors } = await open(browser, gpuUrl(server));
     await page.waitForSelector('#backend[data-backend="webgpu"]', { timeout: TIMEOUT });
     assert.match(await page.textContent('#backend'), /WebGPU · \S/);
     assert.ok(await page.isHidden('#notice'), 'no fallback notice on WebGPU');
+    assert.equal(await page.getAttribute('#live', 'aria-pressed'), 'false');
     await nextResult(page, 0, 'tench.jpg'); // the first sample, classified on load
 
     const seq = await seqOf(page);
@@ -168,7 +171,7 @@ describe('with WebGPU', () => {
   });
 
   test('paste from the clipboard', { timeout: TIMEOUT * 2 }, async () => {
-    const { context, page, errors } = await open(browser, server.url);
+    const { context, page, errors } = await open(browser, gpuUrl(server));
     await nextResult(page, 0, 'tench.jpg');
     const seq = await seqOf(page);
     const png = [...readFileSync(join(IMAGES, 'wide.png'))];
@@ -203,7 +206,7 @@ describe('with WebGPU', () => {
   });
 
   test('webcam: snapshot and live mode with the fake camera', { timeout: TIMEOUT * 2 }, async () => {
-    const { context, page, errors } = await open(browser, server.url);
+    const { context, page, errors } = await open(browser, gpuUrl(server));
     await nextResult(page, 0, 'tench.jpg');
     await page.click('#camera');
     await page.waitForFunction(() => document.querySelector('#video').videoWidth > 0, null, { timeout: TIMEOUT });
@@ -222,6 +225,19 @@ describe('with WebGPU', () => {
     await page.click('#live');
     await page.click('#camera');
     assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('by default a software WebGPU adapter (SwiftShader) gives way to the CPU, and says so', { timeout: TIMEOUT }, async () => {
+    const { context, page } = await open(browser, server.url);
+    const software = await page.evaluate(async () => (await navigator.gpu.requestAdapter())?.info.isFallbackAdapter);
+    await nextResult(page, 0, 'tench.jpg');
+    if (software) {
+      assert.equal(await page.getAttribute('#backend', 'data-backend'), 'cpu');
+      assert.match(await page.textContent('#notice'), /software emulation .*swiftshader.*runs on the CPU/);
+    } else {
+      assert.equal(await page.getAttribute('#backend', 'data-backend'), 'webgpu');
+    }
     await context.close();
   });
 
@@ -287,7 +303,7 @@ describe('without WebGPU', () => {
     const { context, page, errors } = await open(browser, server.url);
     await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
     await page.waitForSelector('#notice:not([hidden])');
-    assert.match(await page.textContent('#notice'), /WebGPU is not available.*CPU/);
+    assert.match(await page.textContent('#notice'), /WebGPU is not used here \(the browser offers no WebGPU adapter\).*CPU/);
     await nextResult(page, 0, 'tench.jpg');
     const seq = await seqOf(page);
     await page.setInputFiles('#file', join(IMAGES, 'parachute.jpg'));

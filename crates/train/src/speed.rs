@@ -60,3 +60,16 @@ pub fn train_step_ms_per_image(loaded: Loaded, shape: [usize; 4], iters: usize, 
     }
     Ok(median(times) / shape[0] as f64)
 }
+
+/// Images per second the training data pipeline delivers (decode, augment, normalise, on worker
+/// threads) over the first `limit` of `samples`, at `side` pixels.
+pub fn loader_images_per_s(samples: &[crate::data::Sample], side: u32, limit: usize, batch_size: usize) -> f64 {
+    use crate::data::loader::{Transform, batches};
+    let preprocess = vitrine_model::PreprocessConfig::from_json("{}").expect("the default processor");
+    let transform = std::sync::Arc::new(Transform::train(crate::data::augment::Augment::default(), side, &preprocess));
+    let samples: Vec<_> = samples.iter().take(limit).cloned().collect();
+    let order = (0..samples.len()).collect();
+    let start = Instant::now();
+    let images: usize = batches(std::sync::Arc::new(samples), order, batch_size, transform, 0, 0, 2).into_iter().map(|b| b.labels.len()).sum();
+    images as f64 / start.elapsed().as_secs_f64()
+}

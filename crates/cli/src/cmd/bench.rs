@@ -12,8 +12,12 @@ use crate::source;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model folders or hf:ORG/NAME (repeat the flag).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "loader")]
     model: Vec<String>,
+    /// Also time the training data pipeline (decode, augment, normalise on worker threads) on the
+    /// first 512 training images of this ImageFolder, at --image-size (default 224).
+    #[arg(long)]
+    loader: Option<std::path::PathBuf>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -44,6 +48,12 @@ struct Row {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
+    if let Some(data) = &args.loader {
+        let folder = vitrine_train::data::ImageFolder::open(data, 0)?;
+        let side = args.image_size.unwrap_or(224);
+        let rate = speed::loader_images_per_s(&folder.train, side, 512, args.batch.max(32));
+        println!("data pipeline: {rate:.1} images/s ({side} px, decode + augment + normalise, {} threads)", rayon::current_num_threads());
+    }
     let mut rows = Vec::new();
     for name in &args.model {
         let model = source::load(name, &device)?;
@@ -67,6 +77,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if args.train && !args.json {
         println!("(training step: forward, loss, backward and AdamW update, every parameter trained)");
+    }
+    if rows.is_empty() {
+        return Ok(());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

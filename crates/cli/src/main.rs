@@ -36,6 +36,8 @@ enum Command {
     Quantize(cmd::quantize::Args),
     /// Train a smaller ViT from a teacher's outputs (soft or hard distillation).
     Distill(cmd::distill::Args),
+    /// The whole pipeline: distil, prune, fine-tune, int8; resumable step by step, with a report.
+    Compress(cmd::compress::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Prune(args) => cmd::prune::run(args),
         Command::Quantize(args) => cmd::quantize::run(args),
         Command::Distill(args) => cmd::distill::run(args),
+        Command::Compress(args) => cmd::compress::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -65,6 +65,21 @@ fn prune_quantize_and_distill_a_toy_model() {
     assert!(out.contains("student: 1 blocks, heads [2]"), "{out}");
     ok(vitrine(&["eval", "--model", &path("student/best"), "--data", &data, "--json"]));
 
+    // The whole pipeline, then again: every step is skipped and only the report is rebuilt.
+    let pipeline = [
+        "compress", "--teacher", &model, "--data", &data, "--out", &path("compressed"), "--student-layers", "1", "--student-heads", "2",
+        "--prune-heads", "1", "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0",
+    ];
+    let report = ok(vitrine(&pipeline));
+    for row in ["| teacher |", "| distilled |", "| pruned |", "| fine-tuned |", "| int8 (final) |"] {
+        assert!(report.contains(row), "{report}");
+    }
+    let again = ok(vitrine(&pipeline));
+    assert_eq!(again.matches("done already").count(), 4, "{again}");
+    assert!(std::fs::read_to_string(path("compressed/report.html")).unwrap().contains("<svg"));
+    let final_config = std::fs::read_to_string(path("compressed/final/config.json")).unwrap();
+    assert!(final_config.contains("\"int8\""), "{final_config}");
+
     // A teacher whose labels are not the dataset's classes is refused.
     let wrong = vitrine(&["distill", "--teacher", &fixture, "--data", &data, "--out", &path("s2"), "--student-layers", "0"]);
     assert!(text(&wrong.stderr).contains("teacher's labels"), "{}", text(&wrong.stderr));

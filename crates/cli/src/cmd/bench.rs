@@ -44,6 +44,16 @@ struct Row {
     ms_per_image: f64,
     params: usize,
     bytes: u64,
+    /// Peak resident memory of this process so far (Linux `VmHWM`), bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size (Linux only).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -72,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
             model: name.clone(),
             ms_per_image,
             params,
+            peak_rss_bytes: peak_rss_bytes(),
             bytes: model.weight_bytes,
         });
     }

@@ -69,7 +69,10 @@ pub fn run(args: Args) -> Result<()> {
             let loaded = source::load(student, &device)?;
             (loaded.loaded, loaded.preprocess)
         }
-        None => (cut_from_teacher(&args, &data, &device)?, teacher.preprocess.clone()),
+        None => {
+            let spec = StudentSpec { layers: args.student_layers.clone(), heads: args.student_heads, mlp_drop: args.student_mlp_drop };
+            (cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone())
+        }
     };
     println!(
         "student: {} blocks, heads {:?}, MLP {:?}, {:.2} M parameters",
@@ -82,17 +85,28 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// How a student is cut from its teacher.
+#[derive(Debug, Clone, Default)]
+pub struct StudentSpec {
+    /// Teacher blocks kept (empty: all).
+    pub layers: Vec<usize>,
+    /// Heads kept per block (the most important; `None`: all).
+    pub heads: Option<usize>,
+    /// Fraction of each MLP's neurons dropped (the least important).
+    pub mlp_drop: f64,
+}
+
 /// The teacher's chosen blocks, with each block's most important heads and MLP neurons.
-fn cut_from_teacher(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<Loaded> {
+pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, device: &burn::tensor::Device) -> Result<Loaded> {
     let ad_device = device.clone().autodiff();
-    let teacher = source::load(&args.teacher, &ad_device)?;
+    let teacher = source::load(teacher, &ad_device)?;
     let config = &teacher.loaded.config;
-    let layers: Vec<usize> = if args.student_layers.is_empty() { (0..config.num_hidden_layers).collect() } else { args.student_layers.clone() };
-    let heads = args.student_heads.unwrap_or(config.num_attention_heads);
+    let layers: Vec<usize> = if spec.layers.is_empty() { (0..config.num_hidden_layers).collect() } else { spec.layers.clone() };
+    let heads = spec.heads.unwrap_or(config.num_attention_heads);
     if heads == 0 || heads > config.num_attention_heads {
         bail!("--student-heads must be between 1 and {}", config.num_attention_heads);
     }
-    if !(0.0..1.0).contains(&args.student_mlp_drop) {
+    if !(0.0..1.0).contains(&spec.mlp_drop) {
         bail!("--student-mlp-drop must be in [0, 1)");
     }
     let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
@@ -100,7 +114,7 @@ fn cut_from_teacher(args: &Args, data: &ImageFolder, device: &burn::tensor::Devi
     let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
     let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
     progress.finish_and_clear();
-    let keep = importance::plan_per_layer(&scores, heads, args.student_mlp_drop);
+    let keep = importance::plan_per_layer(&scores, heads, spec.mlp_drop);
     let model = burn::module::Module::valid(&teacher.loaded.model);
     let (pruned, pruned_config) = prune(&model, config, &keep, device)?;
     let (student, student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;

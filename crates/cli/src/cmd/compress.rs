@@ -1,0 +1,238 @@
+//! `vitrine compress`: the whole pipeline from a teacher to a small bundle (distil -> prune ->
+//! fine-tune with the teacher -> int8), each step in its own folder and skipped when already done,
+//! so a killed pipeline resumes step by step. Ends with a report comparing every step with the
+//! teacher on the same validation images: accuracy, latency, size on disk and peak memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use vitrine_model::{Storage, save_safetensors_as};
+use vitrine_train::data::ImageFolder;
+use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::distill::DistillRecipe;
+use vitrine_train::evaluate::evaluate;
+use vitrine_train::report::svg;
+use vitrine_train::{bundle, importance, trainer};
+
+use super::distill::{StudentSpec, cut_from_teacher};
+use super::train::RecipeArgs;
+use crate::source;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The teacher bundle (a classifier for the dataset's classes).
+    #[arg(long)]
+    teacher: String,
+    /// ImageFolder root.
+    #[arg(long)]
+    data: PathBuf,
+    /// Pipeline folder: one sub-folder per step, the final bundle in final/, report.md and report.html.
+    #[arg(long)]
+    out: PathBuf,
+    /// Teacher blocks the student keeps (default: every other block).
+    #[arg(long, value_delimiter = ',')]
+    student_layers: Vec<usize>,
+    /// Heads per block the student keeps.
+    #[arg(long)]
+    student_heads: Option<usize>,
+    /// Fraction of each MLP the student drops.
+    #[arg(long, default_value_t = 0.0)]
+    student_mlp_drop: f64,
+    /// Heads the pruning step removes from the distilled student.
+    #[arg(long, default_value_t = 0)]
+    prune_heads: usize,
+    /// Epochs of the fine-tuning step after pruning.
+    #[arg(long, default_value_t = 1)]
+    finetune_epochs: usize,
+    #[arg(long, default_value_t = 4.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Options of the distillation step (and, with --finetune-epochs, of the fine-tuning step).
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+/// Runs `step` into `dir` unless `dir/done` exists, then marks it done.
+fn step(name: &str, dir: &Path, run: impl FnOnce() -> Result<()>) -> Result<()> {
+    if dir.join("done").exists() {
+        println!("== {name}: done already ({})", dir.display());
+        return Ok(());
+    }
+    println!("== {name}");
+    run().with_context(|| format!("step {name}"))?;
+    std::fs::write(dir.join("done"), "")?;
+    Ok(())
+}
+
+/// Starts the training run in `dir`, or resumes it if it was interrupted.
+fn train(dir: &Path, start: impl FnOnce() -> Result<trainer::Outcome>, device: &burn::tensor::Device) -> Result<()> {
+    let outcome = if dir.join("recipe.json").exists() { trainer::resume(dir, device) } else { start() };
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(err) if err.to_string().contains("already finished") => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let device = args.recipe.device().device()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let data = ImageFolder::open(&args.data, 0)?;
+    let teacher = source::load(&args.teacher, &device)?;
+    if teacher.loaded.labels != data.classes {
+        bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", teacher.loaded.labels, data.classes);
+    }
+    let distill = DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: false };
+    let dir = |name: &str| args.out.join(name);
+
+    // 1. Distil into a student cut from the teacher.
+    let layers = if args.student_layers.is_empty() {
+        (0..teacher.loaded.config.num_hidden_layers).step_by(2).collect()
+    } else {
+        args.student_layers.clone()
+    };
+    step("distil", &dir("distil"), || {
+        let mut recipe = args.recipe.recipe(&args.teacher, &args.data);
+        recipe.views = recipe.views.max(1);
+        recipe.distill = Some(distill.clone());
+        let spec = StudentSpec { layers: layers.clone(), heads: args.student_heads, mlp_drop: args.student_mlp_drop };
+        train(&dir("distil"), || trainer::start(&dir("distil"), recipe, cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone(), &device), &device)
+    })?;
+
+    // 2. Prune heads of the distilled student.
+    step("prune", &dir("prune"), || {
+        let ad_device = device.clone().autodiff();
+        let student = source::load(&dir("distil/best").display().to_string(), &ad_device)?;
+        let (train, _) = drop_unreadable(data.train.clone());
+        let transform = Arc::new(Transform::Eval(student.preprocess.clone()));
+        let progress = trainer::bar(512.min(train.len()) as u64, "head importance");
+        let scores = importance::measure(&student.loaded.model, Arc::new(train), transform, 16, 512, &ad_device, &progress)?;
+        progress.finish_and_clear();
+        let keep = importance::plan(&scores, args.prune_heads, 0.0);
+        let model = burn::module::Module::valid(&student.loaded.model);
+        let (pruned, config) = vitrine_model::prune::prune(&model, &student.loaded.config, &keep, &device)?;
+        let mut hf_config = student.loaded.hf_config.clone();
+        hf_config.layer_num_attention_heads = Some(config.layer_num_attention_heads.clone());
+        hf_config.layer_intermediate_size = Some(config.layer_intermediate_size.clone());
+        bundle::write(&dir("prune"), &pruned, &hf_config, hf_config.model_type()?, &student.preprocess)
+    })?;
+
+    // 3. Fine-tune the pruned student, still with the teacher.
+    step("fine-tune", &dir("finetune"), || {
+        let pruned = source::load(&dir("prune").display().to_string(), &device)?;
+        let mut recipe = args.recipe.recipe(&dir("prune").display().to_string(), &args.data);
+        recipe.epochs = args.finetune_epochs;
+        recipe.head_only_epochs = 0;
+        recipe.lr *= 0.3;
+        recipe.views = recipe.views.max(1);
+        recipe.distill = Some(distill.clone());
+        train(&dir("finetune"), || trainer::start(&dir("finetune"), recipe, pruned.loaded, pruned.preprocess, &device), &device)
+    })?;
+
+    // 4. int8 weights.
+    step("quantize", &dir("final"), || {
+        let model = source::load(&dir("finetune/best").display().to_string(), &device)?;
+        let model_type = model.loaded.hf_config.model_type()?;
+        let mut hf_config = model.loaded.hf_config.clone();
+        hf_config.quantization = Storage::Int8.config_entry();
+        std::fs::create_dir_all(dir("final"))?;
+        let write = |name: &str, bytes: &[u8]| vitrine_train::checkpoint::write_atomic(&dir("final").join(name), bytes);
+        write("model.safetensors", &save_safetensors_as(&model.loaded.model, model_type, Storage::Int8)?)?;
+        write("config.json", bundle::config_json(&hf_config)?.as_bytes())?;
+        write("preprocessor_config.json", serde_json::to_string_pretty(&model.preprocess.to_json(model_type))?.as_bytes())
+    })?;
+
+    report(&args, &data, &device)
+}
+
+/// One row of the report.
+#[derive(serde::Serialize)]
+struct Row {
+    step: String,
+    bundle: String,
+    top1: f64,
+    ms_per_image: f64,
+    params: u64,
+    bytes: u64,
+    peak_rss_bytes: u64,
+}
+
+/// Evaluates every step's bundle on the same validation images, times each in its own process
+/// (for a fair peak-memory figure), and writes report.json, report.md and report.html.
+fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<()> {
+    let steps = [
+        ("teacher", PathBuf::from(&args.teacher)),
+        ("distilled", args.out.join("distil/best")),
+        ("pruned", args.out.join("prune")),
+        ("fine-tuned", args.out.join("finetune/best")),
+        ("int8 (final)", args.out.join("final")),
+    ];
+    let (val, _) = drop_unreadable(data.val.clone());
+    let val = Arc::new(val);
+    let mut rows = Vec::new();
+    for (name, bundle_dir) in &steps {
+        let path = bundle_dir.display().to_string();
+        let model = source::load(&path, device)?;
+        let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
+        let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
+        progress.finish_and_clear();
+        let bench = Command::new(std::env::current_exe()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json"]).output()?;
+        if !bench.status.success() {
+            bail!("timing {path}: {}", String::from_utf8_lossy(&bench.stderr));
+        }
+        let timing: serde_json::Value = serde_json::from_slice(&bench.stdout)?;
+        let get = |k: &str| timing[0][k].as_f64().unwrap_or(0.0);
+        rows.push(Row {
+            step: name.to_string(),
+            bundle: path,
+            top1: eval.top1,
+            ms_per_image: get("ms_per_image"),
+            params: get("params") as u64,
+            bytes: get("bytes") as u64,
+            peak_rss_bytes: get("peak_rss_bytes") as u64,
+        });
+    }
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&rows)?)?;
+    let base = &rows[0];
+    let mut md = format!(
+        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex); peak memory: the whole `vitrine bench` process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
+        args.teacher,
+        val.len()
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {:.2}% | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x | {:.0} |\n",
+            r.step,
+            100.0 * r.top1,
+            r.ms_per_image,
+            base.ms_per_image / r.ms_per_image,
+            r.params as f64 / 1e6,
+            r.bytes as f64 / 1e6,
+            base.bytes as f64 / r.bytes.max(1) as f64,
+            r.peak_rss_bytes as f64 / 1e6
+        ));
+    }
+    std::fs::write(args.out.join("report.md"), &md)?;
+    let categories: Vec<String> = rows.iter().map(|r| r.step.clone()).collect();
+    let relative = |f: fn(&Row) -> f64| rows.iter().map(|r| f(r) / f(base)).collect::<Vec<_>>();
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>compression report</title><body style=\"font-family:sans-serif;max-width:1100px;margin:2rem auto\"><pre>{}</pre>{}</body>",
+        md.replace('<', "&lt;"),
+        svg::grouped_bars(
+            "Each step relative to the teacher (1 = teacher)",
+            &categories,
+            &[
+                ("top-1", relative(|r| r.top1)),
+                ("latency", relative(|r| r.ms_per_image)),
+                ("size", relative(|r| r.bytes as f64)),
+                ("peak memory", relative(|r| r.peak_rss_bytes as f64)),
+            ],
+        )
+    );
+    std::fs::write(args.out.join("report.html"), html)?;
+    print!("{md}");
+    Ok(())
+}

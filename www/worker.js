@@ -32,7 +32,7 @@ const handlers = {
       } else if (adapter?.info?.isFallbackAdapter && wanted === 'auto') {
         // A software rasterizer (SwiftShader, WARP) runs the model far slower than the wasm CPU path:
         // 92 s against 0.63 s per image for a ViT-S here (docs/browser.md). ?backend=webgpu forces it.
-        fallback = `the only WebGPU adapter is a software emulation (${adapterName(adapter.info)}), slower than the CPU path`;
+        fallback = `its only WebGPU adapter, ${adapterName(adapter.info, false)}, is a software emulation, slower than the CPU path`;
       } else {
         try {
           backend = await Backend.webgpu();
@@ -174,9 +174,9 @@ async function describeAdapter(description) {
   return 'unnamed adapter';
 }
 
-function adapterName(info) {
+function adapterName(info, markSoftware = true) {
   const name = info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(' ') || 'unnamed adapter';
-  return info.isFallbackAdapter ? `${name} (software)` : name;
+  return info.isFallbackAdapter && markSoftware ? `${name} (software)` : name;
 }
 
 function asText(buffer) {

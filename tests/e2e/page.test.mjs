@@ -35,8 +35,8 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
 
-function native(image) {
-  const out = execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', join(IMAGES, image)], { encoding: 'utf8' });
+function native(image, bundle = BUNDLE) {
+  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--json', join(IMAGES, image)], { encoding: 'utf8' });
   return JSON.parse(out)[0].top;
 }
 
@@ -44,8 +44,8 @@ async function launch(args) {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args });
 }
 
-async function open(browser, url, { viewport = { width: 1360, height: 860 } } = {}) {
-  const context = await browser.newContext({ viewport });
+async function open(browser, url, { viewport = { width: 1360, height: 860 }, serviceWorkers = 'allow' } = {}) {
+  const context = await browser.newContext({ viewport, serviceWorkers });
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (err) => errors.push(err.message));
@@ -234,10 +234,57 @@ describe('with WebGPU', () => {
     await nextResult(page, 0, 'tench.jpg');
     if (software) {
       assert.equal(await page.getAttribute('#backend', 'data-backend'), 'cpu');
-      assert.match(await page.textContent('#notice'), /software emulation .*swiftshader.*runs on the CPU/);
+      assert.match(await page.textContent('#notice'), /WebGPU adapter, .*swiftshader, is a software emulation.*runs on the CPU\./);
     } else {
       assert.equal(await page.getAttribute('#backend', 'data-backend'), 'webgpu');
     }
+    await context.close();
+  });
+
+  test('a bundle from disk, and a Hugging Face repository with progress, then from the cache', { timeout: TIMEOUT * 3 }, async () => {
+    // Requests to huggingface.co are answered here from the fixtures (this machine has no internet).
+    const { context, page, errors } = await open(browser, server.url, { serviceWorkers: 'block' });
+    let hits = 0;
+    await context.route('https://huggingface.co/**', async (route) => {
+      const cors = { 'access-control-allow-origin': '*' };
+      const match = new URL(route.request().url()).pathname.match(/^\/vitrine-test\/tiny-dinov2\/resolve\/main\/([\w.]+)$/);
+      const file = match && join(ROOT, 'tests/fixtures/dinov2', match[1]);
+      if (!file || !existsSync(file)) return route.fulfill({ status: 404, headers: cors, body: 'not found' });
+      hits++;
+      const body = readFileSync(file);
+      await route.fulfill({ status: 200, headers: { ...cors, 'content-type': 'application/octet-stream', 'content-length': String(body.length) }, body });
+    });
+    await nextResult(page, 0, 'tench.jpg');
+
+    let seq = await seqOf(page);
+    const deit = join(ROOT, 'tests/fixtures/deit');
+    await page.setInputFiles('#bundle-files', ['config.json', 'model.safetensors', 'preprocessor_config.json'].map((f) => join(deit, f)));
+    let rows = await nextResult(page, seq, 'tench.jpg'); // the image on screen, classified again
+    assert.equal(await page.getAttribute('#model-info', 'data-model-type'), 'deit');
+    assertMatchesNative(rows, native('tench.jpg', deit), 'tench.jpg with the deit bundle from disk');
+
+    seq = await seqOf(page);
+    await page.selectOption('#model-select', 'custom');
+    await page.fill('#model-repo', 'vitrine-test/tiny-dinov2');
+    await page.click('#custom-row button[type=submit]');
+    rows = await nextResult(page, seq, 'tench.jpg');
+    assert.equal(await page.getAttribute('#model-info', 'data-model-type'), 'dinov2');
+    assertMatchesNative(rows, native('tench.jpg', join(ROOT, 'tests/fixtures/dinov2')), 'tench.jpg with the dinov2 repository');
+    assert.equal(hits, 3, 'config.json, preprocessor_config.json and model.safetensors were downloaded');
+    await shot(page, 'hub-model');
+
+    // Back to the bundled model and to the repository again: this time from the Cache API.
+    seq = await seqOf(page);
+    await page.selectOption('#model-select', 'default');
+    await nextResult(page, seq, 'tench.jpg');
+    seq = await seqOf(page);
+    await page.selectOption('#model-select', 'custom');
+    await page.fill('#model-repo', 'hf:vitrine-test/tiny-dinov2');
+    await page.click('#custom-row button[type=submit]');
+    await nextResult(page, seq, 'tench.jpg');
+    assert.equal(await page.getAttribute('#model-info', 'data-model-type'), 'dinov2');
+    assert.equal(hits, 3, 'the second load made no request');
+    assert.deepEqual(errors, []);
     await context.close();
   });
 

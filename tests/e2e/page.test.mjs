@@ -9,7 +9,8 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -286,6 +287,20 @@ describe('with WebGPU', () => {
     assert.equal(hits, 3, 'the second load made no request');
     assert.deepEqual(errors, []);
     await context.close();
+  });
+
+  test('a quantized (int8) bundle made by `vitrine quantize` loads and matches the native answer', { timeout: TIMEOUT * 2 }, async () => {
+    const out = mkdtempSync(join(tmpdir(), 'vitrine-int8-'));
+    execFileSync(VITRINE, ['quantize', '--model', BUNDLE, '--out', out, '--scheme', 'int8'], { stdio: 'ignore' });
+    const { context, page, errors } = await open(browser, server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    const seq = await seqOf(page);
+    await page.setInputFiles('#bundle-files', ['config.json', 'model.safetensors', 'preprocessor_config.json'].map((f) => join(out, f)));
+    const rows = await nextResult(page, seq, 'tench.jpg');
+    assertMatchesNative(rows, native('tench.jpg', out), 'tench.jpg with the int8 bundle');
+    assert.deepEqual(errors, []);
+    await context.close();
+    rmSync(out, { recursive: true, force: true });
   });
 
   test('camera permission refused is explained', { timeout: TIMEOUT }, async () => {

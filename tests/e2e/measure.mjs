@@ -1,7 +1,9 @@
 // Measures the built page in headless Chromium: wasm size, time to the first prediction after a cold
 // load, and time per image on WebGPU and on the CPU. Writes a Markdown table to stdout.
 //
-//   node tests/e2e/measure.mjs [--runs N] [--model DIR]...
+//   node tests/e2e/measure.mjs [--runs N] [--backends webgpu,cpu] [--model DIR]...
+//
+// VITRINE_DIST=folder measures another build of the site (default: dist/).
 //
 // Each --model DIR (a bundle folder) is measured besides the bundled one; it is served from the
 // same origin. "Cold" is a fresh browser profile (empty HTTP cache, no service worker); the time is
@@ -17,16 +19,18 @@ import { chromium } from 'playwright-core';
 import { serve } from './server.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const DIST = join(ROOT, 'dist');
+const DIST = process.env.VITRINE_DIST ?? join(ROOT, 'dist');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PHOTO = join(ROOT, 'tests/fixtures/images/church.jpg');
 
 const args = process.argv.slice(2);
 let runs = 10;
+let only = null;
 const models = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--runs') runs = Number(args[++i]);
   else if (args[i] === '--model') models.push(resolve(args[++i]));
+  else if (args[i] === '--backends') only = args[++i].split(',');
 }
 
 const BACKENDS = {
@@ -97,7 +101,7 @@ out('|---|---|---|---|---|---|---|');
 const targets = [{ name: 'bundled (www/models/default)', url: server.url }, ...extra];
 try {
   for (const target of targets) {
-    for (const backend of Object.keys(BACKENDS)) {
+    for (const backend of Object.keys(BACKENDS).filter((b) => !only || only.includes(b))) {
       const r = await measure(target.url, backend);
       const ms = (v) => `${Math.round(v)} ms`;
       out(`| ${target.name} | ${r.kind} (${r.adapter}) | ${ms(r.cold.firstResult)} | ${ms(r.cold.backendReady)} | ${ms(r.cold.modelReady)} | ${ms(r.warm.firstResult)} | ${r.perImage.toFixed(1)} ms (${r.min.toFixed(1)}-${r.max.toFixed(1)}) |`);

@@ -6,7 +6,8 @@ and predicts what vitrine predicts.
 
 Loads BUNDLE with AutoModelForImageClassification and AutoImageProcessor (PIL backend), classifies
 the images, runs `vitrine predict --json` on the same files and compares the probabilities of every
-class (at most 2e-3 apart, the resampling difference measured in the parity tests) and the top-1 labels.
+class (at most 5e-3 apart: the resampling difference between Pillow and fast_image_resize, 2e-3 at
+224 px in the parity tests, reaches 3.8e-3 at 112 px on tench.jpg) and the top-1 labels.
 Exits non-zero on a mismatch. Needs torch, transformers and pillow.
 """
 
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-TOLERANCE = 2e-3
+TOLERANCE = 5e-3
 
 
 def main():

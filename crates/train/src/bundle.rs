@@ -18,6 +18,10 @@ pub fn config_json(hf_config: &HfVitConfig) -> Result<String> {
         .map(|(id, label)| (label.clone(), serde_json::json!(id.parse::<usize>().unwrap_or(0))))
         .collect();
     json["label2id"] = serde_json::Value::Object(label2id);
+    // transformers' Dinov2Config validates `mlp_ratio` as an int when it is a whole number.
+    if let Some(ratio) = hf_config.mlp_ratio.filter(|r| r.fract() == 0.0) {
+        json["mlp_ratio"] = serde_json::json!(ratio as u64);
+    }
     Ok(serde_json::to_string_pretty(&json)?)
 }
 

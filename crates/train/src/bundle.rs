@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use vitrine_model::{HfVitConfig, ModelType, PreprocessConfig, Vit, save_safetensors};
+use vitrine_model::{HfVitConfig, ModelType, PreprocessConfig, Storage, Vit, save_safetensors_as};
 
 use crate::checkpoint::write_atomic;
 
@@ -25,12 +25,25 @@ pub fn config_json(hf_config: &HfVitConfig) -> Result<String> {
     Ok(serde_json::to_string_pretty(&json)?)
 }
 
-/// Writes a bundle into `dir` (created if needed). Files are replaced one by one, atomically.
+/// Writes a bundle into `dir` (created if needed), weights in f32. Files are replaced one by one, atomically.
 pub fn write(dir: &Path, model: &Vit, hf_config: &HfVitConfig, model_type: ModelType, preprocess: &PreprocessConfig) -> Result<()> {
+    write_as(dir, model, hf_config, model_type, preprocess, Storage::F32)
+}
+
+/// Like [`write`], with the weights stored as `storage` (recorded under `quantization` in config.json).
+pub fn write_as(
+    dir: &Path,
+    model: &Vit,
+    hf_config: &HfVitConfig,
+    model_type: ModelType,
+    preprocess: &PreprocessConfig,
+    storage: Storage,
+) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let weights = save_safetensors(model, model_type)?;
+    let weights = save_safetensors_as(model, model_type, storage)?;
     write_atomic(&dir.join("model.safetensors"), &weights)?;
-    write_atomic(&dir.join("config.json"), config_json(hf_config)?.as_bytes())?;
+    let hf_config = HfVitConfig { quantization: storage.config_entry(), ..hf_config.clone() };
+    write_atomic(&dir.join("config.json"), config_json(&hf_config)?.as_bytes())?;
     let preprocessor = serde_json::to_string_pretty(&preprocess.to_json(model_type))?;
     write_atomic(&dir.join("preprocessor_config.json"), preprocessor.as_bytes())
 }

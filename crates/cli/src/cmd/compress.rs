@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use vitrine_model::{Storage, save_safetensors_as};
+use vitrine_model::Storage;
 use vitrine_train::data::ImageFolder;
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::distill::DistillRecipe;
@@ -135,14 +135,8 @@ pub fn run(args: Args) -> Result<()> {
     // 4. int8 weights.
     step("quantize", &dir("final"), || {
         let model = source::load(&dir("finetune/best").display().to_string(), &device)?;
-        let model_type = model.loaded.hf_config.model_type()?;
-        let mut hf_config = model.loaded.hf_config.clone();
-        hf_config.quantization = Storage::Int8.config_entry();
-        std::fs::create_dir_all(dir("final"))?;
-        let write = |name: &str, bytes: &[u8]| vitrine_train::checkpoint::write_atomic(&dir("final").join(name), bytes);
-        write("model.safetensors", &save_safetensors_as(&model.loaded.model, model_type, Storage::Int8)?)?;
-        write("config.json", bundle::config_json(&hf_config)?.as_bytes())?;
-        write("preprocessor_config.json", serde_json::to_string_pretty(&model.preprocess.to_json(model_type))?.as_bytes())
+        let hf_config = &model.loaded.hf_config;
+        bundle::write_as(&dir("final"), &model.loaded.model, hf_config, hf_config.model_type()?, &model.preprocess, Storage::Int8)
     })?;
 
     report(&args, &data, &device)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use vitrine_model::{Storage, save_safetensors_as};
+use vitrine_model::Storage;
 
 use crate::device::DeviceKind;
 use crate::source;
@@ -35,21 +35,16 @@ pub fn run(args: Args) -> Result<()> {
         Scheme::Int8 => Storage::Int8,
         Scheme::F16 => Storage::F16,
     };
-    let model_type = model.loaded.hf_config.model_type()?;
-    let weights = save_safetensors_as(&model.loaded.model, model_type, storage)?;
-    let mut hf_config = model.loaded.hf_config.clone();
-    hf_config.quantization = storage.config_entry();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let write = |name: &str, bytes: &[u8]| vitrine_train::checkpoint::write_atomic(&args.out.join(name), bytes);
-    write("model.safetensors", &weights)?;
-    write("config.json", vitrine_train::bundle::config_json(&hf_config)?.as_bytes())?;
-    write("preprocessor_config.json", serde_json::to_string_pretty(&model.preprocess.to_json(model_type))?.as_bytes())?;
+    let hf_config = &model.loaded.hf_config;
+    vitrine_train::bundle::write_as(&args.out, &model.loaded.model, hf_config, hf_config.model_type()?, &model.preprocess, storage)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let written = std::fs::metadata(args.out.join("model.safetensors"))?.len();
     println!(
         "wrote {}: {:.2} MB -> {:.2} MB ({:.2}x smaller)",
         args.out.display(),
         model.weight_bytes as f64 / 1e6,
-        weights.len() as f64 / 1e6,
-        model.weight_bytes as f64 / weights.len() as f64
+        written as f64 / 1e6,
+        model.weight_bytes as f64 / written as f64
     );
     Ok(())
 }

@@ -71,20 +71,35 @@ impl Attention {
     /// - hidden_states: `[batch, tokens, hidden]`
     /// - output: `[batch, tokens, hidden]`, and `[batch, heads, tokens, tokens]` probabilities
     pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (output, probs, _) = self.forward_merged(hidden_states, with_probs, None);
+        (output, probs)
+    }
+
+    /// Attention over merged tokens ([`crate::tome`]): `size` (`[batch, tokens, 1]`, patches per
+    /// token) adds `log(size)` to the scores (proportional attention), and the keys averaged over
+    /// heads come back as the metric for the next merge (`[batch, tokens, head_dim]`).
+    pub fn forward_merged(
+        &self,
+        hidden_states: Tensor<3>,
+        with_probs: bool,
+        size: Option<&Tensor<3>>,
+    ) -> (Tensor<3>, Option<Tensor<4>>, Option<Tensor<3>>) {
         let [batch, tokens, _] = hidden_states.dims();
         let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
         let split_heads = |x: Tensor<3>| x.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
         let q = split_heads(self.attention.query.forward(hidden_states.clone()));
         let k = split_heads(self.attention.key.forward(hidden_states.clone()));
         let v = split_heads(self.attention.value.forward(hidden_states));
+        let metric = size.map(|_| k.clone().mean_dim(1).reshape([batch, tokens, head_dim]));
+        let bias = size.map(|size| size.clone().log().swap_dims(1, 2).unsqueeze_dim::<4>(1).expand([batch, heads, tokens, tokens]));
         let (context, probs) = if with_probs {
             let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let probs = softmax(scores, 3);
+            let probs = softmax(if let Some(bias) = bias { scores + bias } else { scores }, 3);
             (probs.clone().matmul(v), Some(probs))
         } else {
-            (attention(q, k, v, None, None, AttentionModuleOptions::default()), None)
+            (attention(q, k, v, None, bias, AttentionModuleOptions::default()), None)
         };
         let context = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        (self.output.dense.forward(context), probs)
+        (self.output.dense.forward(context), probs, metric)
     }
 }

@@ -13,6 +13,7 @@ pub mod layer;
 pub mod model;
 pub mod preprocess;
 pub mod prune;
+pub mod tome;
 pub mod weights;
 
 pub use config::{HfVitConfig, ModelType, VitConfig};

@@ -14,6 +14,7 @@ use burn::tensor::Device;
 use crate::config::{Head, Pooling, VitConfig};
 use crate::embeddings::Embeddings;
 use crate::layer::Layer;
+use crate::tome::Merging;
 
 /// `ViTEncoder`: the stack of blocks.
 #[derive(Module, Debug)]
@@ -52,6 +53,9 @@ pub struct Vit {
     pooling: Pooling,
     #[module(skip)]
     num_channels: usize,
+    /// Token pairs merged per block at inference ([`crate::tome`]); 0 = off.
+    #[module(skip)]
+    token_merging: usize,
 }
 
 impl VitConfig {
@@ -84,6 +88,7 @@ impl VitConfig {
             classifier_dropout: DropoutConfig::new(self.classifier_dropout).init(),
             pooling: self.pooling,
             num_channels: self.num_channels,
+            token_merging: 0,
         }
     }
 }
@@ -99,6 +104,19 @@ impl Vit {
         self.classifier.as_ref().map_or(0, |c| c.weight.dims()[1])
     }
 
+    /// The same model with token merging (ToMe, [`crate::tome`]): `r` token pairs merged in every
+    /// block of [`Vit::forward`], [`Vit::forward_features`] and [`Vit::forward_with_attentions`]
+    /// (0 turns it off). Training from cached blocks ([`Vit::forward_layers`]) never merges.
+    pub fn with_token_merging(mut self, r: usize) -> Self {
+        self.token_merging = r;
+        self
+    }
+
+    /// Token pairs merged per block (0: off).
+    pub fn token_merging(&self) -> usize {
+        self.token_merging
+    }
+
     /// Class logits.
     ///
     /// # Shapes
@@ -108,10 +126,11 @@ impl Vit {
     /// # Panics
     /// If the model has no classifier ([`Vit::has_head`]) or the channel count is wrong.
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
-        self.forward_head(self.forward_features(pixel_values))
+        let (last_hidden_state, _, size) = self.run(pixel_values, false);
+        self.combine_heads(self.heads(last_hidden_state, size))
     }
 
-    /// The backbone: `last_hidden_state`, after the final LayerNorm.
+    /// The backbone: `last_hidden_state`, after the final LayerNorm (with token merging, the merged tokens).
     ///
     /// # Shapes
     /// - pixel_values: `[batch, channels, height, width]`, sides at least one patch
@@ -121,9 +140,10 @@ impl Vit {
     }
 
     /// Everything at once: hidden states, logits (when there is a head) and every layer's attention.
+    /// With token merging, the attention maps are spread back over the original tokens.
     pub fn forward_with_attentions(&self, pixel_values: Tensor<4>) -> VitOutput {
-        let (last_hidden_state, attentions) = self.run(pixel_values, true);
-        let logits = self.has_head().then(|| self.forward_head(last_hidden_state.clone()));
+        let (last_hidden_state, attentions, size) = self.run(pixel_values, true);
+        let logits = self.has_head().then(|| self.combine_heads(self.heads(last_hidden_state.clone(), size)));
         VitOutput { last_hidden_state, logits, attentions }
     }
 
@@ -151,16 +171,20 @@ impl Vit {
         self.forward_head(self.features_from_layer(hidden_states, start))
     }
 
-    fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
+    /// Final hidden states, attention probabilities when asked, and, with token merging, the
+    /// number of patches behind each final token (`[batch, tokens, 1]`).
+    fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>, Option<Tensor<3>>) {
         assert_shape!(pixel_values, [_, self.num_channels, _, _]);
         let mut x = self.vit.embeddings.forward(pixel_values);
+        let mut merging = (self.token_merging > 0)
+            .then(|| Merging::new(&x, self.vit.embeddings.num_prefix_tokens(), with_probs));
         let mut attentions = Vec::new();
         for layer in &self.vit.encoder.layer {
-            let (next, probs) = layer.forward(x, with_probs);
+            let (next, probs) = layer.forward_merging(x, with_probs, merging.as_mut().map(|m| (m, self.token_merging)));
             x = next;
             attentions.extend(probs);
         }
-        (self.vit.layernorm.forward(x), attentions)
+        (self.vit.layernorm.forward(x), attentions, merging.map(|m| m.size))
     }
 
     /// The classifier's input: CLS, or CLS concatenated with the mean patch token (DINOv2).
@@ -169,6 +193,11 @@ impl Vit {
     /// - last_hidden_state: `[batch, tokens, hidden]`
     /// - output: `[batch, hidden]` or `[batch, 2 * hidden]`
     pub fn pre_logits(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
+        self.pool(last_hidden_state, None)
+    }
+
+    /// [`Vit::pre_logits`]; after token merging the patch mean weighs each token by its `size`.
+    fn pool(&self, last_hidden_state: Tensor<3>, size: Option<Tensor<3>>) -> Tensor<2> {
         let [batch, tokens, hidden] = last_hidden_state.dims();
         let cls = last_hidden_state.clone().narrow(1, 0, 1).reshape([batch, hidden]);
         match self.pooling {
@@ -176,7 +205,14 @@ impl Vit {
             Pooling::ClsAndMeanPatch => {
                 let prefix = self.vit.embeddings.num_prefix_tokens();
                 let patches = last_hidden_state.narrow(1, prefix, tokens - prefix);
-                Tensor::cat(vec![cls, patches.mean_dim(1).reshape([batch, hidden])], 1)
+                let mean = match size {
+                    None => patches.mean_dim(1),
+                    Some(size) => {
+                        let size = size.narrow(1, prefix, tokens - prefix);
+                        (patches * size.clone()).sum_dim(1) / size.sum_dim(1)
+                    }
+                };
+                Tensor::cat(vec![cls, mean.reshape([batch, hidden])], 1)
             }
         }
     }
@@ -184,8 +220,12 @@ impl Vit {
     /// The class head's logits and, for DeiT with a distillation token, the distillation head's
     /// (training needs them apart: DeiT trains the second on the teacher's labels).
     pub fn forward_heads(&self, last_hidden_state: Tensor<3>) -> (Tensor<2>, Option<Tensor<2>>) {
+        self.heads(last_hidden_state, None)
+    }
+
+    fn heads(&self, last_hidden_state: Tensor<3>, size: Option<Tensor<3>>) -> (Tensor<2>, Option<Tensor<2>>) {
         let classifier = self.classifier.as_ref().expect("this model has no classifier (a backbone)");
-        let logits = classifier.forward(self.classifier_dropout.forward(self.pre_logits(last_hidden_state.clone())));
+        let logits = classifier.forward(self.classifier_dropout.forward(self.pool(last_hidden_state.clone(), size)));
         let distilled = self.distillation_classifier.as_ref().map(|distillation| {
             let [batch, _, hidden] = last_hidden_state.dims();
             let token = last_hidden_state.narrow(1, 1, 1).reshape([batch, hidden]);
@@ -205,7 +245,11 @@ impl Vit {
     /// # Panics
     /// If the model has no classifier.
     pub fn forward_head(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
-        match self.forward_heads(last_hidden_state) {
+        self.combine_heads(self.forward_heads(last_hidden_state))
+    }
+
+    fn combine_heads(&self, heads: (Tensor<2>, Option<Tensor<2>>)) -> Tensor<2> {
+        match heads {
             (logits, None) => logits,
             (logits, Some(distilled)) => (logits + distilled) / 2.0,
         }

@@ -135,21 +135,20 @@ fn full_image_pipeline_matches_transformers() {
 }
 
 /// The real DINOv2-S/14 checkpoint of `../shared` on two Imagenette photos (skipped without it).
-#[test]
-fn real_dinov2_small_matches_transformers() {
+/// The real DINOv2-S and its two reference crops, normalised exactly as the processor does
+/// (u8 / 255, then (x - mean) / std, in f32); `None` when `../shared` is absent.
+fn real_dinov2_small(device: &Device) -> Option<(vitrine_model::Loaded, Tensor<4>)> {
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
     let model_dir = shared.join("models/dinov2-small-imgfocus");
     if !model_dir.exists() {
         eprintln!("skipped: {} is absent", model_dir.display());
-        return;
+        return None;
     }
-    let device = Device::flex();
     let config = std::fs::read_to_string(model_dir.join("config.json")).unwrap();
-    let loaded = load_safetensors(&config, &read(&model_dir.join("model.safetensors")), &device).unwrap();
+    let loaded = load_safetensors(&config, &read(&model_dir.join("model.safetensors")), device).unwrap();
     let bytes = read(&fixtures().join("dinov2_small_real.safetensors"));
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let crops = file.tensor("pixels_u8").unwrap();
-    // Normalise exactly as the processor does: u8 / 255, then (x - mean) / std, in f32.
     let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
     let plane = 224 * 224;
     let values: Vec<f32> = crops
@@ -161,8 +160,58 @@ fn real_dinov2_small_matches_transformers() {
             (f32::from(v) / 255.0 - mean[c]) / std[c]
         })
         .collect();
-    let pixels = Tensor::from_data(TensorData::new(values, [2, 3, 224, 224]), &device);
+    Some((loaded, Tensor::from_data(TensorData::new(values, [2, 3, 224, 224]), device)))
+}
+
+#[test]
+fn real_dinov2_small_matches_transformers() {
+    let device = Device::flex();
+    let Some((loaded, pixels)) = real_dinov2_small(&device) else { return };
+    let bytes = read(&fixtures().join("dinov2_small_real.safetensors"));
+    let file = SafeTensors::deserialize(&bytes).unwrap();
     let diff = max_diff(loaded.model.forward_features(pixels), expected(&file, "last_hidden_state"));
     println!("real DINOv2-S: last_hidden_state differs by {diff:.2e}");
     assert!(diff <= 1e-3, "last_hidden_state differs by {diff}");
+}
+
+/// Token merging against the sort-based PyTorch reference of `tests/fixtures/make_tome_fixtures.py`
+/// (tolerance 1e-4, as for the plain model): 1, 3 and 8 merges per block (8 is more than half of
+/// the tokens, so it is capped), square and non-square inputs, with and without attention maps.
+#[test]
+fn token_merging_matches_the_reference() {
+    let device = Device::flex();
+    let bytes = read(&fixtures().join("tome.safetensors"));
+    let tome = SafeTensors::deserialize(&bytes).unwrap();
+    for family in ["vit", "deit", "dinov2"] {
+        let loaded = load(family, &device);
+        let inputs = read(&fixtures().join(family).join("expected.safetensors"));
+        let inputs = SafeTensors::deserialize(&inputs).unwrap();
+        for (case, key) in [("square", "pixel_values"), ("ns", "ns.pixel_values")] {
+            let pixels: Tensor<4> = tensor(&inputs, key, &device);
+            for r in [1, 3, 8] {
+                let model = loaded.model.clone().with_token_merging(r);
+                let reference = expected(&tome, &format!("{family}.{case}.r{r}.logits"));
+                let fused = max_diff(model.forward(pixels.clone()), reference.clone());
+                let explicit = max_diff(model.forward_with_attentions(pixels.clone()).logits.unwrap(), reference);
+                println!("{family} {case} r={r}: logits differ by {fused:.2e} (fused), {explicit:.2e} (explicit)");
+                assert!(fused <= 1e-4 && explicit <= 1e-4, "{family} {case} r={r}: {fused} / {explicit}");
+            }
+        }
+    }
+}
+
+/// The real DINOv2-S with 8 merges per block (257 tokens down to 161): same tokens, in the same
+/// order, as the reference; and the attention maps still cover every patch.
+#[test]
+fn token_merging_on_real_dinov2_small_matches_the_reference() {
+    let device = Device::flex();
+    let Some((loaded, pixels)) = real_dinov2_small(&device) else { return };
+    let bytes = read(&fixtures().join("tome.safetensors"));
+    let tome = SafeTensors::deserialize(&bytes).unwrap();
+    let model = loaded.model.with_token_merging(8);
+    let out = model.forward_with_attentions(pixels);
+    let diff = max_diff(out.last_hidden_state, expected(&tome, "dinov2_small_real.r8.last_hidden_state"));
+    println!("real DINOv2-S, r=8: last_hidden_state differs by {diff:.2e}");
+    assert!(diff <= 1e-3, "last_hidden_state differs by {diff}");
+    assert_eq!(out.attentions[11].dims(), [2, 6, 257, 257], "maps are spread back over the 257 original tokens");
 }

@@ -134,3 +134,21 @@ fn hub_models_load_from_the_cache_without_network() {
     let out = vitrine(&["inspect", "--model", "hf:not-a-repo"], Some(home.path()));
     assert!(text(&out.stderr).contains("is not of the form hf:ORG/NAME"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn bench_times_each_model_and_token_merging_setting_in_one_run() {
+    let (vit, deit) = (fixtures().join("vit").display().to_string(), fixtures().join("deit").display().to_string());
+    let out = vitrine(&["bench", "--model", &vit, "--model", &deit, "--tome", "0,3", "--iters", "2", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(names, [vit.clone(), format!("{vit} (ToMe r=3)"), deit.clone(), format!("{deit} (ToMe r=3)")]);
+    for row in rows {
+        assert!(row["ms_per_image"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["params"].as_u64().unwrap() > 1000 && row["bytes"].as_u64().unwrap() > 4000, "{row}");
+    }
+    assert_eq!(rows[0]["params"], rows[1]["params"], "merging tokens removes no parameter");
+    let refused = vitrine(&["bench", "--model", "/nonexistent/model", "--json"], None);
+    assert!(!refused.status.success() && text(&refused.stderr).contains("/nonexistent/model"), "{}", text(&refused.stderr));
+}

@@ -33,6 +33,10 @@ pub struct Args {
     /// Print one JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Token merging (ToMe) settings to time each model with, e.g. 0,8,16: token pairs merged per
+    /// block (0: off); one row per model and setting.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    tome: Vec<usize>,
     /// Time training steps (every parameter trained, a new 10-class head) instead of inference.
     #[arg(long)]
     train: bool,
@@ -65,8 +69,10 @@ pub fn run(args: Args) -> Result<()> {
         println!("data pipeline: {rate:.1} images/s ({side} px, decode + augment + normalise, {} threads)", rayon::current_num_threads());
     }
     let mut rows = Vec::new();
-    for name in &args.model {
-        let model = source::load(name, &device)?;
+    let settings: Vec<(&String, usize)> = args.model.iter().flat_map(|m| args.tome.iter().map(move |&r| (m, r))).collect();
+    for (name, tome) in settings {
+        let mut model = source::load(name, &device)?;
+        model.loaded.model = model.loaded.model.with_token_merging(tome);
         let [h, w] = match args.image_size {
             Some(side) => [side, side],
             None => model.preprocess.output_size([model.loaded.config.image_size as u32; 2]),
@@ -79,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
             speed::forward_ms_per_image(&model.loaded.model, shape, args.iters, &device)
         };
         rows.push(Row {
-            model: name.clone(),
+            model: if tome > 0 { format!("{name} (ToMe r={tome})") } else { name.clone() },
             ms_per_image,
             params,
             peak_rss_bytes: peak_rss_bytes(),

@@ -31,11 +31,15 @@ pub struct Args {
     json: bool,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// Token merging (ToMe): token pairs merged in every block, a training-free speed-up (0: off).
+    #[arg(long, default_value_t = 0)]
+    tome: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
-    let model = source::load(&args.model, &device)?;
+    let mut model = source::load(&args.model, &device)?;
+    model.loaded.model = model.loaded.model.with_token_merging(args.tome);
     let data = ImageFolder::open(&args.data, 0)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);

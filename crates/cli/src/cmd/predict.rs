@@ -24,6 +24,9 @@ pub struct Args {
     /// Where the model runs.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
+    /// Token merging (ToMe): token pairs merged in every block, a training-free speed-up (0: off).
+    #[arg(long, default_value_t = 0)]
+    tome: usize,
     /// Images to classify (PNG, JPEG, WebP, GIF, BMP).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -47,7 +50,8 @@ struct Prediction {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
-    let model = source::load(&args.model, &device)?;
+    let mut model = source::load(&args.model, &device)?;
+    model.loaded.model = model.loaded.model.with_token_merging(args.tome);
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier: fine-tune a head first", args.model);
     }

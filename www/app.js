@@ -138,7 +138,7 @@ async function loadModel(source, { keepMessage = false } = {}) {
   $('progress-text').textContent = `Loading ${source.label}…`;
   try {
     const transfer = source.kind === 'files' ? [source.files.weights] : [];
-    const loaded = await call({ type: 'load', source }, transfer);
+    const loaded = await call({ type: 'load', source, tome: tokenMerging() }, transfer);
     state.source = source.kind === 'files' ? { kind: 'files', label: source.label } : source;
     state.model = loaded.info;
     stats.modelReady = performance.now();
@@ -156,6 +156,16 @@ async function loadModel(source, { keepMessage = false } = {}) {
   } finally {
     setBusy(false);
   }
+}
+
+// Token pairs merged per block (ToMe): the page's control, first set from ?tome=R.
+function tokenMerging() {
+  return Number($('tome').value) || 0;
+}
+
+async function setTokenMerging() {
+  await call({ type: 'tome', r: tokenMerging() });
+  await reclassify();
 }
 
 function showProgress({ label, loaded, total, cached }) {
@@ -219,6 +229,14 @@ async function switchModel(source) {
 // ---------------------------------------------------------------- inputs
 
 function bindInputs() {
+  const tome = $('tome');
+  const asked = Number.parseInt(params.get('tome') ?? '', 10);
+  if (asked > 0) {
+    if (![...tome.options].some((o) => Number(o.value) === asked)) tome.append(el('option', { value: asked }, `${asked} pairs per block`));
+    tome.value = String(asked);
+  }
+  tome.addEventListener('change', () => setTokenMerging().catch((err) => showMessage(err.message)));
+
   $('file').addEventListener('change', (e) => {
     const file = e.target.files[0];
     if (file) classifyBlob(file, file.name);

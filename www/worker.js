@@ -46,14 +46,20 @@ const handlers = {
     post({ type: 'backend', id, kind: backend.kind, adapter, fallback: wanted === 'cpu' ? null : fallback, wanted });
   },
 
-  async load({ id, source }) {
+  async load({ id, source, tome = 0 }) {
     const files = source.kind === 'files' ? source.files : await fetchBundle(source.base);
     const started = performance.now();
     const next = Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
     classifier?.free();
     classifier = next;
+    classifier.setTokenMerging(tome);
     labels = labelsOf(files.config);
     post({ type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started, bytes: files.weights.byteLength });
+  },
+
+  async tome({ id, r }) {
+    classifier?.setTokenMerging(r);
+    post({ type: 'tome', id, r });
   },
 
   async classify({ id, file, rgba, width, height, topK }) {

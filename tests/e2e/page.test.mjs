@@ -19,6 +19,9 @@ import { serve } from './server.mjs';
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = join(ROOT, 'dist');
 const IMAGES = join(ROOT, 'tests/fixtures/images');
+// The tiny ViT fixture, served at /fixtures/vit/: WebGPU here is SwiftShader, far too slow for a real ViT.
+const FIXTURES = { '/fixtures/': join(ROOT, 'tests/fixtures') };
+const TINY = join(ROOT, 'tests/fixtures/vit');
 const BUNDLE = join(ROOT, 'www/models/default');
 const ARTIFACTS = process.env.VITRINE_ARTIFACTS ?? join(ROOT, 'target-e2e');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -36,8 +39,8 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
 
-function native(image, bundle = BUNDLE) {
-  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--json', join(IMAGES, image)], { encoding: 'utf8' });
+function native(image, bundle = BUNDLE, tome = 0) {
+  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8' });
   return JSON.parse(out)[0].top;
 }
 
@@ -116,6 +119,22 @@ function assertNonUniform(stats, what) {
   assert.ok(stats.max - stats.min > 0.05, `${what}: map values span ${stats.min}..${stats.max}`);
 }
 
+// Token merging on the tiny fixture: ?tome=3 from the address, then off from the page's control.
+async function checkTokenMerging(browser, url, backend) {
+  const { context, page, errors } = await open(browser, url);
+  assert.equal(await page.inputValue('#tome'), '3');
+  await nextResult(page, 0, 'tench.jpg');
+  let seq = await seqOf(page);
+  await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
+  assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg', TINY, 3), `church.jpg, ToMe r=3, ${backend}`);
+  assertNonUniform(await overlayStats(page), `ToMe rollout on ${backend}`);
+  seq = await seqOf(page);
+  await page.selectOption('#tome', '0');
+  assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg', TINY, 0), `church.jpg, no ToMe, ${backend}`);
+  assert.deepEqual(errors, []);
+  await context.close();
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
 }
@@ -130,7 +149,7 @@ describe('with WebGPU', () => {
   let server;
   let browser;
   before(async () => {
-    server = await serve(DIST);
+    server = await serve(DIST, 0, FIXTURES);
     browser = await launch(WEBGPU_ARGS);
   });
   after(async () => {
@@ -169,6 +188,10 @@ describe('with WebGPU', () => {
     await shot(page, 'webgpu-head-map');
     assert.deepEqual(errors, []);
     await context.close();
+  });
+
+  test('token merging (?tome= and its control) gives the native `predict --tome` answer', { timeout: TIMEOUT * 2 }, async () => {
+    await checkTokenMerging(browser, `${gpuUrl(server)}&model=/fixtures/vit/&tome=3`, 'WebGPU');
   });
 
   test('paste from the clipboard', { timeout: TIMEOUT * 2 }, async () => {
@@ -353,7 +376,7 @@ describe('without WebGPU', () => {
   let server;
   let browser;
   before(async () => {
-    server = await serve(DIST);
+    server = await serve(DIST, 0, FIXTURES);
     browser = await launch(NO_WEBGPU_ARGS);
   });
   after(async () => {
@@ -378,5 +401,9 @@ describe('without WebGPU', () => {
     await shot(page, 'cpu-fallback-narrow');
     assert.deepEqual(errors, []);
     await context.close();
+  });
+
+  test('token merging (?tome= and its control) gives the native `predict --tome` answer', { timeout: TIMEOUT * 2 }, async () => {
+    await checkTokenMerging(browser, `${server.url}?model=/fixtures/vit/&tome=3`, 'CPU');
   });
 });

@@ -19,14 +19,20 @@ const TYPES = {
   '.safetensors': 'application/octet-stream',
 };
 
-/** Serves `root` on a free port of 127.0.0.1; resolves to { url, close, requests }. */
-export function serve(root, port = 0) {
+/**
+ * Serves `root` on a free port of 127.0.0.1; resolves to { url, close, requests }. `mounts` maps URL
+ * prefixes to other folders (the tests serve the tiny fixture models at /fixtures/).
+ */
+export function serve(root, port = 0, mounts = {}) {
   const requests = [];
   const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    let path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
     requests.push(path);
-    let file = normalize(join(root, path));
-    if (!file.startsWith(normalize(root) + sep) && file !== normalize(root)) {
+    const mount = Object.keys(mounts).find((prefix) => path.startsWith(prefix));
+    const base = mount ? mounts[mount] : root;
+    if (mount) path = path.slice(mount.length - 1);
+    let file = normalize(join(base, path));
+    if (!file.startsWith(normalize(base) + sep) && file !== normalize(base)) {
       res.writeHead(403).end();
       return;
     }

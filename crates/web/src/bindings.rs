@@ -176,6 +176,12 @@ impl Classifier {
     pub fn lost_reason(&self) -> Option<String> {
         lost_reason(&self.lost)
     }
+
+    /// Token merging (ToMe): `r` token pairs merged in every block, a training-free speed-up; 0 turns it off.
+    #[wasm_bindgen(js_name = setTokenMerging)]
+    pub fn set_token_merging(&mut self, r: usize) {
+        self.engine.set_token_merging(r);
+    }
 }
 
 impl Classifier {

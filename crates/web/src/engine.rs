@@ -102,6 +102,11 @@ impl Engine {
         }
     }
 
+    /// Token merging (ToMe): `r` token pairs merged in every block, 0 to turn it off.
+    pub fn set_token_merging(&mut self, r: usize) {
+        self.model = self.model.clone().with_token_merging(r);
+    }
+
     /// Class names in index order (empty for a backbone).
     pub fn labels(&self) -> &[String] {
         &self.labels

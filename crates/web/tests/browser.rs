@@ -51,6 +51,8 @@ const PHOTOS: [(&str, &[u8]); 4] = [
     ("wide.png", include_bytes!("../../../tests/fixtures/images/wide.png")),
 ];
 
+const TOME: &[u8] = include_bytes!("../../../tests/fixtures/tome.safetensors");
+
 async fn webgpu() -> Backend {
     Backend::webgpu().await.map_err(JsValue::from).expect("WebGPU must be available to this test (--enable-unsafe-webgpu)")
 }
@@ -106,6 +108,21 @@ async fn check_against_transformers(backend: &Backend) {
         let diff = max_diff(&out.logits(), &values(expected::<2>(&file, "ns.logits", 0, &cpu)));
         assert!(diff <= 1e-4, "{} on {}: non-square logits differ by {diff}", f.name, backend.kind());
         assert_eq!((out.rows(), out.cols()), (4, 6));
+
+        // Token merging against the sort-based PyTorch reference (tests/fixtures/make_tome_fixtures.py).
+        let tome = SafeTensors::deserialize(TOME).unwrap();
+        let mut classifier = classifier;
+        for r in [1, 3] {
+            classifier.set_token_merging(r);
+            for item in 0..2 {
+                let out = classifier.predict(expected::<4>(&file, "pixel_values", item, backend.device()), 5).await.unwrap();
+                let reference = values(expected::<2>(&tome, &format!("{}.square.r{r}.logits", f.name), item, &cpu));
+                let diff = max_diff(&out.logits(), &reference);
+                assert!(diff <= 1e-4, "{} on {}, ToMe r={r}: logits differ from the reference by {diff}", f.name, backend.kind());
+                let rollout = &out.maps()[..16];
+                assert!(rollout.iter().any(|&v| v < 0.9), "{}, ToMe r={r}: rollout is flat: {rollout:?}", f.name);
+            }
+        }
     }
 }
 

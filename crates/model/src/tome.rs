@@ -178,9 +178,9 @@ mod tests {
         let mut merging = Merging::new(&hidden, 1, false);
         let merged = merging.merge(hidden, metric, 10);
         assert_eq!(merged.dims(), [1, 4, 1]);
-        let values = merged.into_data().to_vec::<f32>().unwrap();
+        let values = merged.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(values[0], 0.0, "CLS stays first and alone");
-        assert_eq!(merging.size.into_data().to_vec::<f32>().unwrap().iter().sum::<f32>(), 6.0);
+        assert_eq!(merging.size.into_data().try_to_vec::<f32>().unwrap().iter().sum::<f32>(), 6.0);
     }
 
     #[test]
@@ -193,7 +193,7 @@ mod tests {
         let probs = Tensor::<4>::ones([1, 2, tokens, tokens], &Device::flex()) / tokens as f64;
         let original = merging.unmerge_attention(probs);
         assert_eq!(original.dims(), [1, 2, 7, 7]);
-        let sums = original.sum_dim(3).into_data().to_vec::<f32>().unwrap();
+        let sums = original.sum_dim(3).into_data().try_to_vec::<f32>().unwrap();
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
     }
 }

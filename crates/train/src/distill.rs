@@ -5,7 +5,10 @@
 //! on its distillation head and the labels on its class head.
 //!
 //! Teacher logits are computed once per image and augmented view and kept beside the run, so the
-//! teacher's cost is paid once, not every epoch.
+//! teacher's cost is paid once, not every epoch. The teacher sees each view at its own resolution
+//! (the same crop, flip and jitter as the student's view), so a student can train at a lower one.
+//! When the teacher was trained on cached frozen blocks, its run's cache gives the logits of the
+//! matching view for the cost of the top blocks alone ([`DistillRecipe::teacher_run`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
 
+use crate::cache::TokenCache;
 use crate::checkpoint::write_atomic;
 use crate::data::Sample;
 use crate::data::loader::{Transform, batches, epoch_order};
@@ -33,6 +37,18 @@ pub struct DistillRecipe {
     pub alpha: f64,
     /// DeiT's hard distillation: the teacher's top-1 as a label.
     pub hard: bool,
+    /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs
+    /// stand in for the teacher's bottom blocks on the views it cached (same data, seed and augmentation).
+    #[serde(default)]
+    pub teacher_run: Option<String>,
+}
+
+/// The teacher, with the transform that shows it the student's views at its own resolution.
+pub struct Teacher {
+    pub model: Vit,
+    /// Input side in pixels.
+    pub size: u32,
+    pub transform: Arc<Transform>,
 }
 
 /// The distillation loss of one batch.
@@ -73,31 +89,30 @@ pub struct TeacherLogits {
 }
 
 impl TeacherLogits {
-    /// Loads them from `path`, or computes them with `teacher` (the same augmentation as the
-    /// student's view `view`) and saves them there.
-    #[allow(clippy::too_many_arguments)]
-    pub fn for_view(
-        path: &Path,
-        teacher: &Vit,
-        samples: Arc<Vec<Sample>>,
-        transform: Arc<Transform>,
-        seed: u64,
-        view: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        let classes = teacher.num_labels();
-        if let Ok(bytes) = std::fs::read(path)
-            && bytes.len() == samples.len() * classes * 4
-        {
-            let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            return Ok(Self { classes, values });
+    /// Logits saved by [`TeacherLogits::save`] for `samples` images and `classes` classes, if `path` holds them.
+    pub fn load(path: &Path, samples: usize, classes: usize) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        if bytes.len() != samples * classes * 4 {
+            return None;
         }
+        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Some(Self { classes, values })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::create_dir_all(path.parent().expect("a cache file has a folder"))?;
+        write_atomic(path, &self.values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    /// Runs the teacher on every sample, as view `view` of `teacher.transform` (seeded like the student's).
+    pub fn compute(teacher: &Teacher, samples: Arc<Vec<Sample>>, seed: u64, view: usize, device: &Device) -> Result<Self> {
+        let classes = teacher.model.num_labels();
         let progress = bar(samples.len() as u64, &format!("teacher logits, view {view}"));
         let mut values = vec![f32::NAN; samples.len() * classes];
         let order = epoch_order(samples.len(), None);
-        for batch in batches(samples.clone(), order, 32, transform, seed, view, 2) {
+        for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2) {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-            let logits = teacher.forward(pixels).into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let logits = teacher.model.forward(pixels).into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             for (row, &i) in batch.indices.iter().enumerate() {
                 values[i * classes..(i + 1) * classes].copy_from_slice(&logits[row * classes..(row + 1) * classes]);
             }
@@ -107,8 +122,21 @@ impl TeacherLogits {
         if values.iter().any(|v| v.is_nan()) {
             bail!("the teacher could not see every training image");
         }
-        std::fs::create_dir_all(path.parent().expect("a cache file has a folder"))?;
-        write_atomic(path, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+        Ok(Self { classes, values })
+    }
+
+    /// The teacher's logits from its own cached outputs of blocks `0..layers` (only its top blocks run).
+    pub fn from_tokens(teacher: &Vit, tokens: &TokenCache, layers: usize, device: &Device) -> Result<Self> {
+        let classes = teacher.num_labels();
+        let progress = bar(tokens.len() as u64, &format!("teacher logits from its cached blocks 1-{layers}"));
+        let mut values = Vec::with_capacity(tokens.len() * classes);
+        let order: Vec<usize> = (0..tokens.len()).collect();
+        for chunk in order.chunks(32) {
+            let logits = teacher.forward_from_layer(tokens.batch(chunk, device), layers);
+            values.extend(logits.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
         Ok(Self { classes, values })
     }
 

@@ -21,6 +21,7 @@ use crate::data::{ImageFolder, Sample};
 use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
+use crate::distill::{Teacher, TeacherLogits};
 use crate::recipe::Recipe;
 use crate::setup::{self, ModelSpec};
 
@@ -224,15 +225,7 @@ impl Run {
                 (None, n) => epoch % n,
             };
             let teacher_logits = match &teacher {
-                Some(teacher) => Some(crate::distill::TeacherLogits::for_view(
-                    &self.dir.cache(&format!("teacher-{}px-view{view}.f32", recipe.image_size)),
-                    teacher,
-                    self.train.clone(),
-                    train_transform.clone(),
-                    recipe.seed,
-                    view,
-                    &self.device,
-                )?),
+                Some(teacher) => Some(self.teacher_logits(teacher, view)?),
                 None => None,
             };
             let progress = bar(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, recipe.epochs));
@@ -413,16 +406,68 @@ impl Run {
         Ok(Outcome { best_top1: state.best_top1, best_epoch: state.best_epoch, epochs_run: state.epoch, stopped_early })
     }
 
-    /// The teacher bundle, checked against the dataset's classes.
-    fn teacher(&self, dir: &str) -> Result<Vit> {
+    /// The teacher bundle, checked against the dataset's classes, with the transform that shows it
+    /// the student's training views at its own resolution.
+    fn teacher(&self, dir: &str) -> Result<Teacher> {
         let dir = Path::new(dir);
-        let config = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading the teacher in {}", dir.display()))?;
-        let weights = std::fs::read(dir.join("model.safetensors")).with_context(|| format!("reading the teacher in {}", dir.display()))?;
-        let loaded = vitrine_model::load_safetensors(&config, &weights, &self.device)?;
+        let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("reading the teacher in {}", dir.display()));
+        let config = String::from_utf8(read("config.json")?)?;
+        let loaded = vitrine_model::load_safetensors(&config, &read("model.safetensors")?, &self.device)?;
         if loaded.labels != self.classes {
             bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", loaded.labels, self.classes);
         }
-        Ok(loaded.model)
+        let preprocess = match read("preprocessor_config.json") {
+            Ok(json) => PreprocessConfig::from_json(&String::from_utf8(json)?)?,
+            Err(_) => PreprocessConfig::default_for(&loaded.config),
+        };
+        let side = loaded.config.image_size as u32;
+        let size = preprocess.output_size([side, side])[0];
+        let transform = Arc::new(Transform::train(self.recipe.augment, size, &preprocess));
+        Ok(Teacher { model: loaded.model, size, transform })
+    }
+
+    /// The teacher's logits for training view `view`: saved beside the run, else from the teacher
+    /// run's cached frozen blocks (`teacher_run`), else from the teacher on the images.
+    fn teacher_logits(&self, teacher: &Teacher, view: usize) -> Result<TeacherLogits> {
+        let path = self.dir.cache(&format!("teacher-{}px-view{view}.f32", teacher.size));
+        if let Some(logits) = TeacherLogits::load(&path, self.train.len(), teacher.model.num_labels()) {
+            return Ok(logits);
+        }
+        let distill = self.recipe.distill.as_ref().expect("a teacher comes with a distillation recipe");
+        let logits = match &distill.teacher_run {
+            Some(run) => {
+                let (tokens, layers) = self.teacher_tokens(Path::new(run), teacher.size, view)?;
+                TeacherLogits::from_tokens(&teacher.model, &tokens, layers, &self.device)?
+            }
+            None => TeacherLogits::compute(teacher, self.train.clone(), self.recipe.seed, view, &self.device)?,
+        };
+        logits.save(&path)?;
+        Ok(logits)
+    }
+
+    /// The teacher run's cached frozen blocks for view `view`, refused unless that run saw exactly
+    /// the images this view shows: same dataset, seed and augmentation, at the teacher's resolution.
+    fn teacher_tokens(&self, run: &Path, size: u32, view: usize) -> Result<(TokenCache, usize)> {
+        let json = std::fs::read_to_string(RunDir(run.to_path_buf()).recipe()).with_context(|| format!("--teacher-run {}: no recipe.json", run.display()))?;
+        let theirs: Recipe = serde_json::from_str(&json)?;
+        let mine = &self.recipe;
+        let same_data = std::fs::canonicalize(&theirs.data).ok() == std::fs::canonicalize(&mine.data).ok();
+        if !theirs.cache_frozen || view >= theirs.cache_views {
+            bail!("--teacher-run {} cached no training view {view} (cache_views {})", run.display(), theirs.cache_views);
+        }
+        if !same_data || theirs.seed != mine.seed || theirs.augment != mine.augment || theirs.image_size != size || theirs.limit_train != 0 {
+            bail!(
+                "--teacher-run {} trained on other views (data, seed, augmentation or {size} px differ): its cache cannot stand in for the teacher",
+                run.display()
+            );
+        }
+        let path = RunDir(run.to_path_buf()).cache(&format!("train-{size}px-view{view}.f16"));
+        let tokens = TokenCache::load(&path)?.with_context(|| format!("{} is missing", path.display()))?;
+        let labels: Vec<usize> = self.train.iter().map(|s| s.label).collect();
+        if tokens.labels != labels {
+            bail!("{} holds other images than this run's training split", path.display());
+        }
+        Ok((tokens, theirs.frozen_blocks))
     }
 
     /// The frozen blocks' outputs: one cache per augmented view of the training set, one of val.

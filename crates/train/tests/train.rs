@@ -81,10 +81,10 @@ fn loss_falls_accuracy_rises_and_the_export_reloads_identically() {
     let best_epoch = outcome.best_epoch.unwrap();
     let bundle = bundle_model(&run.join("best"), &device);
     let x = Tensor::<4>::from_data(TensorData::new((0..2 * 3 * 32 * 32).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect::<Vec<_>>(), [2, 3, 32, 32]), &device);
-    let reloaded = bundle.forward(x.clone()).into_data().to_vec::<f32>().unwrap();
+    let reloaded = bundle.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     if best_epoch == 3 {
         let (trained, _, _) = checkpoint::load(&checkpoint::latest(&run).unwrap().unwrap(), setup_like(&run, &device), setup::optimizer(&Recipe::default()).unwrap()).unwrap();
-        let direct = trained.valid().forward(x).into_data().to_vec::<f32>().unwrap();
+        let direct = trained.valid().forward(x).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(direct, reloaded);
     }
     let labels = vitrine_model::HfVitConfig::from_json(&std::fs::read_to_string(run.join("best/config.json")).unwrap()).unwrap().labels().unwrap();
@@ -201,10 +201,47 @@ fn distillation_brings_the_student_closer_to_the_teacher() {
     let student = Loaded { model: student, config: student_config, hf_config, labels: full.labels.clone(), family: full.family };
 
     let run = tmp.path().join("student");
-    let distill = vitrine_train::distill::DistillRecipe { teacher: dir.display().to_string(), temperature: 2.0, alpha: 0.9, hard: false };
+    let distill = vitrine_train::distill::DistillRecipe { teacher: dir.display().to_string(), temperature: 2.0, alpha: 0.9, hard: false, teacher_run: None };
     let recipe = Recipe { views: 2, distill: Some(distill), epochs: 3, ..recipe(&data) };
     trainer::start(&run, recipe, student, preprocess.clone(), &device).unwrap();
     let after = kl_to_teacher(&bundle_model(&run.join("best"), &device), &teacher, &data, &preprocess, &device);
     assert!(after < before * 0.7, "KL to the teacher {before} -> {after}");
     assert!(run.join("cache/teacher-32px-view1.f32").exists());
+}
+
+/// A teacher trained on cached frozen blocks lends that cache to distillation: the teacher's logits
+/// from it match the teacher run on the images (within the cache's f16 rounding), also for a student
+/// at another resolution (the teacher sees its own); a run that saw other views is refused.
+#[test]
+fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (12, 4));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let plain = Recipe { augment: Augment::none(), epochs: 1, ..recipe(&data) };
+    let teacher_run = tmp.path().join("teacher");
+    let teacher_recipe = Recipe { frozen_blocks: 1, cache_frozen: true, cache_views: 1, ..plain.clone() };
+    trainer::start(&teacher_run, teacher_recipe, loaded, preprocess.clone(), &device).unwrap();
+    let teacher = teacher_run.join("best").display().to_string();
+
+    let distil = |name: &str, teacher_run: Option<String>, seed: u64| {
+        let distill = vitrine_train::distill::DistillRecipe { teacher: teacher.clone(), temperature: 2.0, alpha: 0.5, hard: false, teacher_run };
+        // The student trains at 24 px; the teacher's logits are still those of its 32 px view.
+        let recipe = Recipe { views: 1, image_size: 24, seed, distill: Some(distill), ..plain.clone() };
+        let run = tmp.path().join(name);
+        trainer::start(&run, recipe, pretrained(&device).0, preprocess.clone(), &device).map(|_| run.join("cache/teacher-32px-view0.f32"))
+    };
+    let read = |path: PathBuf| -> Vec<f32> {
+        std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let from_images = read(distil("from-images", None, 0).unwrap());
+    let from_cache = read(distil("from-cache", Some(teacher_run.display().to_string()), 0).unwrap());
+    assert_eq!(from_images.len(), from_cache.len());
+    let diff = from_images.iter().zip(&from_cache).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let scale = from_images.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+    assert!(diff <= 1e-2 * scale.max(1.0), "teacher logits from its cache differ by {diff} (logits up to {scale})");
+
+    let err = distil("other-seed", Some(teacher_run.display().to_string()), 7).unwrap_err();
+    assert!(format!("{err:#}").contains("trained on other views"), "{err:#}");
 }

@@ -46,6 +46,10 @@ pub struct Args {
     /// Epochs of the fine-tuning step after pruning.
     #[arg(long, default_value_t = 1)]
     finetune_epochs: usize,
+    /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs give
+    /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
+    #[arg(long)]
+    teacher_run: Option<String>,
     #[arg(long, default_value_t = 4.0)]
     temperature: f64,
     #[arg(long, default_value_t = 0.5)]
@@ -85,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     if teacher.loaded.labels != data.classes {
         bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", teacher.loaded.labels, data.classes);
     }
-    let distill = DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: false };
+    let distill = DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: false, teacher_run: args.teacher_run.clone() };
     let dir = |name: &str| args.out.join(name);
 
     // 1. Distil into a student cut from the teacher.

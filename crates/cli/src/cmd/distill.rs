@@ -48,6 +48,10 @@ pub struct Args {
     /// DeiT's hard distillation: the teacher's top-1 as the label of the teacher's term.
     #[arg(long)]
     hard: bool,
+    /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs give
+    /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
+    #[arg(long)]
+    teacher_run: Option<String>,
     #[command(flatten)]
     recipe: RecipeArgs,
 }
@@ -58,7 +62,7 @@ pub fn run(args: Args) -> Result<()> {
     if recipe.views == 0 && !recipe.cache_frozen {
         recipe.views = 4;
     }
-    recipe.distill = Some(DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: args.hard });
+    recipe.distill = Some(DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: args.hard, teacher_run: args.teacher_run.clone() });
     let teacher = source::load(&args.teacher, &device)?;
     let data = ImageFolder::open(&args.data, recipe.seed)?;
     if teacher.loaded.labels != data.classes {

@@ -57,12 +57,16 @@ fn prune_quantize_and_distill_a_toy_model() {
     let bad_scheme = vitrine(&["quantize", "--model", &model, "--out", &path("q4"), "--scheme", "int4"]);
     assert!(text(&bad_scheme.stderr).contains("invalid value 'int4'"), "{}", text(&bad_scheme.stderr));
 
-    // Distillation into the teacher's last block with two heads per block.
+    // Distillation into the teacher's last block with two heads per block, at 24 px (the teacher's
+    // logits stay those of its 32 px view); the student's position table is resized to its 3x3 grid.
     let out = ok(vitrine(&[
         "distill", "--teacher", &model, "--data", &data, "--out", &path("student"), "--student-layers", "1", "--student-heads", "2",
-        "--epochs", "2", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0",
+        "--epochs", "2", "--batch-size", "8", "--image-size", "24", "--lr", "3e-3", "--head-only-epochs", "0",
     ]));
     assert!(out.contains("student: 1 blocks, heads [2]"), "{out}");
+    assert!(std::path::Path::new(&path("student/cache/teacher-32px-view0.f32")).exists());
+    let student_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path("student/best/config.json")).unwrap()).unwrap();
+    assert_eq!(student_config["image_size"], 24);
     ok(vitrine(&["eval", "--model", &path("student/best"), "--data", &data, "--json"]));
 
     // The whole pipeline, then again: every step is skipped and only the report is rebuilt.

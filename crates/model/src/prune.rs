@@ -149,3 +149,30 @@ pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: 
     }
     Ok((out, selected))
 }
+
+/// A copy of `model` whose position table is resized once to a `side` x `side` patch grid: what
+/// every forward pass at that input size computes on the fly, so the outputs there are the same,
+/// the file is smaller (DINOv2 stores a 37x37 grid) and no pass resizes it again.
+pub fn resize_positions(model: &Vit, config: &VitConfig, side: usize, device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+    if side == 0 {
+        return Err(ConfigError::Invalid("the position grid needs at least one patch".into()));
+    }
+    let resized = VitConfig { image_size: side * config.patch_size, ..config.clone() };
+    let table = model.vit.embeddings.position_embeddings_for([side, side]);
+    let shape = table.dims().to_vec();
+    let values = table.into_data().try_into_vec::<f32>().map_err(|e| ConfigError::Invalid(format!("{e:?}")))?;
+    let bytes = Bytes::from_bytes_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let name = "vit.embeddings.position_embeddings";
+    let tensors: Vec<PackTensor> = model
+        .collect(None, None, false)
+        .into_iter()
+        .filter(|t| t.name != name)
+        .chain([PackTensor::new(name.into(), DType::F32, shape, None, bytes)])
+        .collect();
+    let mut out = resized.init(device);
+    let result = out.apply(tensors, None, None, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(ConfigError::Invalid(format!("resized positions do not fit: {:?} {:?}", result.errors, result.missing)));
+    }
+    Ok((out, resized))
+}

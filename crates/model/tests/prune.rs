@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
-use vitrine_model::prune::{Keep, prune};
+use vitrine_model::prune::{Keep, prune, resize_positions};
 use vitrine_model::{Loaded, Vit, load_safetensors};
 
 fn fixture(name: &str) -> PathBuf {
@@ -98,4 +98,19 @@ fn removing_every_head_of_a_layer_is_refused() {
     keep.heads[1].clear();
     let err = prune(&loaded.model, &loaded.config, &keep, &Device::flex()).unwrap_err();
     assert!(err.to_string().contains("every head of layer 1"), "{err}");
+}
+
+#[test]
+fn resized_positions_give_the_same_logits_at_their_size() {
+    for name in ["vit", "deit", "dinov2"] {
+        let full = load(name);
+        // The fixtures' grid is 4x4 (32 px, 8 px patches); at 48 px each pass resizes it to 6x6.
+        let (resized, config) = resize_positions(&full.model, &full.config, 6, &Device::flex()).unwrap();
+        assert_eq!(config.image_size, 48);
+        let stored = resized.vit.embeddings.position_embeddings.val().dims();
+        assert_eq!(stored[1], full.model.vit.embeddings.num_prefix_tokens() + 36, "{name}: the table holds the 6x6 grid");
+        let diff = max_abs_diff(&logits(&full.model, 48), &logits(&resized, 48));
+        assert!(diff <= 1e-6, "{name}: logits at 48 px differ by {diff}");
+    }
+    assert!(resize_positions(&load("vit").model, &load("vit").config, 0, &Device::flex()).is_err());
 }

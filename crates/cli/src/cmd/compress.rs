@@ -102,7 +102,12 @@ pub fn run(args: Args) -> Result<()> {
         let mut recipe = args.recipe.recipe(&args.teacher, &args.data);
         recipe.views = recipe.views.max(1);
         recipe.distill = Some(distill.clone());
-        let spec = StudentSpec { layers: layers.clone(), heads: args.student_heads, mlp_drop: args.student_mlp_drop };
+        let spec = StudentSpec {
+            layers: layers.clone(),
+            heads: args.student_heads,
+            mlp_drop: args.student_mlp_drop,
+            image_size: Some(recipe.image_size),
+        };
         train(&dir("distil"), || trainer::start(&dir("distil"), recipe, cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone(), &device), &device)
     })?;
 

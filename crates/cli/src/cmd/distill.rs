@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use vitrine_model::prune::{prune, select_layers};
+use vitrine_model::prune::{prune, resize_positions, select_layers};
 use vitrine_model::Loaded;
 use vitrine_train::data::ImageFolder;
 use vitrine_train::data::loader::{Transform, drop_unreadable};
@@ -74,7 +74,12 @@ pub fn run(args: Args) -> Result<()> {
             (loaded.loaded, loaded.preprocess)
         }
         None => {
-            let spec = StudentSpec { layers: args.student_layers.clone(), heads: args.student_heads, mlp_drop: args.student_mlp_drop };
+            let spec = StudentSpec {
+                layers: args.student_layers.clone(),
+                heads: args.student_heads,
+                mlp_drop: args.student_mlp_drop,
+                image_size: Some(recipe.image_size),
+            };
             (cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone())
         }
     };
@@ -98,6 +103,8 @@ pub struct StudentSpec {
     pub heads: Option<usize>,
     /// Fraction of each MLP's neurons dropped (the least important).
     pub mlp_drop: f64,
+    /// The student's input side: its position table is resized to that grid once, here.
+    pub image_size: Option<u32>,
 }
 
 /// The teacher's chosen blocks, with each block's most important heads and MLP neurons.
@@ -121,8 +128,12 @@ pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, d
     let keep = importance::plan_per_layer(&scores, heads, spec.mlp_drop);
     let model = burn::module::Module::valid(&teacher.loaded.model);
     let (pruned, pruned_config) = prune(&model, config, &keep, device)?;
-    let (student, student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;
+    let (mut student, mut student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;
+    if let Some(size) = spec.image_size {
+        (student, student_config) = resize_positions(&student, &student_config, size as usize / config.patch_size, device)?;
+    }
     let mut hf_config = teacher.loaded.hf_config.clone();
+    hf_config.image_size = student_config.image_size;
     hf_config.num_hidden_layers = student_config.num_hidden_layers;
     hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
     hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());

@@ -72,10 +72,10 @@ fn prune_quantize_and_distill_a_toy_model() {
     // The whole pipeline, then again: every step is skipped and only the report is rebuilt.
     let pipeline = [
         "compress", "--teacher", &model, "--data", &data, "--out", &path("compressed"), "--student-layers", "1", "--student-heads", "2",
-        "--prune-heads", "1", "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0",
+        "--prune-heads", "1", "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0", "--tome", "2",
     ];
     let report = ok(vitrine(&pipeline));
-    for row in ["| teacher |", "| distilled |", "| pruned |", "| fine-tuned |", "| int8 (final) |"] {
+    for row in ["| teacher |", "| distilled |", "| pruned |", "| fine-tuned |", "| int8 (final) |", "| final + ToMe r=2 |"] {
         assert!(report.contains(row), "{report}");
     }
     let again = ok(vitrine(&pipeline));

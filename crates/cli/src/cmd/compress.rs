@@ -50,6 +50,9 @@ pub struct Args {
     /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
     #[arg(long)]
     teacher_run: Option<String>,
+    /// Token merging settings reported next to the final bundle (token pairs merged per block).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    tome: Vec<usize>,
     #[arg(long, default_value_t = 4.0)]
     temperature: f64,
     #[arg(long, default_value_t = 0.5)]
@@ -138,6 +141,7 @@ pub fn run(args: Args) -> Result<()> {
         recipe.lr *= 0.3;
         recipe.views = recipe.views.max(1);
         recipe.distill = Some(distill.clone());
+        reuse_teacher_logits(&dir("distil"), &dir("finetune"))?;
         train(&dir("finetune"), || trainer::start(&dir("finetune"), recipe, pruned.loaded, pruned.preprocess, &device), &device)
     })?;
 
@@ -149,6 +153,21 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     report(&args, &data, &device)
+}
+
+/// The fine-tuning step sees the distillation step's views (same data, seed and augmentation), so
+/// the teacher's logits saved by the latter serve the former as they are.
+fn reuse_teacher_logits(from: &Path, to: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(from.join("cache")) else { return Ok(()) };
+    std::fs::create_dir_all(to.join("cache"))?;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("teacher-") && !to.join("cache").join(&name).exists() {
+            std::fs::copy(entry.path(), to.join("cache").join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 /// One row of the report.
@@ -166,30 +185,34 @@ struct Row {
 /// Evaluates every step's bundle on the same validation images, times each in its own process
 /// (for a fair peak-memory figure), and writes report.json, report.md and report.html.
 fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<()> {
-    let steps = [
-        ("teacher", PathBuf::from(&args.teacher)),
-        ("distilled", args.out.join("distil/best")),
-        ("pruned", args.out.join("prune")),
-        ("fine-tuned", args.out.join("finetune/best")),
-        ("int8 (final)", args.out.join("final")),
+    let mut steps = vec![
+        ("teacher".to_string(), PathBuf::from(&args.teacher), 0),
+        ("distilled".to_string(), args.out.join("distil/best"), 0),
+        ("pruned".to_string(), args.out.join("prune"), 0),
+        ("fine-tuned".to_string(), args.out.join("finetune/best"), 0),
+        ("int8 (final)".to_string(), args.out.join("final"), 0),
     ];
+    // Token merging: a training-free speed-up of the final bundle, beside the trained ones.
+    steps.extend(args.tome.iter().filter(|&&r| r > 0).map(|&r| (format!("final + ToMe r={r}"), args.out.join("final"), r)));
     let (val, _) = drop_unreadable(data.val.clone());
     let val = Arc::new(val);
     let mut rows = Vec::new();
-    for (name, bundle_dir) in &steps {
+    for (name, bundle_dir, tome) in &steps {
         let path = bundle_dir.display().to_string();
-        let model = source::load(&path, device)?;
+        let mut model = source::load(&path, device)?;
+        model.loaded.model = model.loaded.model.with_token_merging(*tome);
         let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
         let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
         progress.finish_and_clear();
-        let bench = Command::new(std::env::current_exe()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json"]).output()?;
+        let bench = Command::new(std::env::current_exe()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
+            .output()?;
         if !bench.status.success() {
             bail!("timing {path}: {}", String::from_utf8_lossy(&bench.stderr));
         }
         let timing: serde_json::Value = serde_json::from_slice(&bench.stdout)?;
         let get = |k: &str| timing[0][k].as_f64().unwrap_or(0.0);
         rows.push(Row {
-            step: name.to_string(),
+            step: name.clone(),
             bundle: path,
             top1: eval.top1,
             ms_per_image: get("ms_per_image"),

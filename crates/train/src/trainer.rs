@@ -413,9 +413,7 @@ impl Run {
         let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("reading the teacher in {}", dir.display()));
         let config = String::from_utf8(read("config.json")?)?;
         let loaded = vitrine_model::load_safetensors(&config, &read("model.safetensors")?, &self.device)?;
-        if loaded.labels != self.classes {
-            bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", loaded.labels, self.classes);
-        }
+        crate::data::check_labels("the teacher", &loaded.labels, &self.classes)?;
         let preprocess = match read("preprocessor_config.json") {
             Ok(json) => PreprocessConfig::from_json(&String::from_utf8(json)?)?,
             Err(_) => PreprocessConfig::default_for(&loaded.config),

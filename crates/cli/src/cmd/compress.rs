@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use vitrine_model::Storage;
-use vitrine_train::data::ImageFolder;
+use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::distill::DistillRecipe;
 use vitrine_train::evaluate::evaluate;
@@ -89,9 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let data = ImageFolder::open(&args.data, 0)?;
     let teacher = source::load(&args.teacher, &device)?;
-    if teacher.loaded.labels != data.classes {
-        bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", teacher.loaded.labels, data.classes);
-    }
+    check_labels("the teacher", &teacher.loaded.labels, &data.classes)?;
     let distill = DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: false, teacher_run: args.teacher_run.clone() };
     let dir = |name: &str| args.out.join(name);
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use vitrine_model::prune::{prune, resize_positions, select_layers};
 use vitrine_model::Loaded;
-use vitrine_train::data::ImageFolder;
+use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::distill::DistillRecipe;
 use vitrine_train::{importance, trainer};
@@ -65,9 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     recipe.distill = Some(DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: args.hard, teacher_run: args.teacher_run.clone() });
     let teacher = source::load(&args.teacher, &device)?;
     let data = ImageFolder::open(&args.data, recipe.seed)?;
-    if teacher.loaded.labels != data.classes {
-        bail!("the teacher's labels {:?} differ from the dataset's classes {:?}", teacher.loaded.labels, data.classes);
-    }
+    check_labels("the teacher", &teacher.loaded.labels, &data.classes)?;
     let (student, preprocess) = match &args.student {
         Some(student) => {
             let loaded = source::load(student, &device)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use vitrine_train::data::ImageFolder;
+use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::evaluate::evaluate;
 use vitrine_train::trainer::bar;
@@ -44,13 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);
     }
-    if model.loaded.labels != data.classes {
-        bail!(
-            "the model's labels {:?} do not match the dataset's classes {:?}",
-            model.loaded.labels,
-            data.classes
-        );
-    }
+    check_labels("the model", &model.loaded.labels, &data.classes)?;
     let (samples, bad) = drop_unreadable(data.split(&args.split)?.to_vec());
     if !bad.is_empty() {
         eprintln!("warning: skipping {} unreadable images", bad.len());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use burn::module::Module;
 use vitrine_model::prune::prune;
-use vitrine_train::data::ImageFolder;
+use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::evaluate::evaluate;
 use vitrine_train::importance::{self, Importance};
@@ -64,9 +64,7 @@ pub fn run(args: Args) -> Result<()> {
     let ad_device = device.clone().autodiff();
     let model = source::load(&args.model, &ad_device)?;
     let data = ImageFolder::open(&args.data, 0)?;
-    if model.loaded.labels != data.classes {
-        bail!("the model's labels {:?} do not match the dataset's classes {:?}", model.loaded.labels, data.classes);
-    }
+    check_labels("the model", &model.loaded.labels, &data.classes)?;
     if !(0.0..1.0).contains(&args.mlp) {
         bail!("--mlp must be in [0, 1), got {}", args.mlp);
     }

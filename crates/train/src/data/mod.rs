@@ -37,6 +37,15 @@ pub struct ImageFolder {
 const SPLIT_VAL: f64 = 0.15;
 const SPLIT_TEST: f64 = 0.15;
 
+/// Refuses a classifier whose labels (in index order) are not exactly the dataset's `classes`;
+/// `whose` names it in the message ("the model", "the teacher").
+pub fn check_labels(whose: &str, labels: &[String], classes: &[String]) -> Result<()> {
+    if labels != classes {
+        bail!("{whose}'s labels {labels:?} do not match the dataset's classes {classes:?}");
+    }
+    Ok(())
+}
+
 impl ImageFolder {
     /// Reads `root`. With `train/` present, `val/` is required and `test/` optional; otherwise the
     /// class folders sit directly under `root` and are split 70/15/15 per class with `split_seed`.

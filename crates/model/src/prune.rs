@@ -11,6 +11,7 @@ use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
 use crate::config::VitConfig;
 use crate::error::ConfigError;
 use crate::model::Vit;
+use crate::weights::le;
 
 /// What to keep, per layer: head indices and MLP neuron indices (each sorted, unique, in range).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +63,13 @@ pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> R
     for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
         let shape = tensor.shape.to_vec();
         let bytes = tensor.to_bytes().map_err(|e| ConfigError::Invalid(format!("{}: {e}", tensor.name)))?;
-        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = le::f32s(&bytes);
         let (values, shape) = match slice_plan(&tensor.name, keep, head_dim) {
             None => (values, shape),
             Some((Axis::Rows, index)) => select(&values, &shape, &index, true),
             Some((Axis::Cols, index)) => select(&values, &shape, &index, false),
         };
-        let bytes = Bytes::from_bytes_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        let bytes = Bytes::from_bytes_vec(le::bytes(&values));
         tensors.push(PackTensor::new(tensor.name.clone(), DType::F32, shape, None, bytes));
     }
     let mut pruned = pruned_config.init(device);
@@ -161,7 +162,7 @@ pub fn resize_positions(model: &Vit, config: &VitConfig, side: usize, device: &D
     let table = model.vit.embeddings.position_embeddings_for([side, side]);
     let shape = table.dims().to_vec();
     let values = table.into_data().try_into_vec::<f32>().map_err(|e| ConfigError::Invalid(format!("{e:?}")))?;
-    let bytes = Bytes::from_bytes_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let bytes = Bytes::from_bytes_vec(le::bytes(&values));
     let name = "vit.embeddings.position_embeddings";
     let tensors: Vec<PackTensor> = model
         .collect(None, None, false)

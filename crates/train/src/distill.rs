@@ -18,6 +18,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
+use vitrine_model::weights::le;
 
 use crate::cache::TokenCache;
 use crate::checkpoint::write_atomic;
@@ -95,13 +96,13 @@ impl TeacherLogits {
         if bytes.len() != samples * classes * 4 {
             return None;
         }
-        let values = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = le::f32s(&bytes);
         Some(Self { classes, values })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
         std::fs::create_dir_all(path.parent().expect("a cache file has a folder"))?;
-        write_atomic(path, &self.values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+        write_atomic(path, &le::bytes(&self.values))
     }
 
     /// Runs the teacher on every sample, as view `view` of `teacher.transform` (seeded like the student's).

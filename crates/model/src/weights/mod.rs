@@ -6,6 +6,7 @@
 //! what a user can find in their checkpoint. The library takes bytes, never paths, so the same code
 //! runs in the browser.
 
+pub mod le;
 mod names;
 pub mod storage;
 
@@ -175,7 +176,7 @@ fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> R
             scale.shape()
         )));
     }
-    let scales: Vec<f32> = scale.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let scales = le::f32s(&scale.data());
     if scales.iter().any(|s| !s.is_finite()) {
         return Err(bad(format!("{scale_name} holds non-finite scales")));
     }
@@ -214,7 +215,7 @@ pub fn save_safetensors_as(model: &Vit, model_type: ModelType, storage: Storage)
         let bytes = tensor
             .to_bytes()
             .map_err(|e| LoadError::Tensor { name: name.clone(), message: e.to_string() })?;
-        let values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = le::f32s(&bytes);
         match storage {
             Storage::Int8 if storage::is_quantized_weight(&tensor.name) => {
                 let (q, scales) = storage::quantize_rows(&values, shape[0]);

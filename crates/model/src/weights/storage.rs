@@ -75,7 +75,7 @@ pub fn dequantize_rows(q: &[u8], scales: &[f32]) -> Vec<u8> {
 pub fn float_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        _ => super::le::bytes(values),
     }
 }
 

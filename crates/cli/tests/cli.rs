@@ -1,12 +1,13 @@
 //! The `vitrine` binary end to end, on the committed tiny fixtures.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use common::{fixtures, text};
 
+/// `vitrine` with an optional Hugging Face cache and an unreachable hub.
 fn vitrine(args: &[&str], hf_home: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitrine"));
     cmd.args(args).env_remove("RUST_BACKTRACE");
@@ -14,10 +15,6 @@ fn vitrine(args: &[&str], hf_home: Option<&Path>) -> Output {
         cmd.env("HF_HOME", home).env("HF_ENDPOINT", "http://127.0.0.1:9");
     }
     cmd.output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Odd but valid images and broken files, written into `dir`.

@@ -1,24 +1,8 @@
 //! `vitrine prune`, `quantize` and `distill` end to end on a toy dataset, and their refusals.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn vitrine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(output: Output) -> String {
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout)
-}
+use common::{fixtures, ok, text, vitrine};
 
 #[test]
 fn prune_quantize_and_distill_a_toy_model() {

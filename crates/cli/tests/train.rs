@@ -1,21 +1,13 @@
 //! `vitrine train`, `eval`, `export` and `report` end to end: a killed run resumes to the same
 //! weights, and bad datasets, folders and models fail with clear messages.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn vitrine(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).env_remove("RUST_BACKTRACE").output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{fixtures, text, vitrine};
 
 fn model() -> String {
     fixtures().join("vit").display().to_string()

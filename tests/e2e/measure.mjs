@@ -1,12 +1,12 @@
 // Measures the built page in headless Chromium: wasm size, time to the first prediction after a cold
 // load, and time per image on WebGPU and on the CPU. Writes a Markdown table to stdout.
 //
-//   node tests/e2e/measure.mjs [--runs N] [--backends webgpu,cpu] [--model DIR]...
+//   node tests/e2e/measure.mjs [--runs N] [--backends webgpu,cpu] [--tome 0,8] [--model DIR]...
 //
 // VITRINE_DIST=folder measures another build of the site (default: dist/).
 //
 // Each --model DIR (a bundle folder) is measured besides the bundled one; it is served from the
-// same origin. "Cold" is a fresh browser profile (empty HTTP cache, no service worker); the time is
+// same origin. --tome measures each model at each token-merging setting (?tome=R). "Cold" is a fresh browser profile (empty HTTP cache, no service worker); the time is
 // from navigation start to the first answer on screen (the page classifies a sample on load), and
 // includes downloading and compiling the wasm, starting the backend and loading the model.
 // Per-image times are the worker's: decode, preprocess, forward pass and read-back, for
@@ -26,11 +26,13 @@ const PHOTO = join(ROOT, 'tests/fixtures/images/church.jpg');
 const args = process.argv.slice(2);
 let runs = 10;
 let only = null;
+let tomes = [0];
 const models = [];
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--runs') runs = Number(args[++i]);
   else if (args[i] === '--model') models.push(resolve(args[++i]));
   else if (args[i] === '--backends') only = args[++i].split(',');
+  else if (args[i] === '--tome') tomes = args[++i].split(',').map(Number);
 }
 
 const BACKENDS = {
@@ -98,7 +100,8 @@ out(`wasm: ${(bytes.length / 1e6).toFixed(1)} MB, ${(gzipSync(bytes, { level: 9 
 out();
 out(`| model | backend (adapter) | cold load to first prediction | of which: wasm + backend ready | model loaded | warm reload to first prediction | per image (median of ${runs}, min-max) |`);
 out('|---|---|---|---|---|---|---|');
-const targets = [{ name: 'bundled (www/models/default)', url: server.url }, ...extra];
+const withTome = (t, r) => (r ? { name: `${t.name}, ToMe r=${r}`, url: `${t.url}${t.url.includes('?') ? '&' : '?'}tome=${r}` } : t);
+const targets = [{ name: 'bundled (www/models/default)', url: server.url }, ...extra].flatMap((t) => tomes.map((r) => withTome(t, r)));
 try {
   for (const target of targets) {
     for (const backend of Object.keys(BACKENDS).filter((b) => !only || only.includes(b))) {

@@ -40,10 +40,10 @@ pub struct Args {
     /// Fraction of each MLP the student drops.
     #[arg(long, default_value_t = 0.0)]
     student_mlp_drop: f64,
-    /// Heads the pruning step removes from the distilled student.
+    /// Heads the pruning step removes from the distilled student (0: no pruning step).
     #[arg(long, default_value_t = 0)]
     prune_heads: usize,
-    /// Epochs of the fine-tuning step after pruning.
+    /// Epochs of the fine-tuning step after pruning (0: no fine-tuning step).
     #[arg(long, default_value_t = 1)]
     finetune_epochs: usize,
     /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs give
@@ -113,39 +113,46 @@ pub fn run(args: Args) -> Result<()> {
     })?;
 
     // 2. Prune heads of the distilled student.
-    step("prune", &dir("prune"), || {
-        let ad_device = device.clone().autodiff();
-        let student = source::load(&dir("distil/best").display().to_string(), &ad_device)?;
-        let (train, _) = drop_unreadable(data.train.clone());
-        let transform = Arc::new(Transform::Eval(student.preprocess.clone()));
-        let progress = trainer::bar(512.min(train.len()) as u64, "head importance");
-        let scores = importance::measure(&student.loaded.model, Arc::new(train), transform, 16, 512, &ad_device, &progress)?;
-        progress.finish_and_clear();
-        let keep = importance::plan(&scores, args.prune_heads, 0.0);
-        let model = burn::module::Module::valid(&student.loaded.model);
-        let (pruned, config) = vitrine_model::prune::prune(&model, &student.loaded.config, &keep, &device)?;
-        let mut hf_config = student.loaded.hf_config.clone();
-        hf_config.layer_num_attention_heads = Some(config.layer_num_attention_heads.clone());
-        hf_config.layer_intermediate_size = Some(config.layer_intermediate_size.clone());
-        bundle::write(&dir("prune"), &pruned, &hf_config, hf_config.model_type()?, &student.preprocess)
-    })?;
+    let mut last = dir("distil/best");
+    if args.prune_heads > 0 {
+        step("prune", &dir("prune"), || {
+            let ad_device = device.clone().autodiff();
+            let student = source::load(&last.display().to_string(), &ad_device)?;
+            let (train, _) = drop_unreadable(data.train.clone());
+            let transform = Arc::new(Transform::Eval(student.preprocess.clone()));
+            let progress = trainer::bar(512.min(train.len()) as u64, "head importance");
+            let scores = importance::measure(&student.loaded.model, Arc::new(train), transform, 16, 512, &ad_device, &progress)?;
+            progress.finish_and_clear();
+            let keep = importance::plan(&scores, args.prune_heads, 0.0);
+            let model = burn::module::Module::valid(&student.loaded.model);
+            let (pruned, config) = vitrine_model::prune::prune(&model, &student.loaded.config, &keep, &device)?;
+            let mut hf_config = student.loaded.hf_config.clone();
+            hf_config.layer_num_attention_heads = Some(config.layer_num_attention_heads.clone());
+            hf_config.layer_intermediate_size = Some(config.layer_intermediate_size.clone());
+            bundle::write(&dir("prune"), &pruned, &hf_config, hf_config.model_type()?, &student.preprocess)
+        })?;
+        last = dir("prune");
+    }
 
     // 3. Fine-tune the pruned student, still with the teacher.
-    step("fine-tune", &dir("finetune"), || {
-        let pruned = source::load(&dir("prune").display().to_string(), &device)?;
-        let mut recipe = args.recipe.recipe(&dir("prune").display().to_string(), &args.data);
-        recipe.epochs = args.finetune_epochs;
-        recipe.head_only_epochs = 0;
-        recipe.lr *= 0.3;
-        recipe.views = recipe.views.max(1);
-        recipe.distill = Some(distill.clone());
-        reuse_teacher_logits(&dir("distil"), &dir("finetune"))?;
-        train(&dir("finetune"), || trainer::start(&dir("finetune"), recipe, pruned.loaded, pruned.preprocess, &device), &device)
-    })?;
+    if args.finetune_epochs > 0 {
+        step("fine-tune", &dir("finetune"), || {
+            let pruned = source::load(&last.display().to_string(), &device)?;
+            let mut recipe = args.recipe.recipe(&last.display().to_string(), &args.data);
+            recipe.epochs = args.finetune_epochs;
+            recipe.head_only_epochs = 0;
+            recipe.lr *= 0.3;
+            recipe.views = recipe.views.max(1);
+            recipe.distill = Some(distill.clone());
+            reuse_teacher_logits(&dir("distil"), &dir("finetune"))?;
+            train(&dir("finetune"), || trainer::start(&dir("finetune"), recipe, pruned.loaded, pruned.preprocess, &device), &device)
+        })?;
+        last = dir("finetune/best");
+    }
 
     // 4. int8 weights.
     step("quantize", &dir("final"), || {
-        let model = source::load(&dir("finetune/best").display().to_string(), &device)?;
+        let model = source::load(&last.display().to_string(), &device)?;
         let hf_config = &model.loaded.hf_config;
         bundle::write_as(&dir("final"), &model.loaded.model, hf_config, hf_config.model_type()?, &model.preprocess, Storage::Int8)
     })?;
@@ -183,13 +190,14 @@ struct Row {
 /// Evaluates every step's bundle on the same validation images, times each in its own process
 /// (for a fair peak-memory figure), and writes report.json, report.md and report.html.
 fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<()> {
-    let mut steps = vec![
-        ("teacher".to_string(), PathBuf::from(&args.teacher), 0),
-        ("distilled".to_string(), args.out.join("distil/best"), 0),
-        ("pruned".to_string(), args.out.join("prune"), 0),
-        ("fine-tuned".to_string(), args.out.join("finetune/best"), 0),
-        ("int8 (final)".to_string(), args.out.join("final"), 0),
-    ];
+    let mut steps = vec![("teacher".to_string(), PathBuf::from(&args.teacher), 0), ("distilled".to_string(), args.out.join("distil/best"), 0)];
+    if args.prune_heads > 0 {
+        steps.push(("pruned".to_string(), args.out.join("prune"), 0));
+    }
+    if args.finetune_epochs > 0 {
+        steps.push(("fine-tuned".to_string(), args.out.join("finetune/best"), 0));
+    }
+    steps.push(("int8 (final)".to_string(), args.out.join("final"), 0));
     // Token merging: a training-free speed-up of the final bundle, beside the trained ones.
     steps.extend(args.tome.iter().filter(|&&r| r > 0).map(|&r| (format!("final + ToMe r={r}"), args.out.join("final"), r)));
     let (val, _) = drop_unreadable(data.val.clone());

@@ -68,6 +68,16 @@ fn prune_quantize_and_distill_a_toy_model() {
     let final_config = std::fs::read_to_string(path("compressed/final/config.json")).unwrap();
     assert!(final_config.contains("\"int8\""), "{final_config}");
 
+    // Without pruning and fine-tuning, the distilled student goes straight to int8.
+    let out = path("compressed-short");
+    let mut short: Vec<&str> = pipeline.to_vec();
+    let at = |flag: &str| short.iter().position(|a| *a == flag).unwrap() + 1;
+    let (o, p) = (at("--out"), at("--prune-heads"));
+    (short[o], short[p]) = (&out, "0");
+    short.extend(["--finetune-epochs", "0"]);
+    let report = ok(vitrine(&short));
+    assert!(report.contains("| int8 (final) |") && !report.contains("| pruned |") && !report.contains("| fine-tuned |"), "{report}");
+
     // A teacher whose labels are not the dataset's classes is refused.
     let wrong = vitrine(&["distill", "--teacher", &fixture, "--data", &data, "--out", &path("s2"), "--student-layers", "0"]);
     assert!(text(&wrong.stderr).contains("teacher's labels"), "{}", text(&wrong.stderr));

@@ -1,10 +1,10 @@
 //! Where a model comes from: a local folder, or `hf:ORG/NAME` on the Hugging Face Hub (cached).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use vitrine_model::{Loaded, PreprocessConfig, load_safetensors};
+use vitrine_model::{Loaded, PreprocessConfig};
 
 /// A loaded model with its preprocessing and files.
 pub struct Model {
@@ -27,23 +27,8 @@ pub fn load(model: &str, device: &Device) -> Result<Model> {
         Some(repo) => fetch(repo)?,
         None => PathBuf::from(model),
     };
-    let config = read_to_string(&dir.join(CONFIG))?;
-    let weights_path = dir.join(WEIGHTS);
-    let weights = std::fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
-    let loaded = load_safetensors(&config, &weights, device)
-        .with_context(|| format!("cannot load {} with {}", weights_path.display(), dir.join(CONFIG).display()))?;
-    let preprocess_path = dir.join(PREPROCESSOR);
-    let preprocess = if preprocess_path.exists() {
-        PreprocessConfig::from_json(&read_to_string(&preprocess_path)?)
-            .with_context(|| format!("invalid {}", preprocess_path.display()))?
-    } else {
-        PreprocessConfig::default_for(&loaded.config)
-    };
-    Ok(Model { loaded, preprocess, dir, weight_bytes: weights.len() as u64 })
-}
-
-fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    let bundle = vitrine_train::bundle::read(&dir, device)?;
+    Ok(Model { loaded: bundle.loaded, preprocess: bundle.preprocess, dir, weight_bytes: bundle.weight_bytes })
 }
 
 /// The snapshot folder of `repo` in the Hub cache, downloading what is missing (with a progress bar).

@@ -5,9 +5,38 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use vitrine_model::{HfVitConfig, ModelType, PreprocessConfig, Storage, Vit, save_safetensors_as};
+use burn::tensor::Device;
+use vitrine_model::{HfVitConfig, Loaded, ModelType, PreprocessConfig, Storage, Vit, load_safetensors, save_safetensors_as};
 
 use crate::checkpoint::write_atomic;
+
+/// A bundle read back from its folder.
+pub struct Bundle {
+    pub loaded: Loaded,
+    /// `preprocessor_config.json`, or the family's default when the folder has none.
+    pub preprocess: PreprocessConfig,
+    /// Bytes of `model.safetensors`.
+    pub weight_bytes: u64,
+}
+
+/// Reads the bundle in `dir` onto `device`.
+pub fn read(dir: &Path, device: &Device) -> Result<Bundle> {
+    let read_to_string = |path: &Path| fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
+    let config_path = dir.join("config.json");
+    let config = read_to_string(&config_path)?;
+    let weights_path = dir.join("model.safetensors");
+    let weights = fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
+    let loaded = load_safetensors(&config, &weights, device)
+        .with_context(|| format!("cannot load {} with {}", weights_path.display(), config_path.display()))?;
+    let preprocess_path = dir.join("preprocessor_config.json");
+    let preprocess = if preprocess_path.exists() {
+        PreprocessConfig::from_json(&read_to_string(&preprocess_path)?)
+            .with_context(|| format!("invalid {}", preprocess_path.display()))?
+    } else {
+        PreprocessConfig::default_for(&loaded.config)
+    };
+    Ok(Bundle { loaded, preprocess, weight_bytes: weights.len() as u64 })
+}
 
 /// `config.json` text: the HF config with `label2id` beside `id2label`.
 pub fn config_json(hf_config: &HfVitConfig) -> Result<String> {

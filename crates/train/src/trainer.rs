@@ -409,15 +409,8 @@ impl Run {
     /// The teacher bundle, checked against the dataset's classes, with the transform that shows it
     /// the student's training views at its own resolution.
     fn teacher(&self, dir: &str) -> Result<Teacher> {
-        let dir = Path::new(dir);
-        let read = |name: &str| std::fs::read(dir.join(name)).with_context(|| format!("reading the teacher in {}", dir.display()));
-        let config = String::from_utf8(read("config.json")?)?;
-        let loaded = vitrine_model::load_safetensors(&config, &read("model.safetensors")?, &self.device)?;
+        let bundle::Bundle { loaded, preprocess, .. } = bundle::read(Path::new(dir), &self.device).context("reading the teacher")?;
         crate::data::check_labels("the teacher", &loaded.labels, &self.classes)?;
-        let preprocess = match read("preprocessor_config.json") {
-            Ok(json) => PreprocessConfig::from_json(&String::from_utf8(json)?)?,
-            Err(_) => PreprocessConfig::default_for(&loaded.config),
-        };
         let side = loaded.config.image_size as u32;
         let size = preprocess.output_size([side, side])[0];
         let transform = Arc::new(Transform::train(self.recipe.augment, size, &preprocess));

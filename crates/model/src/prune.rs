@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Device};
 use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
-use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn_store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
 
 use crate::config::VitConfig;
 use crate::error::ConfigError;
@@ -72,12 +72,25 @@ pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> R
         let bytes = Bytes::from_bytes_vec(le::bytes(&values));
         tensors.push(PackTensor::new(tensor.name.clone(), DType::F32, shape, None, bytes));
     }
-    let mut pruned = pruned_config.init(device);
-    let result = pruned.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), false);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(ConfigError::Invalid(format!("pruned weights do not fit: {:?} {:?}", result.errors, result.missing)));
-    }
+    let pruned = rebuild(&pruned_config, tensors, Some(Box::new(PyTorchToBurnAdapter)), device, "pruned weights")?;
     Ok((pruned, pruned_config))
+}
+
+/// A fresh model of `config` holding exactly `tensors` (every parameter, nothing else); `what`
+/// names them in the error.
+fn rebuild(
+    config: &VitConfig,
+    tensors: Vec<PackTensor>,
+    adapter: Option<Box<dyn ModuleAdapter>>,
+    device: &Device,
+    what: &str,
+) -> Result<Vit, ConfigError> {
+    let mut model = config.init(device);
+    let result = model.apply(tensors, None, adapter, false);
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(ConfigError::Invalid(format!("{what} do not fit: {:?} {:?}", result.errors, result.missing)));
+    }
+    Ok(model)
 }
 
 enum Axis {
@@ -143,12 +156,7 @@ pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: 
             Some(t)
         })
         .collect();
-    let mut out = selected.init(device);
-    let result = out.apply(tensors, None, None, false);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(ConfigError::Invalid(format!("selected layers do not fit: {:?} {:?}", result.errors, result.missing)));
-    }
-    Ok((out, selected))
+    Ok((rebuild(&selected, tensors, None, device, "selected layers")?, selected))
 }
 
 /// A copy of `model` whose position table is resized once to a `side` x `side` patch grid: what
@@ -170,10 +178,5 @@ pub fn resize_positions(model: &Vit, config: &VitConfig, side: usize, device: &D
         .filter(|t| t.name != name)
         .chain([PackTensor::new(name.into(), DType::F32, shape, None, bytes)])
         .collect();
-    let mut out = resized.init(device);
-    let result = out.apply(tensors, None, None, false);
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(ConfigError::Invalid(format!("resized positions do not fit: {:?} {:?}", result.errors, result.missing)));
-    }
-    Ok((out, resized))
+    Ok((rebuild(&resized, tensors, None, device, "resized positions")?, resized))
 }

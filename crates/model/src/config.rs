@@ -257,6 +257,18 @@ impl HfVitConfig {
         Ok(serde_json::from_str(json)?)
     }
 
+    /// This config with the architecture of `config` after surgery ([`crate::prune`]): its blocks,
+    /// per-block heads and MLP widths, and the input size its position table was made for.
+    pub fn with_architecture(&self, config: &VitConfig) -> Self {
+        Self {
+            image_size: config.image_size,
+            num_hidden_layers: config.num_hidden_layers,
+            layer_num_attention_heads: Some(config.layer_num_attention_heads.clone()),
+            layer_intermediate_size: Some(config.layer_intermediate_size.clone()),
+            ..self.clone()
+        }
+    }
+
     /// The family named by `model_type`.
     pub fn model_type(&self) -> Result<ModelType, ConfigError> {
         match self.model_type.as_str() {

@@ -11,12 +11,11 @@ use anyhow::{Context, Result, bail};
 use vitrine_model::Storage;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
-use vitrine_train::distill::DistillRecipe;
 use vitrine_train::evaluate::evaluate;
 use vitrine_train::report::svg;
 use vitrine_train::{bundle, importance, trainer};
 
-use super::distill::{StudentSpec, cut_from_teacher};
+use super::distill::{StudentSpec, TeachingArgs, cut_from_teacher};
 use super::train::RecipeArgs;
 use crate::source;
 
@@ -31,32 +30,19 @@ pub struct Args {
     /// Pipeline folder: one sub-folder per step, the final bundle in final/, report.md and report.html.
     #[arg(long)]
     out: PathBuf,
-    /// Teacher blocks the student keeps (default: every other block).
-    #[arg(long, value_delimiter = ',')]
-    student_layers: Vec<usize>,
-    /// Heads per block the student keeps.
-    #[arg(long)]
-    student_heads: Option<usize>,
-    /// Fraction of each MLP the student drops.
-    #[arg(long, default_value_t = 0.0)]
-    student_mlp_drop: f64,
+    #[command(flatten)]
+    cut: StudentSpec,
     /// Heads the pruning step removes from the distilled student (0: no pruning step).
     #[arg(long, default_value_t = 0)]
     prune_heads: usize,
     /// Epochs of the fine-tuning step after pruning (0: no fine-tuning step).
     #[arg(long, default_value_t = 1)]
     finetune_epochs: usize,
-    /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs give
-    /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
-    #[arg(long)]
-    teacher_run: Option<String>,
     /// Token merging settings reported next to the final bundle (token pairs merged per block).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     tome: Vec<usize>,
-    #[arg(long, default_value_t = 4.0)]
-    temperature: f64,
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
+    #[command(flatten)]
+    teaching: TeachingArgs,
     /// Options of the distillation step (and, with --finetune-epochs, of the fine-tuning step).
     #[command(flatten)]
     recipe: RecipeArgs,
@@ -90,25 +76,20 @@ pub fn run(args: Args) -> Result<()> {
     let data = ImageFolder::open(&args.data, 0)?;
     let teacher = source::load(&args.teacher, &device)?;
     check_labels("the teacher", &teacher.loaded.labels, &data.classes)?;
-    let distill = DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: false, teacher_run: args.teacher_run.clone() };
+    let distill = args.teaching.recipe(&args.teacher, false);
     let dir = |name: &str| args.out.join(name);
 
     // 1. Distil into a student cut from the teacher.
-    let layers = if args.student_layers.is_empty() {
+    let layers = if args.cut.layers.is_empty() {
         (0..teacher.loaded.config.num_hidden_layers).step_by(2).collect()
     } else {
-        args.student_layers.clone()
+        args.cut.layers.clone()
     };
     step("distil", &dir("distil"), || {
         let mut recipe = args.recipe.recipe(&args.teacher, &args.data);
         recipe.views = recipe.views.max(1);
         recipe.distill = Some(distill.clone());
-        let spec = StudentSpec {
-            layers: layers.clone(),
-            heads: args.student_heads,
-            mlp_drop: args.student_mlp_drop,
-            image_size: Some(recipe.image_size),
-        };
+        let spec = StudentSpec { layers: layers.clone(), image_size: Some(recipe.image_size), ..args.cut.clone() };
         train(&dir("distil"), || trainer::start(&dir("distil"), recipe, cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone(), &device), &device)
     })?;
 
@@ -126,9 +107,7 @@ pub fn run(args: Args) -> Result<()> {
             let keep = importance::plan(&scores, args.prune_heads, 0.0);
             let model = burn::module::Module::valid(&student.loaded.model);
             let (pruned, config) = vitrine_model::prune::prune(&model, &student.loaded.config, &keep, &device)?;
-            let mut hf_config = student.loaded.hf_config.clone();
-            hf_config.layer_num_attention_heads = Some(config.layer_num_attention_heads.clone());
-            hf_config.layer_intermediate_size = Some(config.layer_intermediate_size.clone());
+            let hf_config = student.loaded.hf_config.with_architecture(&config);
             bundle::write(&dir("prune"), &pruned, &hf_config, hf_config.model_type()?, &student.preprocess)
         })?;
         last = dir("prune");

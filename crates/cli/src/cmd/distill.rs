@@ -24,36 +24,42 @@ pub struct Args {
     /// A student checkpoint (folder or hf:ORG/NAME); without it the student is cut from the teacher.
     #[arg(long)]
     student: Option<String>,
-    /// Teacher blocks the student keeps, e.g. 0,2,4,6,8,10 (default: all).
-    #[arg(long, value_delimiter = ',')]
-    student_layers: Vec<usize>,
-    /// Heads per block the student keeps (the teacher's most important ones; default: all).
-    #[arg(long)]
-    student_heads: Option<usize>,
-    /// Fraction of each MLP's neurons the student drops (the least important).
-    #[arg(long, default_value_t = 0.0)]
-    student_mlp_drop: f64,
+    #[command(flatten)]
+    cut: StudentSpec,
     /// ImageFolder root.
     #[arg(long)]
     data: PathBuf,
     /// Run folder.
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    teaching: TeachingArgs,
+    /// DeiT's hard distillation: the teacher's top-1 as the label of the teacher's term.
+    #[arg(long)]
+    hard: bool,
+    #[command(flatten)]
+    recipe: RecipeArgs,
+}
+
+/// How the teacher teaches (`distill` and `compress`).
+#[derive(clap::Args)]
+pub struct TeachingArgs {
     /// Softening temperature of the KL term.
     #[arg(long, default_value_t = 4.0)]
     temperature: f64,
     /// Weight of the teacher's term (the labels get 1 - alpha).
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
-    /// DeiT's hard distillation: the teacher's top-1 as the label of the teacher's term.
-    #[arg(long)]
-    hard: bool,
     /// The teacher's training run (`vitrine train --cache-frozen`): its cached frozen-block outputs give
     /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
     #[arg(long)]
     teacher_run: Option<String>,
-    #[command(flatten)]
-    recipe: RecipeArgs,
+}
+
+impl TeachingArgs {
+    pub fn recipe(&self, teacher: &str, hard: bool) -> DistillRecipe {
+        DistillRecipe { teacher: teacher.to_string(), temperature: self.temperature, alpha: self.alpha, hard, teacher_run: self.teacher_run.clone() }
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -62,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     if recipe.views == 0 && !recipe.cache_frozen {
         recipe.views = 4;
     }
-    recipe.distill = Some(DistillRecipe { teacher: args.teacher.clone(), temperature: args.temperature, alpha: args.alpha, hard: args.hard, teacher_run: args.teacher_run.clone() });
+    recipe.distill = Some(args.teaching.recipe(&args.teacher, args.hard));
     let teacher = source::load(&args.teacher, &device)?;
     let data = ImageFolder::open(&args.data, recipe.seed)?;
     check_labels("the teacher", &teacher.loaded.labels, &data.classes)?;
@@ -72,12 +78,7 @@ pub fn run(args: Args) -> Result<()> {
             (loaded.loaded, loaded.preprocess)
         }
         None => {
-            let spec = StudentSpec {
-                layers: args.student_layers.clone(),
-                heads: args.student_heads,
-                mlp_drop: args.student_mlp_drop,
-                image_size: Some(recipe.image_size),
-            };
+            let spec = StudentSpec { image_size: Some(recipe.image_size), ..args.cut.clone() };
             (cut_from_teacher(&args.teacher, &spec, &data, &device)?, teacher.preprocess.clone())
         }
     };
@@ -92,16 +93,20 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// How a student is cut from its teacher.
-#[derive(Debug, Clone, Default)]
+/// How a student is cut from its teacher (the options of `distill` and `compress`).
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct StudentSpec {
-    /// Teacher blocks kept (empty: all).
+    /// Teacher blocks the student keeps, e.g. 0,2,4,6,8,10 (default: all; `compress`: every other block).
+    #[arg(long = "student-layers", value_name = "STUDENT_LAYERS", value_delimiter = ',')]
     pub layers: Vec<usize>,
-    /// Heads kept per block (the most important; `None`: all).
+    /// Heads per block the student keeps (the teacher's most important ones; default: all).
+    #[arg(long = "student-heads", value_name = "STUDENT_HEADS")]
     pub heads: Option<usize>,
-    /// Fraction of each MLP's neurons dropped (the least important).
+    /// Fraction of each MLP's neurons the student drops (the least important).
+    #[arg(long = "student-mlp-drop", value_name = "STUDENT_MLP_DROP", default_value_t = 0.0)]
     pub mlp_drop: f64,
     /// The student's input side: its position table is resized to that grid once, here.
+    #[arg(skip)]
     pub image_size: Option<u32>,
 }
 
@@ -130,10 +135,6 @@ pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, d
     if let Some(size) = spec.image_size {
         (student, student_config) = resize_positions(&student, &student_config, size as usize / config.patch_size, device)?;
     }
-    let mut hf_config = teacher.loaded.hf_config.clone();
-    hf_config.image_size = student_config.image_size;
-    hf_config.num_hidden_layers = student_config.num_hidden_layers;
-    hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
-    hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());
+    let hf_config = teacher.loaded.hf_config.with_architecture(&student_config);
     Ok(Loaded { model: student, config: student_config, hf_config, labels: teacher.loaded.labels.clone(), family: teacher.loaded.family })
 }

@@ -126,9 +126,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let (pruned, config, keep) = chosen.expect("the chosen level is among the levels");
-    let mut hf_config = model.loaded.hf_config.clone();
-    hf_config.layer_num_attention_heads = Some(config.layer_num_attention_heads.clone());
-    hf_config.layer_intermediate_size = Some(config.layer_intermediate_size.clone());
+    let hf_config = model.loaded.hf_config.with_architecture(&config);
     bundle::write(&args.out, &pruned, &hf_config, hf_config.model_type()?, &model.preprocess)?;
     std::fs::write(args.out.join("pruning.json"), serde_json::to_string_pretty(&serde_json::json!({ "kept_heads": keep.heads, "levels": rows }))?)?;
     let curve = |f: fn(&Level) -> f64| vec![Series { name: "pruned", points: rows.iter().map(|r| (r.heads_removed as f64, f(r))).collect() }];

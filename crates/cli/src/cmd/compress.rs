@@ -154,6 +154,16 @@ fn reuse_teacher_logits(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// This program, to time each bundle in a process of its own. Linux names a binary that was replaced
+/// while it ran (a rebuild during a long pipeline) `PATH (deleted)`; the new one at PATH serves.
+fn this_program() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    match exe.to_str().and_then(|path| path.strip_suffix(" (deleted)")) {
+        Some(path) if Path::new(path).exists() => Ok(PathBuf::from(path)),
+        _ => Ok(exe),
+    }
+}
+
 /// One row of the report.
 #[derive(serde::Serialize)]
 struct Row {
@@ -189,7 +199,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
         let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
         let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
         progress.finish_and_clear();
-        let bench = Command::new(std::env::current_exe()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
+        let bench = Command::new(this_program()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
             .output()?;
         if !bench.status.success() {
             bail!("timing {path}: {}", String::from_utf8_lossy(&bench.stderr));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use vitrine_model::prune::{prune, resize_positions, select_layers};
+use vitrine_model::prune::{Keep, prune, resize_positions, select_layers};
 use vitrine_model::Loaded;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
@@ -123,12 +123,18 @@ pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, d
     if !(0.0..1.0).contains(&spec.mlp_drop) {
         bail!("--student-mlp-drop must be in [0, 1)");
     }
-    let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
-    let (train, _) = drop_unreadable(data.train.clone());
-    let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
-    let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
-    progress.finish_and_clear();
-    let keep = importance::plan_per_layer(&scores, heads, spec.mlp_drop);
+    // Importance costs a teacher forward and backward pass over 256 images: skip it when every head
+    // and neuron stays (a student that only drops blocks or changes resolution).
+    let keep = if heads == config.num_attention_heads && spec.mlp_drop == 0.0 {
+        Keep::all(config)
+    } else {
+        let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
+        let (train, _) = drop_unreadable(data.train.clone());
+        let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
+        let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
+        progress.finish_and_clear();
+        importance::plan_per_layer(&scores, heads, spec.mlp_drop)
+    };
     let model = burn::module::Module::valid(&teacher.loaded.model);
     let (pruned, pruned_config) = prune(&model, config, &keep, device)?;
     let (mut student, mut student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;

@@ -78,6 +78,20 @@ fn prune_quantize_and_distill_a_toy_model() {
     let report = ok(vitrine(&short));
     assert!(report.contains("| int8 (final) |") && !report.contains("| pruned |") && !report.contains("| fine-tuned |"), "{report}");
 
+    // Distillation from cached frozen blocks, then a fine-tuning step that trains every block on images.
+    let cached = path("compressed-cached");
+    let report = ok(vitrine(&[
+        "compress", "--teacher", &model, "--data", &data, "--out", &cached, "--student-layers", "0,1", "--prune-heads", "0",
+        "--finetune-epochs", "1", "--finetune-frozen-blocks", "0", "--frozen-blocks", "1", "--cache-frozen", "--cache-views", "1",
+        "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0", "--tome", "0",
+    ]));
+    assert!(report.contains("| fine-tuned |") && !report.contains("| pruned |"), "{report}");
+    let recipe = |step: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("compressed-cached").join(step).join("recipe.json")).unwrap()).unwrap()
+    };
+    assert_eq!((recipe("distil")["frozen_blocks"].as_u64(), recipe("distil")["cache_frozen"].as_bool()), (Some(1), Some(true)));
+    assert_eq!((recipe("finetune")["frozen_blocks"].as_u64(), recipe("finetune")["cache_frozen"].as_bool()), (Some(0), Some(false)));
+
     // A teacher whose labels are not the dataset's classes is refused.
     let wrong = vitrine(&["distill", "--teacher", &fixture, "--data", &data, "--out", &path("s2"), "--student-layers", "0"]);
     assert!(text(&wrong.stderr).contains("teacher's labels"), "{}", text(&wrong.stderr));

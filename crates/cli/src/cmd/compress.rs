@@ -38,6 +38,10 @@ pub struct Args {
     /// Epochs of the fine-tuning step after pruning (0: no fine-tuning step).
     #[arg(long, default_value_t = 1)]
     finetune_epochs: usize,
+    /// Bottom blocks the fine-tuning step keeps frozen (default: the distillation step's
+    /// --frozen-blocks); 0 trains every block, on images rather than cached blocks.
+    #[arg(long)]
+    finetune_frozen_blocks: Option<usize>,
     /// Token merging settings reported next to the final bundle (token pairs merged per block).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     tome: Vec<usize>,
@@ -122,6 +126,10 @@ pub fn run(args: Args) -> Result<()> {
             recipe.head_only_epochs = 0;
             recipe.lr *= 0.3;
             recipe.views = recipe.views.max(1);
+            if let Some(frozen) = args.finetune_frozen_blocks {
+                recipe.frozen_blocks = frozen;
+                recipe.cache_frozen &= frozen > 0;
+            }
             recipe.distill = Some(distill.clone());
             reuse_teacher_logits(&dir("distil"), &dir("finetune"))?;
             train(&dir("finetune"), || trainer::start(&dir("finetune"), recipe, pruned.loaded, pruned.preprocess, &device), &device)

@@ -16,9 +16,7 @@ pub struct Model {
     pub weight_bytes: u64,
 }
 
-const CONFIG: &str = "config.json";
-const WEIGHTS: &str = "model.safetensors";
-const PREPROCESSOR: &str = "preprocessor_config.json";
+use vitrine_train::bundle::{CONFIG, PREPROCESSOR, WEIGHTS};
 
 /// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
 /// or `hf:ORG/NAME`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.

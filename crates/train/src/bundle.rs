@@ -10,6 +10,11 @@ use vitrine_model::{HfVitConfig, Loaded, ModelType, PreprocessConfig, Storage, V
 
 use crate::checkpoint::write_atomic;
 
+/// A bundle's files: the HF config with labels, the weights, and the preprocessing (optional on read).
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const PREPROCESSOR: &str = "preprocessor_config.json";
+
 /// A bundle read back from its folder.
 pub struct Bundle {
     pub loaded: Loaded,
@@ -22,13 +27,13 @@ pub struct Bundle {
 /// Reads the bundle in `dir` onto `device`.
 pub fn read(dir: &Path, device: &Device) -> Result<Bundle> {
     let read_to_string = |path: &Path| fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-    let config_path = dir.join("config.json");
+    let config_path = dir.join(CONFIG);
     let config = read_to_string(&config_path)?;
-    let weights_path = dir.join("model.safetensors");
+    let weights_path = dir.join(WEIGHTS);
     let weights = fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
     let loaded = load_safetensors(&config, &weights, device)
         .with_context(|| format!("cannot load {} with {}", weights_path.display(), config_path.display()))?;
-    let preprocess_path = dir.join("preprocessor_config.json");
+    let preprocess_path = dir.join(PREPROCESSOR);
     let preprocess = if preprocess_path.exists() {
         PreprocessConfig::from_json(&read_to_string(&preprocess_path)?)
             .with_context(|| format!("invalid {}", preprocess_path.display()))?
@@ -70,11 +75,11 @@ pub fn write_as(
 ) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let weights = save_safetensors_as(model, model_type, storage)?;
-    write_atomic(&dir.join("model.safetensors"), &weights)?;
+    write_atomic(&dir.join(WEIGHTS), &weights)?;
     let hf_config = HfVitConfig { quantization: storage.config_entry(), ..hf_config.clone() };
-    write_atomic(&dir.join("config.json"), config_json(&hf_config)?.as_bytes())?;
+    write_atomic(&dir.join(CONFIG), config_json(&hf_config)?.as_bytes())?;
     let preprocessor = serde_json::to_string_pretty(&preprocess.to_json(model_type))?;
-    write_atomic(&dir.join("preprocessor_config.json"), preprocessor.as_bytes())
+    write_atomic(&dir.join(PREPROCESSOR), preprocessor.as_bytes())
 }
 
 /// Replaces the bundle at `dir` as a whole: written beside it, then swapped in by renames, so that

@@ -36,7 +36,7 @@ impl RunDir {
         self.0.join("model_config.json")
     }
     pub fn preprocessor(&self) -> PathBuf {
-        self.0.join("preprocessor_config.json")
+        self.0.join(bundle::PREPROCESSOR)
     }
     pub fn best(&self) -> PathBuf {
         self.0.join("best")

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<()> {
     let hf_config = &model.loaded.hf_config;
     vitrine_train::bundle::write_as(&args.out, &model.loaded.model, hf_config, hf_config.model_type()?, &model.preprocess, storage)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    let written = std::fs::metadata(args.out.join("model.safetensors"))?.len();
+    let written = std::fs::metadata(args.out.join(vitrine_train::bundle::WEIGHTS))?.len();
     println!(
         "wrote {}: {:.2} MB -> {:.2} MB ({:.2}x smaller)",
         args.out.display(),

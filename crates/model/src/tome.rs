@@ -61,11 +61,14 @@ impl Merging {
     /// If the state was made without `track_source`.
     pub fn unmerge_attention(&self, probs: Tensor<4>) -> Tensor<4> {
         let source = self.source.clone().expect("unmerging attention needs the merge sources (track_source)");
-        let [batch, heads, _, _] = probs.dims();
-        let [_, tokens, original] = source.dims();
+        let [batch, heads, tokens, _] = probs.dims();
+        let original = source.dims()[2];
+        // Each original token sits in exactly one current token: gather by that index rather than
+        // multiply by the 0/1 source matrix, which costs tokens x original^2 per head and block.
+        let group = source.argmax(1); // [batch, 1, original]
         let per_patch = probs / self.size.clone().swap_dims(1, 2).unsqueeze_dim::<4>(1);
-        let source = source.unsqueeze_dim::<4>(1).expand([batch, heads, tokens, original]);
-        source.clone().swap_dims(2, 3).matmul(per_patch).matmul(source)
+        let columns = per_patch.gather(3, group.clone().unsqueeze_dim::<4>(1).expand([batch, heads, tokens, original]));
+        columns.gather(2, group.swap_dims(1, 2).unsqueeze_dim::<4>(1).expand([batch, heads, original, original]))
     }
 }
 
@@ -181,6 +184,23 @@ mod tests {
         let values = merged.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(values[0], 0.0, "CLS stays first and alone");
         assert_eq!(merging.size.into_data().try_to_vec::<f32>().unwrap().iter().sum::<f32>(), 6.0);
+    }
+
+    #[test]
+    fn unmerged_attention_equals_the_source_matrix_product() {
+        // Definition: sourceᵀ · (probs / size) · source, with source the 0/1 token-to-group matrix.
+        let hidden = tensor((0..9).map(|v| v as f32).collect(), [1, 9, 1]);
+        let metric = tensor((0..27).map(|v| ((v * 11) % 7) as f32 + 0.25).collect(), [1, 9, 3]);
+        let mut merging = Merging::new(&hidden, 1, true);
+        let tokens = merging.merge(hidden, metric, 3).dims()[1];
+        let probs = Tensor::<4>::from_data(
+            TensorData::new((0..2 * tokens * tokens).map(|v| ((v * 13) % 17) as f32 / 17.0).collect(), [1, 2, tokens, tokens]),
+            &Device::flex(),
+        );
+        let source = merging.source.clone().unwrap().unsqueeze_dim::<4>(1).expand([1, 2, tokens, 9]);
+        let per_patch = probs.clone() / merging.size.clone().swap_dims(1, 2).unsqueeze_dim::<4>(1);
+        let expected = source.clone().swap_dims(2, 3).matmul(per_patch).matmul(source);
+        merging.unmerge_attention(probs).into_data().assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //!
 //! Tolerances: logits within 1e-4 absolute of transformers' (the native build is within 1e-4 too,
 //! `crates/model/tests/parity.rs`), attention maps within 1e-4 of the maps made from transformers'
-//! attention probabilities; WebGPU and CPU within 1e-5 of each other on photos; photo probabilities
-//! within 2e-3 of transformers' PIL pipeline (JPEG decoder and resampler differences, measured in
-//! parity.rs).
+//! attention probabilities; WebGPU and CPU within 1e-5 of each other on photos (with and without
+//! token merging); photo probabilities within 2e-3 of transformers' PIL pipeline (JPEG decoder and
+//! resampler differences, measured in parity.rs).
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -165,6 +165,13 @@ async fn photos_agree_on_both_backends_and_with_the_pipeline() {
             assert_eq!(a.labels().len(), 5);
             assert_eq!(a.probs()[0], probs[a.indices()[0] as usize]);
         }
+        // With token merging, the maps are spread back over the patches (`tome.rs`, by gather).
+        let (mut on_gpu, mut on_cpu) = (on_gpu, on_cpu);
+        on_gpu.set_token_merging(3);
+        on_cpu.set_token_merging(3);
+        let (a, b) = (classify(&on_gpu, PHOTOS[0].1).await, classify(&on_cpu, PHOTOS[0].1).await);
+        let diff = max_diff(&a.maps(), &b.maps());
+        assert!(diff <= 1e-5, "{}, ToMe r=3: WebGPU and CPU attention maps differ by {diff}", f.name);
     }
 }
 

@@ -67,8 +67,10 @@ impl Merging {
         // multiply by the 0/1 source matrix, which costs tokens x original^2 per head and block.
         let group = source.argmax(1); // [batch, 1, original]
         let per_patch = probs / self.size.clone().swap_dims(1, 2).unsqueeze_dim::<4>(1);
-        let columns = per_patch.gather(3, group.clone().unsqueeze_dim::<4>(1).expand([batch, heads, tokens, original]));
-        columns.gather(2, group.swap_dims(1, 2).unsqueeze_dim::<4>(1).expand([batch, heads, original, original]))
+        // One gather from the flattened matrix: entry (i, j) is (group(i), group(j)).
+        let flat = group.clone().swap_dims(1, 2) * tokens as i64 + group; // [batch, original, original]
+        let flat = flat.reshape([batch, 1, original * original]).expand([batch, heads, original * original]);
+        per_patch.reshape([batch, heads, tokens * tokens]).gather(2, flat).reshape([batch, heads, original, original])
     }
 }
 

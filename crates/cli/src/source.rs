@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use vitrine_model::{Loaded, PreprocessConfig};
+use vitrine_train::bundle::{CONFIG, PREPROCESSOR, WEIGHTS};
 
 /// A loaded model with its preprocessing and files.
 pub struct Model {
@@ -15,8 +16,6 @@ pub struct Model {
     /// Bytes of `model.safetensors`.
     pub weight_bytes: u64,
 }
-
-use vitrine_train::bundle::{CONFIG, PREPROCESSOR, WEIGHTS};
 
 /// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
 /// or `hf:ORG/NAME`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.

@@ -147,8 +147,8 @@ async fn photos_agree_on_both_backends_and_with_the_pipeline() {
     let gpu = webgpu().await;
     let cpu = Backend::cpu();
     for f in fixtures() {
-        let on_gpu = load(&gpu, &f);
-        let on_cpu = load(&cpu, &f);
+        let mut on_gpu = load(&gpu, &f);
+        let mut on_cpu = load(&cpu, &f);
         let pipeline: serde_json::Value = serde_json::from_str(f.pipeline).unwrap();
         for case in pipeline.as_array().unwrap() {
             let image = case["image"].as_str().unwrap().trim_start_matches("images/");
@@ -166,7 +166,6 @@ async fn photos_agree_on_both_backends_and_with_the_pipeline() {
             assert_eq!(a.probs()[0], probs[a.indices()[0] as usize]);
         }
         // With token merging, the maps are spread back over the patches (`tome.rs`, by gather).
-        let (mut on_gpu, mut on_cpu) = (on_gpu, on_cpu);
         on_gpu.set_token_merging(3);
         on_cpu.set_token_merging(3);
         let (a, b) = (classify(&on_gpu, PHOTOS[0].1).await, classify(&on_cpu, PHOTOS[0].1).await);

@@ -184,7 +184,22 @@ struct Row {
     peak_rss_bytes: u64,
 }
 
-/// Evaluates every step's bundle on the same validation images, times each in its own process
+/// Processes per bundle whose latencies (each the median of 20 passes) the report takes the median of.
+const TIMING_ROUNDS: usize = 3;
+
+/// One `vitrine bench --json` row: `bundle` alone in a process, batch 1, median of 20 passes.
+fn bench(bundle: &str, tome: usize) -> Result<serde_json::Value> {
+    let out = Command::new(this_program()?)
+        .args(["bench", "--model", bundle, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!("timing {bundle}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(rows[0].clone())
+}
+
+/// Evaluates every step's bundle on the same validation images, times each in processes of its own
 /// (for a fair peak-memory figure), and writes report.json, report.md and report.html.
 fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Result<()> {
     let mut steps = vec![("teacher".to_string(), PathBuf::from(&args.teacher), 0), ("distilled".to_string(), args.out.join("distil/best"), 0)];
@@ -199,6 +214,14 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
     steps.extend(args.tome.iter().filter(|&&r| r > 0).map(|&r| (format!("final + ToMe r={r}"), args.out.join("final"), r)));
     let (val, _) = drop_unreadable(data.val.clone());
     let val = Arc::new(val);
+    // Each bundle is timed in a process of its own (as it would run, and for its own peak memory),
+    // in rounds over all of them, so that a slow spell of the shared machine falls on every one.
+    let mut timings: Vec<Vec<serde_json::Value>> = vec![Vec::new(); steps.len()];
+    for _ in 0..TIMING_ROUNDS {
+        for ((_, dir, tome), timing) in steps.iter().zip(&mut timings) {
+            timing.push(bench(&dir.display().to_string(), *tome)?);
+        }
+    }
     let mut rows = Vec::new();
     for (name, bundle_dir, tome) in &steps {
         let path = bundle_dir.display().to_string();
@@ -207,27 +230,26 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
         let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
         let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
         progress.finish_and_clear();
-        let bench = Command::new(this_program()?).args(["bench", "--model", &path, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
-            .output()?;
-        if !bench.status.success() {
-            bail!("timing {path}: {}", String::from_utf8_lossy(&bench.stderr));
-        }
-        let timing: serde_json::Value = serde_json::from_slice(&bench.stdout)?;
-        let get = |k: &str| timing[0][k].as_f64().unwrap_or(0.0);
+        let timing = &timings[rows.len()];
+        let median = |key: &str| {
+            let mut values: Vec<f64> = timing.iter().map(|t| t[key].as_f64().unwrap_or(0.0)).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
         rows.push(Row {
             step: name.clone(),
             bundle: path,
             top1: eval.top1,
-            ms_per_image: get("ms_per_image"),
-            params: get("params") as u64,
-            bytes: get("bytes") as u64,
-            peak_rss_bytes: get("peak_rss_bytes") as u64,
+            ms_per_image: median("ms_per_image"),
+            params: median("params") as u64,
+            bytes: median("bytes") as u64,
+            peak_rss_bytes: median("peak_rss_bytes") as u64,
         });
     }
     std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&rows)?)?;
     let base = &rows[0];
     let mut md = format!(
-        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex); peak memory: the whole `vitrine bench` process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
+        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex), the median of 3 `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
         args.teacher,
         val.len()
     );

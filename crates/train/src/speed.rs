@@ -12,7 +12,8 @@ use crate::recipe::Recipe;
 use crate::setup;
 use crate::trainer::cross_entropy;
 
-fn median(mut times: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count).
+pub fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }

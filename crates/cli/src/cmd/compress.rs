@@ -13,7 +13,7 @@ use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::evaluate::evaluate;
 use vitrine_train::report::svg;
-use vitrine_train::{bundle, importance, trainer};
+use vitrine_train::{bundle, importance, speed, trainer};
 
 use super::distill::{StudentSpec, TeachingArgs, cut_from_teacher};
 use super::train::RecipeArgs;
@@ -231,11 +231,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
         let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
         progress.finish_and_clear();
         let timing = &timings[rows.len()];
-        let median = |key: &str| {
-            let mut values: Vec<f64> = timing.iter().map(|t| t[key].as_f64().unwrap_or(0.0)).collect();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
+        let median = |key: &str| speed::median(timing.iter().map(|t| t[key].as_f64().unwrap_or(0.0)).collect());
         rows.push(Row {
             step: name.clone(),
             bundle: path,
@@ -249,9 +245,10 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
     std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&rows)?)?;
     let base = &rows[0];
     let mut md = format!(
-        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex), the median of 3 `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
+        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex), the median of {} `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
         args.teacher,
-        val.len()
+        val.len(),
+        TIMING_ROUNDS
     );
     for r in &rows {
         md.push_str(&format!(

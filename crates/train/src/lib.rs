@@ -16,3 +16,4 @@ pub mod importance;
 pub mod speed;
 pub mod progress;
 pub mod distill;
+pub mod patch_dropout;

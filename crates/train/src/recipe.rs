@@ -57,6 +57,10 @@ pub struct Recipe {
     /// teacher outputs can be cached; 0 = a fresh augmentation every epoch.
     #[serde(default)]
     pub views: usize,
+    /// PatchDropout: the fraction of patch tokens each training image drops at the input of the
+    /// first trained block ([`crate::patch_dropout`]); evaluation keeps them all.
+    #[serde(default)]
+    pub patch_dropout: f64,
     /// Learn from a teacher as well as the labels.
     #[serde(default)]
     pub distill: Option<crate::distill::DistillRecipe>,
@@ -91,6 +95,7 @@ impl Default for Recipe {
             prefetch: 2,
             limit_train: 0,
             views: 0,
+            patch_dropout: 0.0,
             distill: None,
         }
     }
@@ -131,6 +136,9 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_path) {
             bail!("label smoothing, dropout and drop path must be in [0, 1)");
         }
+        if !(0.0..1.0).contains(&self.patch_dropout) {
+            bail!("--patch-dropout must be in [0, 1), got {}", self.patch_dropout);
+        }
         Ok(())
     }
 
@@ -167,6 +175,7 @@ mod tests {
         assert!(Recipe { image_size: 100, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { lr: 0.0, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { frozen_blocks: 13, ..ok.clone() }.validate(12, 14).is_err());
+        assert!(Recipe { patch_dropout: 1.0, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { cache_frozen: true, ..ok }.validate(12, 14).is_err());
     }
 }

@@ -22,6 +22,7 @@ use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
 use crate::distill::{Teacher, TeacherLogits};
+use crate::patch_dropout::drop_patches;
 use crate::recipe::Recipe;
 use crate::setup::{self, ModelSpec};
 
@@ -270,10 +271,13 @@ impl Run {
                 // Dropout and drop-path draw from the device RNG: seed it per batch so a resumed
                 // run draws what the uninterrupted one would have.
                 ad_device.seed(sample_seed(recipe.seed, epoch, batch_index));
-                let features = match input {
-                    Input::Pixels(pixels) => model.forward_features(pixels),
-                    Input::Hidden(hidden) => model.features_from_layer(hidden, recipe.frozen_blocks),
+                let (hidden, first_block) = match input {
+                    Input::Pixels(pixels) => (model.embed(pixels), 0),
+                    Input::Hidden(hidden) => (hidden, recipe.frozen_blocks),
                 };
+                let drop_seed = sample_seed(recipe.seed, epoch, batch_index).wrapping_add(1);
+                let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, drop_seed);
+                let features = model.features_from_layer(hidden, first_block);
                 let (class_logits, distilled) = model.forward_heads(features);
                 let logits = match &distilled {
                     Some(distilled) => (class_logits.clone() + distilled.clone()) / 2.0,

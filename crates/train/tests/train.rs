@@ -108,7 +108,8 @@ fn head_only_epochs_leave_the_blocks_untouched() {
     let before_blocks = values(&loaded.model, "vit.encoder.");
     let before_embeddings = values(&loaded.model, "vit.embeddings.");
     let run = tmp.path().join("run");
-    let recipe = Recipe { epochs: 1, head_only_epochs: 1, ..recipe(&data) };
+    // PatchDropout on the pixel path (after the embeddings) leaves frozen parts frozen too.
+    let recipe = Recipe { epochs: 1, head_only_epochs: 1, patch_dropout: 0.25, ..recipe(&data) };
     trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
     let after = bundle_model(&run.join("best"), &device);
     assert!(values(&after, "vit.encoder.") == before_blocks, "a frozen block changed");
@@ -128,7 +129,8 @@ fn frozen_prefix_from_cache_trains_only_the_top() {
     let embeddings = values(&loaded.model, "vit.embeddings.");
     let block1 = values(&loaded.model, "vit.encoder.layer.1.");
     let run = tmp.path().join("run");
-    let recipe = Recipe { epochs: 2, frozen_blocks: 1, cache_frozen: true, cache_views: 2, ..recipe(&data) };
+    // With PatchDropout the top block trains on a random subset of the cached tokens.
+    let recipe = Recipe { epochs: 2, frozen_blocks: 1, cache_frozen: true, cache_views: 2, patch_dropout: 0.25, ..recipe(&data) };
     trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
     assert!(run.join("cache/train-32px-view1.f16").exists());
     let after = bundle_model(&run.join("best"), &device);

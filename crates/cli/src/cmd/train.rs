@@ -57,6 +57,10 @@ pub struct RecipeArgs {
     /// Stochastic depth at the last block.
     #[arg(long, default_value_t = 0.1)]
     drop_path: f64,
+    /// PatchDropout: fraction of each training image's patch tokens dropped at the input of the
+    /// first trained block (0 = off); evaluation keeps every token.
+    #[arg(long, default_value_t = 0.0)]
+    patch_dropout: f64,
     /// Square input side in pixels (a multiple of the patch size).
     #[arg(long, default_value_t = 224)]
     image_size: u32,
@@ -152,6 +156,7 @@ impl RecipeArgs {
             checkpoint_secs: self.checkpoint_secs,
             limit_train: self.limit_train,
             views: self.views,
+            patch_dropout: self.patch_dropout,
             ..Recipe::default()
         }
     }

@@ -196,6 +196,15 @@ impl Vit {
         self.pool(last_hidden_state, None)
     }
 
+    /// Width of [`Vit::pre_logits`]: the hidden size, twice it with DINOv2's mean patch token.
+    pub fn pre_logits_width(&self) -> usize {
+        let hidden = self.vit.layernorm.gamma.dims()[0];
+        match self.pooling {
+            Pooling::Cls => hidden,
+            Pooling::ClsAndMeanPatch => 2 * hidden,
+        }
+    }
+
     /// [`Vit::pre_logits`]; after token merging the patch mean weighs each token by its `size`.
     fn pool(&self, last_hidden_state: Tensor<3>, size: Option<Tensor<3>>) -> Tensor<2> {
         let [batch, tokens, hidden] = last_hidden_state.dims();

@@ -4,7 +4,10 @@
 //! entropy on the teacher's top-1. A student with a distillation token learns the teacher's signal
 //! on its distillation head and the labels on its class head.
 //!
-//! Teacher logits are computed once per image and augmented view and kept beside the run, so the
+//! Feature distillation adds a term that pulls the student's classifier input (CLS, or CLS and
+//! the mean patch token) towards the teacher's: many numbers per image instead of a few logits.
+//!
+//! Teacher outputs are computed once per image and augmented view and kept beside the run, so the
 //! teacher's cost is paid once, not every epoch. The teacher sees each view at its own resolution
 //! (the same crop, flip and jitter as the student's view), so a student can train at a lower one.
 //! When the teacher was trained on cached frozen blocks, its run's cache gives the logits of the
@@ -42,6 +45,10 @@ pub struct DistillRecipe {
     /// stand in for the teacher's bottom blocks on the views it cached (same data, seed and augmentation).
     #[serde(default)]
     pub teacher_run: Option<String>,
+    /// Weight of the feature term: the mean squared difference between the student's classifier
+    /// input and the teacher's (0 = off; the two must have the same width).
+    #[serde(default)]
+    pub feature_weight: f64,
 }
 
 /// The teacher, with the transform that shows it the student's views at its own resolution.
@@ -52,26 +59,34 @@ pub struct Teacher {
     pub transform: Arc<Transform>,
 }
 
-/// The distillation loss of one batch.
-///
-/// `student` is the class head's logits, `distilled` the distillation head's (if the student has
-/// one), `teacher` the teacher's logits for the same images and `teacher_top1` their argmax.
-pub fn loss(
-    student: Tensor<2>,
-    distilled: Option<Tensor<2>>,
-    (teacher, teacher_top1): (Tensor<2>, Vec<usize>),
-    labels: &[usize],
-    recipe: &DistillRecipe,
-    smoothing: f64,
-) -> Tensor<1> {
-    let kd_input = distilled.unwrap_or_else(|| student.clone());
-    let label_term = cross_entropy(student, labels, smoothing);
+/// What the student gives and the teacher gave for one batch.
+pub struct Outputs {
+    /// The class head's logits, `[batch, classes]`.
+    pub logits: Tensor<2>,
+    /// The distillation head's logits (a student with a distillation token; the student only).
+    pub distilled: Option<Tensor<2>>,
+    /// The classifier's input, `[batch, width]`: given when the feature term is on.
+    pub features: Option<Tensor<2>>,
+}
+
+/// The distillation loss of one batch: `(1 - alpha)` x cross-entropy with the labels, `alpha` x the
+/// teacher's term (KL at temperature T, or cross-entropy with the teacher's top-1 when `hard`), and
+/// `feature_weight` x the mean squared difference of the classifier inputs.
+pub fn loss(student: Outputs, teacher: Outputs, labels: &[usize], recipe: &DistillRecipe, smoothing: f64) -> Tensor<1> {
+    let kd_input = student.distilled.unwrap_or_else(|| student.logits.clone());
+    let label_term = cross_entropy(student.logits, labels, smoothing);
     let teacher_term = if recipe.hard {
-        cross_entropy(kd_input, &teacher_top1, 0.0)
+        let classes = teacher.logits.dims()[1];
+        let top1: Vec<usize> = host(teacher.logits).expect("f32 logits").chunks_exact(classes).map(argmax).collect();
+        cross_entropy(kd_input, &top1, 0.0)
     } else {
-        kl_divergence(kd_input, teacher, recipe.temperature)
+        kl_divergence(kd_input, teacher.logits, recipe.temperature)
     };
-    label_term * (1.0 - recipe.alpha) + teacher_term * recipe.alpha
+    let loss = label_term * (1.0 - recipe.alpha) + teacher_term * recipe.alpha;
+    match (student.features, teacher.features) {
+        (Some(mine), Some(theirs)) if recipe.feature_weight > 0.0 => loss + (mine - theirs).square().mean() * recipe.feature_weight,
+        _ => loss,
+    }
 }
 
 /// `T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
@@ -83,21 +98,54 @@ pub fn kl_divergence(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -
     (p_teacher * (log_p_teacher - log_p_student)).sum() * (temperature * temperature / batch as f64)
 }
 
-/// The teacher's logits for every training image of one augmented view, `[samples, classes]`.
-pub struct TeacherLogits {
-    pub classes: usize,
+/// Which of the teacher's outputs a [`TeacherOutputs`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Logits,
+    /// The classifier's input ([`Vit::pre_logits`]).
+    Features,
+}
+
+impl Output {
+    /// Values per image.
+    pub fn width(self, teacher: &Vit) -> usize {
+        match self {
+            Output::Logits => teacher.num_labels(),
+            Output::Features => teacher.pre_logits_width(),
+        }
+    }
+
+    /// The cache file's name for the teacher at `size` px and training view `view`.
+    pub fn file_name(self, size: u32, view: usize) -> String {
+        match self {
+            Output::Logits => format!("teacher-{size}px-view{view}.f32"),
+            Output::Features => format!("teacher-features-{size}px-view{view}.f32"),
+        }
+    }
+
+    fn of(self, teacher: &Vit, last_hidden_state: Tensor<3>) -> Tensor<2> {
+        match self {
+            Output::Logits => teacher.forward_head(last_hidden_state),
+            Output::Features => teacher.pre_logits(last_hidden_state),
+        }
+    }
+}
+
+/// The teacher's logits or features for every training image of one augmented view, `[samples, width]`.
+pub struct TeacherOutputs {
+    pub width: usize,
     values: Vec<f32>,
 }
 
-impl TeacherLogits {
-    /// Logits saved by [`TeacherLogits::save`] for `samples` images and `classes` classes, if `path` holds them.
-    pub fn load(path: &Path, samples: usize, classes: usize) -> Option<Self> {
+impl TeacherOutputs {
+    /// Outputs saved by [`TeacherOutputs::save`] for `samples` images, `width` values each, if `path` holds them.
+    pub fn load(path: &Path, samples: usize, width: usize) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
-        if bytes.len() != samples * classes * 4 {
+        if bytes.len() != samples * width * 4 {
             return None;
         }
         let values = le::f32s(&bytes);
-        Some(Self { classes, values })
+        Some(Self { width, values })
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -106,16 +154,16 @@ impl TeacherLogits {
     }
 
     /// Runs the teacher on every sample, as view `view` of `teacher.transform` (seeded like the student's).
-    pub fn compute(teacher: &Teacher, samples: Arc<Vec<Sample>>, seed: u64, view: usize, device: &Device) -> Result<Self> {
-        let classes = teacher.model.num_labels();
-        let progress = bar(samples.len() as u64, &format!("teacher logits, view {view}"));
-        let mut values = vec![f32::NAN; samples.len() * classes];
+    pub fn compute(teacher: &Teacher, output: Output, samples: Arc<Vec<Sample>>, seed: u64, view: usize, device: &Device) -> Result<Self> {
+        let width = output.width(&teacher.model);
+        let progress = bar(samples.len() as u64, &format!("teacher {output:?}, view {view}").to_lowercase());
+        let mut values = vec![f32::NAN; samples.len() * width];
         let order = epoch_order(samples.len(), None);
         for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2) {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-            let logits = teacher.model.forward(pixels).into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let rows = host(output.of(&teacher.model, teacher.model.forward_features(pixels)))?;
             for (row, &i) in batch.indices.iter().enumerate() {
-                values[i * classes..(i + 1) * classes].copy_from_slice(&logits[row * classes..(row + 1) * classes]);
+                values[i * width..(i + 1) * width].copy_from_slice(&rows[row * width..(row + 1) * width]);
             }
             progress.inc(batch.labels.len() as u64);
         }
@@ -123,30 +171,32 @@ impl TeacherLogits {
         if values.iter().any(|v| v.is_nan()) {
             bail!("the teacher could not see every training image");
         }
-        Ok(Self { classes, values })
+        Ok(Self { width, values })
     }
 
-    /// The teacher's logits from its own cached outputs of blocks `0..layers` (only its top blocks run).
-    pub fn from_tokens(teacher: &Vit, tokens: &TokenCache, layers: usize, device: &Device) -> Result<Self> {
-        let classes = teacher.num_labels();
-        let progress = bar(tokens.len() as u64, &format!("teacher logits from its cached blocks 1-{layers}"));
-        let mut values = Vec::with_capacity(tokens.len() * classes);
+    /// The teacher's outputs from its own cached outputs of blocks `0..layers` (only its top blocks run).
+    pub fn from_tokens(teacher: &Vit, output: Output, tokens: &TokenCache, layers: usize, device: &Device) -> Result<Self> {
+        let width = output.width(teacher);
+        let progress = bar(tokens.len() as u64, &format!("teacher {output:?} from its cached blocks 1-{layers}").to_lowercase());
+        let mut values = Vec::with_capacity(tokens.len() * width);
         let order: Vec<usize> = (0..tokens.len()).collect();
         for chunk in order.chunks(32) {
-            let logits = teacher.forward_from_layer(tokens.batch(chunk, device), layers);
-            values.extend(logits.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?);
+            values.extend(host(output.of(teacher, teacher.features_from_layer(tokens.batch(chunk, device), layers)))?);
             progress.inc(chunk.len() as u64);
         }
         progress.finish_and_clear();
-        Ok(Self { classes, values })
+        Ok(Self { width, values })
     }
 
-    /// `[indices.len(), classes]` logits of these samples, and their argmax.
-    pub fn batch(&self, indices: &[usize], device: &Device) -> (Tensor<2>, Vec<usize>) {
-        let rows: Vec<f32> = indices.iter().flat_map(|&i| self.values[i * self.classes..(i + 1) * self.classes].iter().copied()).collect();
-        let top1 = rows.chunks_exact(self.classes).map(argmax).collect();
-        (Tensor::from_data(TensorData::new(rows, [indices.len(), self.classes]), device), top1)
+    /// `[indices.len(), width]` outputs of these samples.
+    pub fn batch(&self, indices: &[usize], device: &Device) -> Tensor<2> {
+        let rows: Vec<f32> = indices.iter().flat_map(|&i| self.values[i * self.width..(i + 1) * self.width].iter().copied()).collect();
+        Tensor::from_data(TensorData::new(rows, [indices.len(), self.width]), device)
     }
+}
+
+fn host(tensor: Tensor<2>) -> Result<Vec<f32>> {
+    tensor.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 #[cfg(test)]

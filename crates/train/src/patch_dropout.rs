@@ -59,7 +59,7 @@ mod tests {
         let (batch, prefix, patches, hidden) = (3, 2, 16, 4);
         let out = drop_patches(numbered(batch, prefix + patches, hidden, &device), prefix, 0.25, 7);
         assert_eq!(out.dims(), [batch, prefix + 12, hidden]);
-        let values = out.into_data().to_vec::<f32>().unwrap();
+        let values = out.into_data().try_to_vec::<f32>().unwrap();
         let mut subsets = Vec::new();
         for b in 0..batch {
             let tokens: Vec<usize> =

@@ -129,6 +129,9 @@ impl Recipe {
             if !(0.0..=1.0).contains(&distill.alpha) || distill.temperature <= 0.0 {
                 bail!("--alpha must be in [0, 1] and --temperature positive");
             }
+            if !(distill.feature_weight >= 0.0 && distill.feature_weight.is_finite()) {
+                bail!("--feature-weight must be 0 or more, got {}", distill.feature_weight);
+            }
         }
         if self.image_size == 0 || self.image_size as usize % patch_size != 0 {
             bail!("--image-size {} must be a positive multiple of the patch size {patch_size}", self.image_size);

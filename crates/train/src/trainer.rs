@@ -21,7 +21,7 @@ use crate::data::{ImageFolder, Sample};
 use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
-use crate::distill::{Teacher, TeacherLogits};
+use crate::distill::{Output, Outputs, Teacher, TeacherOutputs};
 use crate::patch_dropout::drop_patches;
 use crate::recipe::Recipe;
 use crate::setup::{self, ModelSpec};
@@ -226,8 +226,18 @@ impl Run {
                 (None, n) => epoch % n,
             };
             let teacher_logits = match &teacher {
-                Some(teacher) => Some(self.teacher_logits(teacher, view)?),
+                Some(teacher) => Some(self.teacher_outputs(teacher, Output::Logits, view)?),
                 None => None,
+            };
+            let teacher_features = match (&teacher, &recipe.distill) {
+                (Some(teacher), Some(distill)) if distill.feature_weight > 0.0 => {
+                    let (mine, theirs) = (model.pre_logits_width(), teacher.model.pre_logits_width());
+                    if mine != theirs {
+                        bail!("feature distillation needs the student's classifier input ({mine} wide) as wide as the teacher's ({theirs})");
+                    }
+                    Some(self.teacher_outputs(teacher, Output::Features, view)?)
+                }
+                _ => None,
             };
             let progress = bar(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, recipe.epochs));
             progress.set_position(skip as u64);
@@ -278,6 +288,7 @@ impl Run {
                 let drop_seed = sample_seed(recipe.seed, epoch, batch_index).wrapping_add(1);
                 let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, drop_seed);
                 let features = model.features_from_layer(hidden, first_block);
+                let student_features = teacher_features.as_ref().map(|_| model.pre_logits(features.clone()));
                 let (class_logits, distilled) = model.forward_heads(features);
                 let logits = match &distilled {
                     Some(distilled) => (class_logits.clone() + distilled.clone()) / 2.0,
@@ -286,9 +297,12 @@ impl Run {
                 let host_logits = logits.clone().into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
                 let loss = match (&recipe.distill, &teacher_logits) {
                     (Some(distill), Some(teacher)) => crate::distill::loss(
-                        class_logits,
-                        distilled,
-                        teacher.batch(&indices, &ad_device),
+                        Outputs { logits: class_logits, distilled, features: student_features },
+                        Outputs {
+                            logits: teacher.batch(&indices, &ad_device),
+                            distilled: None,
+                            features: teacher_features.as_ref().map(|f| f.batch(&indices, &ad_device)),
+                        },
                         &labels,
                         distill,
                         recipe.label_smoothing,
@@ -421,23 +435,23 @@ impl Run {
         Ok(Teacher { model: loaded.model, size, transform })
     }
 
-    /// The teacher's logits for training view `view`: saved beside the run, else from the teacher
-    /// run's cached frozen blocks (`teacher_run`), else from the teacher on the images.
-    fn teacher_logits(&self, teacher: &Teacher, view: usize) -> Result<TeacherLogits> {
-        let path = self.dir.cache(&format!("teacher-{}px-view{view}.f32", teacher.size));
-        if let Some(logits) = TeacherLogits::load(&path, self.train.len(), teacher.model.num_labels()) {
-            return Ok(logits);
+    /// The teacher's logits or features for training view `view`: saved beside the run, else from
+    /// the teacher run's cached frozen blocks (`teacher_run`), else from the teacher on the images.
+    fn teacher_outputs(&self, teacher: &Teacher, output: Output, view: usize) -> Result<TeacherOutputs> {
+        let path = self.dir.cache(&output.file_name(teacher.size, view));
+        if let Some(saved) = TeacherOutputs::load(&path, self.train.len(), output.width(&teacher.model)) {
+            return Ok(saved);
         }
         let distill = self.recipe.distill.as_ref().expect("a teacher comes with a distillation recipe");
-        let logits = match &distill.teacher_run {
+        let outputs = match &distill.teacher_run {
             Some(run) => {
                 let (tokens, layers) = self.teacher_tokens(Path::new(run), teacher.size, view)?;
-                TeacherLogits::from_tokens(&teacher.model, &tokens, layers, &self.device)?
+                TeacherOutputs::from_tokens(&teacher.model, output, &tokens, layers, &self.device)?
             }
-            None => TeacherLogits::compute(teacher, self.train.clone(), self.recipe.seed, view, &self.device)?,
+            None => TeacherOutputs::compute(teacher, output, self.train.clone(), self.recipe.seed, view, &self.device)?,
         };
-        logits.save(&path)?;
-        Ok(logits)
+        outputs.save(&path)?;
+        Ok(outputs)
     }
 
     /// The teacher run's cached frozen blocks for view `view`, refused unless that run saw exactly

@@ -160,20 +160,60 @@ fn layer_wise_decay_assigns_the_intended_rates() {
     assert!(close(rate("vit.embeddings."), 0.00125));
 }
 
-/// Mean KL(teacher || student) at temperature 1 over the validation images.
-fn kl_to_teacher(student: &Vit, teacher: &Vit, data: &Path, preprocess: &PreprocessConfig, device: &Device) -> f32 {
+/// The mean of `distance(student, teacher, image)` over the validation images.
+fn mean_over_val(data: &Path, preprocess: &PreprocessConfig, device: &Device, distance: impl Fn(Tensor<4>) -> f32) -> f32 {
     let folder = vitrine_train::data::ImageFolder::open(data, 0).unwrap();
     let transform = vitrine_train::data::loader::Transform::Eval(preprocess.clone());
     let mut total = 0.0;
-    let mut n = 0;
     for sample in &folder.val {
         let image = vitrine_model::preprocess::decode_image(&std::fs::read(&sample.path).unwrap()).unwrap();
         let (pixels, [h, w]) = transform.pixels(&image, 0).unwrap();
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h, w]), device);
-        total += vitrine_train::distill::kl_divergence(student.forward(x.clone()), teacher.forward(x), 1.0).into_scalar::<f32>();
-        n += 1;
+        total += distance(Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h, w]), device));
     }
-    total / n as f32
+    total / folder.val.len() as f32
+}
+
+/// Mean KL(teacher || student) at temperature 1 over the validation images.
+fn kl_to_teacher(student: &Vit, teacher: &Vit, data: &Path, preprocess: &PreprocessConfig, device: &Device) -> f32 {
+    mean_over_val(data, preprocess, device, |x| {
+        vitrine_train::distill::kl_divergence(student.forward(x.clone()), teacher.forward(x), 1.0).into_scalar::<f32>()
+    })
+}
+
+/// Mean squared difference of the classifier inputs over the validation images.
+fn feature_distance(student: &Vit, teacher: &Vit, data: &Path, preprocess: &PreprocessConfig, device: &Device) -> f32 {
+    mean_over_val(data, preprocess, device, |x| {
+        let mine = student.pre_logits(student.forward_features(x.clone()));
+        let theirs = teacher.pre_logits(teacher.forward_features(x));
+        (mine - theirs).square().mean().into_scalar::<f32>()
+    })
+}
+
+/// A trained teacher on the shapes in `data`: its run folder.
+fn train_teacher(tmp: &Path, data: &Path, device: &Device) -> (PathBuf, PreprocessConfig) {
+    let (loaded, preprocess) = pretrained(device);
+    let teacher_run = tmp.join("teacher");
+    trainer::start(&teacher_run, recipe(data), loaded, preprocess.clone(), device).unwrap();
+    (teacher_run, preprocess)
+}
+
+/// A student cut from the teacher bundle in `dir`: its last block only, with half of its heads.
+fn cut_student(dir: &Path, device: &Device) -> Loaded {
+    let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let full = load_safetensors(&config_json, &std::fs::read(dir.join("model.safetensors")).unwrap(), device).unwrap();
+    let mut keep = vitrine_model::prune::Keep::all(&full.config);
+    keep.heads = vec![vec![0, 1], vec![0, 1]];
+    let (pruned, pruned_config) = vitrine_model::prune::prune(&full.model, &full.config, &keep, device).unwrap();
+    let (student, student_config) = vitrine_model::prune::select_layers(&pruned, &pruned_config, &[1], device).unwrap();
+    let mut hf_config = full.hf_config.clone();
+    hf_config.num_hidden_layers = 1;
+    hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
+    hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());
+    Loaded { model: student, config: student_config, hf_config, labels: full.labels.clone(), family: full.family }
+}
+
+fn distill_recipe(teacher: &Path, alpha: f64, feature_weight: f64) -> vitrine_train::distill::DistillRecipe {
+    vitrine_train::distill::DistillRecipe { teacher: teacher.display().to_string(), temperature: 2.0, alpha, hard: false, teacher_run: None, feature_weight }
 }
 
 #[test]
@@ -182,33 +222,48 @@ fn distillation_brings_the_student_closer_to_the_teacher() {
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (24, 8));
     let device = Device::flex();
-    let (loaded, preprocess) = pretrained(&device);
-    let teacher_run = tmp.path().join("teacher");
-    trainer::start(&teacher_run, recipe(&data), loaded, preprocess.clone(), &device).unwrap();
-    let teacher = bundle_model(&teacher_run.join("best"), &device);
-
-    // The student: the teacher's last block only, with half of its heads.
+    let (teacher_run, preprocess) = train_teacher(tmp.path(), &data, &device);
     let dir = teacher_run.join("best");
-    let config_json = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let full = load_safetensors(&config_json, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
-    let mut keep = vitrine_model::prune::Keep::all(&full.config);
-    keep.heads = vec![vec![0, 1], vec![0, 1]];
-    let (pruned, pruned_config) = vitrine_model::prune::prune(&full.model, &full.config, &keep, &device).unwrap();
-    let (student, student_config) = vitrine_model::prune::select_layers(&pruned, &pruned_config, &[1], &device).unwrap();
-    let before = kl_to_teacher(&student, &teacher, &data, &preprocess, &device);
-    let mut hf_config = full.hf_config.clone();
-    hf_config.num_hidden_layers = 1;
-    hf_config.layer_num_attention_heads = Some(student_config.layer_num_attention_heads.clone());
-    hf_config.layer_intermediate_size = Some(student_config.layer_intermediate_size.clone());
-    let student = Loaded { model: student, config: student_config, hf_config, labels: full.labels.clone(), family: full.family };
+    let teacher = bundle_model(&dir, &device);
+    let student = cut_student(&dir, &device);
+    let before = kl_to_teacher(&student.model, &teacher, &data, &preprocess, &device);
 
     let run = tmp.path().join("student");
-    let distill = vitrine_train::distill::DistillRecipe { teacher: dir.display().to_string(), temperature: 2.0, alpha: 0.9, hard: false, teacher_run: None };
-    let recipe = Recipe { views: 2, distill: Some(distill), epochs: 3, ..recipe(&data) };
+    let recipe = Recipe { views: 2, distill: Some(distill_recipe(&dir, 0.9, 0.0)), epochs: 3, ..recipe(&data) };
     trainer::start(&run, recipe, student, preprocess.clone(), &device).unwrap();
     let after = kl_to_teacher(&bundle_model(&run.join("best"), &device), &teacher, &data, &preprocess, &device);
     assert!(after < before * 0.7, "KL to the teacher {before} -> {after}");
     assert!(run.join("cache/teacher-32px-view1.f32").exists());
+}
+
+/// The feature term pulls the student's classifier input towards the teacher's, further than the
+/// logits alone do; a student of another width is refused.
+#[test]
+fn feature_distillation_brings_the_features_closer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (24, 8));
+    let device = Device::flex();
+    let (teacher_run, preprocess) = train_teacher(tmp.path(), &data, &device);
+    let dir = teacher_run.join("best");
+    let teacher = bundle_model(&dir, &device);
+    let before = feature_distance(&cut_student(&dir, &device).model, &teacher, &data, &preprocess, &device);
+    let mut after = Vec::new();
+    for feature_weight in [0.0, 1.0] {
+        let run = tmp.path().join(format!("student-{feature_weight}"));
+        let recipe = Recipe { views: 2, distill: Some(distill_recipe(&dir, 0.5, feature_weight)), epochs: 3, ..recipe(&data) };
+        trainer::start(&run, recipe, cut_student(&dir, &device), preprocess.clone(), &device).unwrap();
+        after.push(feature_distance(&bundle_model(&run.join("best"), &device), &teacher, &data, &preprocess, &device));
+    }
+    assert!(after[1] < before * 0.5 && after[1] < after[0] * 0.7, "feature distance {before} -> {after:?} (logits only, with features)");
+    assert!(tmp.path().join("student-1/cache/teacher-features-32px-view1.f32").exists());
+
+    let other = fixture("dinov2");
+    let config = std::fs::read_to_string(other.join("config.json")).unwrap();
+    let wider = load_safetensors(&config, &std::fs::read(other.join("model.safetensors")).unwrap(), &device).unwrap();
+    let recipe = Recipe { views: 1, distill: Some(distill_recipe(&dir, 0.5, 1.0)), epochs: 1, ..recipe(&data) };
+    let error = trainer::start(&tmp.path().join("wider"), recipe, wider, preprocess, &device).unwrap_err();
+    assert!(format!("{error:#}").contains("as wide as the teacher's"), "{error:#}");
 }
 
 /// A teacher trained on cached frozen blocks lends that cache to distillation: the teacher's logits
@@ -228,7 +283,7 @@ fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
     let teacher = teacher_run.join("best").display().to_string();
 
     let distil = |name: &str, teacher_run: Option<String>, seed: u64| {
-        let distill = vitrine_train::distill::DistillRecipe { teacher: teacher.clone(), temperature: 2.0, alpha: 0.5, hard: false, teacher_run };
+        let distill = vitrine_train::distill::DistillRecipe { teacher: teacher.clone(), temperature: 2.0, alpha: 0.5, hard: false, teacher_run, feature_weight: 0.0 };
         // The student trains at 24 px; the teacher's logits are still those of its 32 px view.
         let recipe = Recipe { views: 1, image_size: 24, seed, distill: Some(distill), ..plain.clone() };
         let run = tmp.path().join(name);

@@ -184,13 +184,15 @@ struct Row {
     peak_rss_bytes: u64,
 }
 
-/// Processes per bundle whose latencies (each the median of 20 passes) the report takes the median of.
+/// Processes per bundle whose latencies (each the median of `TIMING_PASSES` passes) the report takes the median of.
 const TIMING_ROUNDS: usize = 3;
+/// Forward passes per `vitrine bench` process.
+const TIMING_PASSES: usize = 20;
 
-/// One `vitrine bench --json` row: `bundle` alone in a process, batch 1, median of 20 passes.
+/// One `vitrine bench --json` row: `bundle` alone in a process, batch 1, median of `TIMING_PASSES` passes.
 fn bench(bundle: &str, tome: usize) -> Result<serde_json::Value> {
     let out = Command::new(this_program()?)
-        .args(["bench", "--model", bundle, "--batch", "1", "--iters", "20", "--json", "--tome", &tome.to_string()])
+        .args(["bench", "--model", bundle, "--batch", "1", "--iters", &TIMING_PASSES.to_string(), "--json", "--tome", &tome.to_string()])
         .output()?;
     if !out.status.success() {
         bail!("timing {bundle}: {}", String::from_utf8_lossy(&out.stderr));
@@ -245,9 +247,10 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
     std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&rows)?)?;
     let base = &rows[0];
     let mut md = format!(
-        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of 20, native CPU (burn flex), the median of {} `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
+        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of {} passes, native CPU (burn flex), the median of {} `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
         args.teacher,
         val.len(),
+        TIMING_PASSES,
         TIMING_ROUNDS
     );
     for r in &rows {

@@ -54,11 +54,15 @@ pub struct TeachingArgs {
     /// the teacher's logits for the view it cached, for the cost of its top blocks (same data, seed and augmentation).
     #[arg(long)]
     teacher_run: Option<String>,
+    /// Weight of feature distillation: the mean squared difference between the student's classifier
+    /// input and the teacher's (0 = off; needs equal widths, as in a student cut from the teacher).
+    #[arg(long, default_value_t = 0.0)]
+    feature_weight: f64,
 }
 
 impl TeachingArgs {
     pub fn recipe(&self, teacher: &str, hard: bool) -> DistillRecipe {
-        DistillRecipe { teacher: teacher.to_string(), temperature: self.temperature, alpha: self.alpha, hard, teacher_run: self.teacher_run.clone() }
+        DistillRecipe { teacher: teacher.to_string(), temperature: self.temperature, alpha: self.alpha, hard, teacher_run: self.teacher_run.clone(), feature_weight: self.feature_weight }
     }
 }
 

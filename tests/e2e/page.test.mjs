@@ -9,7 +9,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,6 +144,14 @@ before(() => {
   assert.ok(existsSync(join(DIST, 'www/pkg/vitrine_web_bg.wasm')), 'dist/ has no wasm: run ./build.sh first');
   assert.ok(existsSync(VITRINE), `${VITRINE} is missing: cargo build --release -p vitrine`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
+  // The page serves dist/'s copy of the bundle and the native reference reads www/'s: they must agree.
+  for (const file of readdirSync(BUNDLE)) {
+    const built = join(DIST, 'www/models/default', file);
+    assert.ok(
+      existsSync(built) && readFileSync(built).equals(readFileSync(join(BUNDLE, file))),
+      `dist/ holds an older www/models/default/${file}: run ./build.sh build first`,
+    );
+  }
 });
 
 describe('with WebGPU', () => {

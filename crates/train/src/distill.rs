@@ -28,8 +28,7 @@ use crate::checkpoint::write_atomic;
 use crate::data::Sample;
 use crate::data::loader::{Transform, batches, epoch_order};
 use crate::progress::bar;
-use crate::evaluate::argmax;
-use crate::trainer::cross_entropy;
+use crate::trainer::{cross_entropy, cross_entropy_to};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DistillRecipe {
@@ -76,9 +75,7 @@ pub fn loss(student: Outputs, teacher: Outputs, labels: &[usize], recipe: &Disti
     let kd_input = student.distilled.unwrap_or_else(|| student.logits.clone());
     let label_term = cross_entropy(student.logits, labels, smoothing);
     let teacher_term = if recipe.hard {
-        let classes = teacher.logits.dims()[1];
-        let top1: Vec<usize> = host(teacher.logits).expect("f32 logits").chunks_exact(classes).map(argmax).collect();
-        cross_entropy(kd_input, &top1, 0.0)
+        cross_entropy_to(kd_input, teacher.logits.argmax(1), 0.0)
     } else {
         kl_divergence(kd_input, teacher.logits, recipe.temperature)
     };
@@ -212,5 +209,17 @@ mod tests {
         let other = kl_divergence(a, b, 4.0).into_scalar::<f32>();
         assert!(same.abs() < 1e-6, "{same}");
         assert!(other > 0.01, "{other}");
+    }
+
+    #[test]
+    fn hard_distillation_is_cross_entropy_with_the_teachers_top1() {
+        let device = Device::flex();
+        let student = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 0.5, -1.0, 0.0, 3.0], [2, 3]), &device);
+        let teacher = Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 0.2, 1.5, 4.0, 0.0, -3.0], [2, 3]), &device);
+        let recipe = DistillRecipe { teacher: String::new(), temperature: 1.0, alpha: 1.0, hard: true, teacher_run: None, feature_weight: 0.0 };
+        let outputs = |logits| Outputs { logits, distilled: None, features: None };
+        let hard = loss(outputs(student.clone()), outputs(teacher), &[0, 0], &recipe, 0.1).into_scalar::<f32>();
+        let expected = cross_entropy(student, &[2, 0], 0.0).into_scalar::<f32>();
+        assert!((hard - expected).abs() < 1e-6, "{hard} vs {expected}");
     }
 }

@@ -23,7 +23,7 @@ pub fn drop_patches(hidden_states: Tensor<3>, prefix: usize, drop: f64, seed: u6
     let [batch, tokens, hidden] = hidden_states.dims();
     let patches = tokens - prefix;
     let kept = kept_patches(patches, drop);
-    if drop == 0.0 || kept == patches {
+    if kept == patches {
         return hidden_states;
     }
     let indices = token_indices(batch, prefix, patches, kept, seed, &hidden_states.device());

@@ -189,12 +189,28 @@ fn feature_distance(student: &Vit, teacher: &Vit, data: &Path, preprocess: &Prep
     })
 }
 
-/// A trained teacher on the shapes in `data`: its run folder.
-fn train_teacher(tmp: &Path, data: &Path, device: &Device) -> (PathBuf, PreprocessConfig) {
-    let (loaded, preprocess) = pretrained(device);
-    let teacher_run = tmp.join("teacher");
-    trainer::start(&teacher_run, recipe(data), loaded, preprocess.clone(), device).unwrap();
-    (teacher_run, preprocess)
+/// A teacher trained on freshly drawn shapes, for the distillation tests.
+struct Taught {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    device: Device,
+    preprocess: PreprocessConfig,
+    /// The teacher's bundle.
+    dir: PathBuf,
+    teacher: Vit,
+}
+
+fn taught() -> Taught {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (24, 8));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let teacher_run = tmp.path().join("teacher");
+    trainer::start(&teacher_run, recipe(&data), loaded, preprocess.clone(), &device).unwrap();
+    let dir = teacher_run.join("best");
+    let teacher = bundle_model(&dir, &device);
+    Taught { tmp, data, device, preprocess, dir, teacher }
 }
 
 /// A student cut from the teacher bundle in `dir`: its last block only, with half of its heads.
@@ -218,13 +234,7 @@ fn distill_recipe(teacher: &Path, alpha: f64, feature_weight: f64) -> vitrine_tr
 
 #[test]
 fn distillation_brings_the_student_closer_to_the_teacher() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("shapes");
-    shapes_dataset(&data, (24, 8));
-    let device = Device::flex();
-    let (teacher_run, preprocess) = train_teacher(tmp.path(), &data, &device);
-    let dir = teacher_run.join("best");
-    let teacher = bundle_model(&dir, &device);
+    let Taught { tmp, data, device, preprocess, dir, teacher } = taught();
     let student = cut_student(&dir, &device);
     let before = kl_to_teacher(&student.model, &teacher, &data, &preprocess, &device);
 
@@ -240,13 +250,7 @@ fn distillation_brings_the_student_closer_to_the_teacher() {
 /// logits alone do; a student of another width is refused.
 #[test]
 fn feature_distillation_brings_the_features_closer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("shapes");
-    shapes_dataset(&data, (24, 8));
-    let device = Device::flex();
-    let (teacher_run, preprocess) = train_teacher(tmp.path(), &data, &device);
-    let dir = teacher_run.join("best");
-    let teacher = bundle_model(&dir, &device);
+    let Taught { tmp, data, device, preprocess, dir, teacher } = taught();
     let before = feature_distance(&cut_student(&dir, &device).model, &teacher, &data, &preprocess, &device);
     let mut after = Vec::new();
     for feature_weight in [0.0, 1.0] {

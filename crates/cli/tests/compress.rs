@@ -64,6 +64,12 @@ fn prune_quantize_and_distill_a_toy_model() {
     }
     let again = ok(vitrine(&pipeline));
     assert_eq!(again.matches("done already").count(), 4, "{again}");
+    // ... and the six rows' accuracies are kept, not measured again, until a bundle's files change.
+    assert_eq!(again.matches("unchanged since the last report").count(), 6, "{again}");
+    std::fs::remove_file(path("compressed/final/done")).unwrap();
+    let requantized = ok(vitrine(&pipeline));
+    assert_eq!(requantized.matches("unchanged since the last report").count(), 4, "{requantized}");
+    assert!(!requantized.contains("int8 (final): unchanged") && !requantized.contains("ToMe r=2: unchanged"), "{requantized}");
     assert!(std::fs::read_to_string(path("compressed/report.html")).unwrap().contains("<svg"));
     let final_config = std::fs::read_to_string(path("compressed/final/config.json")).unwrap();
     assert!(final_config.contains("\"int8\""), "{final_config}");

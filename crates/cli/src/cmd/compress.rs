@@ -1,7 +1,8 @@
 //! `vitrine compress`: the whole pipeline from a teacher to a small bundle (distil -> prune ->
 //! fine-tune with the teacher -> int8), each step in its own folder and skipped when already done,
 //! so a killed pipeline resumes step by step. Ends with a report comparing every step with the
-//! teacher on the same validation images: accuracy, latency, size on disk and peak memory.
+//! teacher on the same validation images: accuracy, latency, size on disk and peak memory
+//! (accuracies are kept between runs for bundles whose files did not change; timings never are).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,8 +17,11 @@ use vitrine_train::report::svg;
 use vitrine_train::{bundle, importance, speed, trainer};
 
 use super::distill::{StudentSpec, TeachingArgs, cut_from_teacher};
+use accuracies::Accuracies;
 use super::train::RecipeArgs;
 use crate::source;
+
+mod accuracies;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -224,20 +228,34 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
             timing.push(bench(&dir.display().to_string(), *tome)?);
         }
     }
+    let mut accuracies = Accuracies::open(&args.out);
     let mut rows = Vec::new();
     for (name, bundle_dir, tome) in &steps {
         let path = bundle_dir.display().to_string();
-        let mut model = source::load(&path, device)?;
-        model.loaded.model = model.loaded.model.with_token_merging(*tome);
-        let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
-        let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
-        progress.finish_and_clear();
+        let key = accuracies::key(bundle_dir, *tome, &val);
+        let top1 = match key.as_deref().and_then(|key| accuracies.get(key)) {
+            Some(top1) => {
+                println!("val: {name}: unchanged since the last report ({})", accuracies::FILE);
+                top1
+            }
+            None => {
+                let mut model = source::load(&path, device)?;
+                model.loaded.model = model.loaded.model.with_token_merging(*tome);
+                let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
+                let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
+                progress.finish_and_clear();
+                if let Some(key) = key {
+                    accuracies.insert(key, eval.top1)?;
+                }
+                eval.top1
+            }
+        };
         let timing = &timings[rows.len()];
         let median = |key: &str| speed::median(timing.iter().map(|t| t[key].as_f64().unwrap_or(0.0)).collect());
         rows.push(Row {
             step: name.clone(),
             bundle: path,
-            top1: eval.top1,
+            top1,
             ms_per_image: median("ms_per_image"),
             params: median("params") as u64,
             bytes: median("bytes") as u64,

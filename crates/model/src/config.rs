@@ -140,7 +140,7 @@ impl VitConfig {
         if self.hidden_size == 0 || self.num_attention_heads == 0 || self.patch_size == 0 {
             return bad("hidden_size, num_attention_heads and patch_size must be positive".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size ({}) must be a multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads

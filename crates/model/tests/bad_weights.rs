@@ -118,7 +118,7 @@ fn unknown_model_type_and_bad_json_are_refused() {
 fn integer_tensors_are_refused_by_dtype() {
     let (config, weights) = vit();
     let hostile = with_header(&weights, |h| h["classifier.bias"]["dtype"] = "I32".into());
-    let err = load_safetensors(&config, &hostile, &Device::flex()).err().expect("loaded");
+    let err = load_safetensors(&config, &hostile, &Device::flex()).expect_err("loaded");
     assert!(matches!(err, LoadError::UnsupportedDtype { .. }), "{err}");
 }
 

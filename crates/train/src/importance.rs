@@ -50,7 +50,7 @@ pub fn measure(
                 let [rows, cols] = weight.dims();
                 let product = weight.inner() * grad;
                 let per_group = product.reshape([groups, rows / groups * cols]).sum_dim(1);
-                Ok(per_group.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)
+                per_group.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
             };
             let h = mask_gradient(layer.attention.output.dense.weight.val(), heads[l].len())?;
             let m = mask_gradient(layer.output.dense.weight.val(), neurons[l].len())?;

@@ -133,7 +133,7 @@ impl Recipe {
                 bail!("--feature-weight must be 0 or more, got {}", distill.feature_weight);
             }
         }
-        if self.image_size == 0 || self.image_size as usize % patch_size != 0 {
+        if self.image_size == 0 || !(self.image_size as usize).is_multiple_of(patch_size) {
             bail!("--image-size {} must be a positive multiple of the patch size {patch_size}", self.image_size);
         }
         if !(0.0..1.0).contains(&self.label_smoothing) || !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.drop_path) {

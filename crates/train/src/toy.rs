@@ -13,7 +13,7 @@ pub const CLASSES: [&str; 3] = ["disc", "square", "bar"];
 
 /// One 48 x 48 image of `class`.
 pub fn shape(class: usize, rng: &mut impl Rng) -> RgbImage {
-    let (cx, cy, r) = (rng.random_range(14..34) as i32, rng.random_range(14..34) as i32, rng.random_range(6..12) as i32);
+    let (cx, cy, r) = (rng.random_range(14..34), rng.random_range(14..34), rng.random_range(6..12));
     let colour = [Rgb([220, 40, 40]), Rgb([40, 200, 60]), Rgb([50, 70, 230])][class];
     let noise: Vec<u8> = (0..48 * 48).map(|_| rng.random_range(90..160)).collect();
     RgbImage::from_fn(48, 48, |x, y| {

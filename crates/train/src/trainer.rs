@@ -332,7 +332,7 @@ impl Run {
                 (step_correct, step_seen) = (step_correct + correct, step_seen + labels.len());
                 images_this_session += labels.len();
 
-                let end_of_step = (batch_index + 1) % recipe.accumulation == 0 || batch_index + 1 == batches_per_epoch;
+                let end_of_step = (batch_index + 1).is_multiple_of(recipe.accumulation) || batch_index + 1 == batches_per_epoch;
                 if !end_of_step {
                     continue;
                 }
@@ -491,11 +491,10 @@ impl Run {
         let size = self.recipe.image_size;
         let build = |name: String, samples: Arc<Vec<Sample>>, transform: Transform, view: usize| -> Result<TokenCache> {
             let path = self.dir.cache(&name);
-            if let Some(cache) = TokenCache::load(&path)? {
-                if cache.len() == samples.len() {
+            if let Some(cache) = TokenCache::load(&path)?
+                && cache.len() == samples.len() {
                     return Ok(cache);
                 }
-            }
             let progress = bar(samples.len() as u64, &format!("caching blocks 1-{layers} ({name})"));
             let cache = TokenCache::build(&frozen, layers, samples, Arc::new(transform), self.recipe.seed, view, 32, &device, &progress)?;
             progress.finish_and_clear();

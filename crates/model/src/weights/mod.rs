@@ -176,7 +176,7 @@ fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> R
             scale.shape()
         )));
     }
-    let scales = le::f32s(&scale.data());
+    let scales = le::f32s(scale.data());
     if scales.iter().any(|s| !s.is_finite()) {
         return Err(bad(format!("{scale_name} holds non-finite scales")));
     }

@@ -94,7 +94,7 @@ pub fn batches(
     let (sender, receiver) = sync_channel(prefetch.max(1));
     std::thread::spawn(move || {
         for chunk in order.chunks(batch_size.max(1)) {
-            let made: Vec<(usize, Result<(Vec<f32>, [usize; 2]), String>)> = chunk
+            let made: Vec<_> = chunk
                 .par_iter()
                 .map(|&i| {
                     let sample = &samples[i];

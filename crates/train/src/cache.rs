@@ -12,6 +12,7 @@ use indicatif::ProgressBar;
 use vitrine_model::Vit;
 
 use crate::data::Sample;
+use crate::evaluate::to_host;
 use crate::data::loader::{Transform, batches, epoch_order};
 
 /// `[samples, tokens, hidden]` hidden states, f16.
@@ -48,7 +49,7 @@ impl TokenCache {
                 (cache.tokens, cache.hidden, per_item) = (tokens, width, tokens * width);
                 cache.values = vec![f16::ZERO; samples.len() * per_item];
             }
-            let values = hidden.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let values = to_host(hidden)?;
             for (row, &index) in batch.indices.iter().enumerate() {
                 let out = &mut cache.values[index * per_item..(index + 1) * per_item];
                 for (o, v) in out.iter_mut().zip(&values[row * per_item..(row + 1) * per_item]) {

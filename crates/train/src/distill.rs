@@ -27,6 +27,7 @@ use crate::cache::TokenCache;
 use crate::checkpoint::write_atomic;
 use crate::data::Sample;
 use crate::data::loader::{Transform, batches, epoch_order};
+use crate::evaluate::to_host;
 use crate::progress::bar;
 use crate::trainer::{cross_entropy, cross_entropy_to};
 
@@ -158,7 +159,7 @@ impl TeacherOutputs {
         let order = epoch_order(samples.len(), None);
         for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2) {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-            let rows = host(output.of(&teacher.model, teacher.model.forward_features(pixels)))?;
+            let rows = to_host(output.of(&teacher.model, teacher.model.forward_features(pixels)))?;
             for (row, &i) in batch.indices.iter().enumerate() {
                 values[i * width..(i + 1) * width].copy_from_slice(&rows[row * width..(row + 1) * width]);
             }
@@ -178,7 +179,7 @@ impl TeacherOutputs {
         let mut values = Vec::with_capacity(tokens.len() * width);
         let order: Vec<usize> = (0..tokens.len()).collect();
         for chunk in order.chunks(32) {
-            values.extend(host(output.of(teacher, teacher.features_from_layer(tokens.batch(chunk, device), layers)))?);
+            values.extend(to_host(output.of(teacher, teacher.features_from_layer(tokens.batch(chunk, device), layers)))?);
             progress.inc(chunk.len() as u64);
         }
         progress.finish_and_clear();
@@ -190,10 +191,6 @@ impl TeacherOutputs {
         let rows: Vec<f32> = indices.iter().flat_map(|&i| self.values[i * self.width..(i + 1) * self.width].iter().copied()).collect();
         Tensor::from_data(TensorData::new(rows, [indices.len(), self.width]), device)
     }
-}
-
-fn host(tensor: Tensor<2>) -> Result<Vec<f32>> {
-    tensor.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
@@ -120,8 +120,12 @@ pub fn argmax(row: &[f32]) -> usize {
 
 /// Softmax probabilities of `logits` as host values.
 pub fn probabilities(logits: Tensor<2>) -> Result<Vec<f32>> {
-    let data = softmax(logits, 1).into_data();
-    data.try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))
+    to_host(softmax(logits, 1)).context("reading probabilities")
+}
+
+/// A float tensor's values, read back from its device in row-major order.
+pub fn to_host<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
 /// Evaluates `model` on `samples` with the model's preprocessing.

@@ -16,6 +16,7 @@ use vitrine_model::Vit;
 use vitrine_model::prune::Keep;
 
 use crate::data::Sample;
+use crate::evaluate::to_host;
 use crate::data::loader::{Transform, batches, epoch_order};
 use crate::trainer::cross_entropy;
 
@@ -50,7 +51,7 @@ pub fn measure(
                 let [rows, cols] = weight.dims();
                 let product = weight.inner() * grad;
                 let per_group = product.reshape([groups, rows / groups * cols]).sum_dim(1);
-                per_group.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
+                to_host(per_group)
             };
             let h = mask_gradient(layer.attention.output.dense.weight.val(), heads[l].len())?;
             let m = mask_gradient(layer.output.dense.weight.val(), neurons[l].len())?;

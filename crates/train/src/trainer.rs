@@ -18,7 +18,7 @@ use crate::cache::TokenCache;
 use crate::checkpoint::{self, RunState};
 use crate::data::loader::{Transform, batches, drop_unreadable, epoch_order, sample_seed};
 use crate::data::{ImageFolder, Sample};
-use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities};
+use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities, to_host};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
 use crate::distill::{Output, Outputs, Teacher, TeacherOutputs};
@@ -282,15 +282,15 @@ impl Run {
                     (None, None) => unreachable!(),
                 };
                 step_wait += waiting.elapsed();
-                // Dropout and drop-path draw from the device RNG: seed it per batch so a resumed
-                // run draws what the uninterrupted one would have.
-                ad_device.seed(sample_seed(recipe.seed, epoch, batch_index));
+                // Dropout and drop-path draw from the device RNG, PatchDropout from its own: both
+                // are seeded per batch so a resumed run draws what the uninterrupted one would have.
+                let batch_seed = sample_seed(recipe.seed, epoch, batch_index);
+                ad_device.seed(batch_seed);
                 let (hidden, first_block) = match input {
                     Input::Pixels(pixels) => (model.embed(pixels), 0),
                     Input::Hidden(hidden) => (hidden, recipe.frozen_blocks),
                 };
-                let drop_seed = sample_seed(recipe.seed, epoch, batch_index).wrapping_add(1);
-                let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, drop_seed);
+                let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, batch_seed.wrapping_add(1));
                 let features = model.features_from_layer(hidden, first_block);
                 let student_features = teacher_features.as_ref().map(|_| model.pre_logits(features.clone()));
                 let (class_logits, distilled) = model.forward_heads(features);
@@ -298,7 +298,7 @@ impl Run {
                     Some(distilled) => (class_logits.clone() + distilled.clone()) / 2.0,
                     None => class_logits.clone(),
                 };
-                let host_logits = logits.clone().into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let host_logits = to_host(logits.clone())?;
                 let loss = match (&recipe.distill, &teacher_logits) {
                     (Some(distill), Some(teacher)) => crate::distill::loss(
                         Outputs { logits: class_logits, distilled, features: student_features },
@@ -492,9 +492,10 @@ impl Run {
         let build = |name: String, samples: Arc<Vec<Sample>>, transform: Transform, view: usize| -> Result<TokenCache> {
             let path = self.dir.cache(&name);
             if let Some(cache) = TokenCache::load(&path)?
-                && cache.len() == samples.len() {
-                    return Ok(cache);
-                }
+                && cache.len() == samples.len()
+            {
+                return Ok(cache);
+            }
             let progress = bar(samples.len() as u64, &format!("caching blocks 1-{layers} ({name})"));
             let cache = TokenCache::build(&frozen, layers, samples, Arc::new(transform), self.recipe.seed, view, 32, &device, &progress)?;
             progress.finish_and_clear();

@@ -148,10 +148,12 @@ pub fn to_hf(model_type: ModelType, key: &str, with_head: bool, deit_teacher: bo
         };
         return if with_head { format!("{}.{inner}", model_type.base_prefix()) } else { inner };
     }
-    if model_type == ModelType::Deit && deit_teacher
-        && let Some(renamed) = rename(key, DEIT_HEAD, true) {
-            return renamed;
-        }
+    if model_type == ModelType::Deit
+        && deit_teacher
+        && let Some(renamed) = rename(key, DEIT_HEAD, true)
+    {
+        return renamed;
+    }
     key.to_string()
 }
 

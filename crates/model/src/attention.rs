@@ -10,6 +10,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use vitrine_kernels::linear;
 use burn::tensor::Tensor;
 use burn::tensor::Device;
 
@@ -87,19 +88,26 @@ impl Attention {
         let [batch, tokens, _] = hidden_states.dims();
         let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
         let split_heads = |x: Tensor<3>| x.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
-        let q = split_heads(self.attention.query.forward(hidden_states.clone()));
-        let k = split_heads(self.attention.key.forward(hidden_states.clone()));
-        let v = split_heads(self.attention.value.forward(hidden_states));
+        let q = split_heads(linear(&self.attention.query, hidden_states.clone()));
+        let k = split_heads(linear(&self.attention.key, hidden_states.clone()));
+        let v = split_heads(linear(&self.attention.value, hidden_states));
         let metric = size.map(|_| k.clone().mean_dim(1).reshape([batch, tokens, head_dim]));
         let bias = size.map(|size| size.clone().log().swap_dims(1, 2).unsqueeze_dim::<4>(1).expand([batch, heads, tokens, tokens]));
-        let (context, probs) = if with_probs {
-            let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-            let probs = softmax(if let Some(bias) = bias { scores + bias } else { scores }, 3);
-            (probs.clone().matmul(v), Some(probs))
-        } else {
-            (attention(q, k, v, None, bias, AttentionModuleOptions::default()), None)
+        // Without token merging's bias, vitrine's fused kernels (on the CPU; burn's elsewhere).
+        let (context, probs) = match (with_probs, bias) {
+            (true, None) => {
+                let probs = vitrine_kernels::attention_probs(q, k);
+                (probs.clone().matmul(v), Some(probs))
+            }
+            (true, Some(bias)) => {
+                let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+                let probs = softmax(scores + bias, 3);
+                (probs.clone().matmul(v), Some(probs))
+            }
+            (false, None) => (vitrine_kernels::attention(q, k, v), None),
+            (false, Some(bias)) => (attention(q, k, v, None, Some(bias), AttentionModuleOptions::default()), None),
         };
         let context = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        (self.output.dense.forward(context), probs, metric)
+        (linear(&self.output.dense, context), probs, metric)
     }
 }

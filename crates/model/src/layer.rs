@@ -10,6 +10,8 @@ use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear,
 use burn::tensor::Tensor;
 use burn::tensor::Device;
 
+use vitrine_kernels::linear;
+
 use crate::attention::Attention;
 use crate::config::{Activation, VitConfig};
 use crate::tome::Merging;
@@ -32,6 +34,7 @@ impl Act {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
+            Self::Gelu(gelu) if !gelu.approximate => vitrine_kernels::gelu(x),
             Self::Gelu(gelu) => gelu.forward(x),
             Self::Relu(relu) => relu.forward(x),
         }
@@ -166,9 +169,8 @@ impl Layer {
             probs = probs.map(|p| state.unmerge_attention(p));
             x = state.merge(x, metric, r);
         }
-        let mlp = self.output.dense.forward(
-            self.intermediate.act.forward(self.intermediate.dense.forward(self.layernorm_after.forward(x.clone()))),
-        );
+        let hidden = self.intermediate.act.forward(linear(&self.intermediate.dense, self.layernorm_after.forward(x.clone())));
+        let mlp = linear(&self.output.dense, hidden);
         (x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs)
     }
 }

@@ -1,0 +1,111 @@
+//! GELU and its derivative over whole buffers: vectorised, and split over threads.
+
+use rayon::prelude::*;
+
+use crate::math;
+use crate::simd::{F32x, dispatch};
+
+/// Elements per thread task: large enough to hide the scheduling, small enough to balance.
+const CHUNK: usize = 1 << 14;
+
+/// `x <- gelu(x)` (the exact erf GELU).
+pub fn gelu_in_place(x: &mut [f32]) {
+    x.par_chunks_mut(CHUNK).for_each(|chunk| dispatch!(gelu_chunk(chunk)));
+}
+
+/// `grad <- grad * gelu'(x)`: the backward of [`gelu_in_place`].
+pub fn gelu_backward_in_place(x: &[f32], grad: &mut [f32]) {
+    assert_eq!(x.len(), grad.len(), "gelu_backward: input and gradient differ in length");
+    grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| dispatch!(gelu_backward_chunk(x, g)));
+}
+
+#[inline(always)]
+unsafe fn gelu_chunk<V: F32x>(x: &mut [f32]) {
+    let (n, p) = (x.len(), x.as_mut_ptr());
+    let mut i = 0;
+    unsafe {
+        while i + V::LANES <= n {
+            math::gelu(V::load(p.add(i))).store(p.add(i));
+            i += V::LANES;
+        }
+        if i < n {
+            math::gelu(V::load_partial(p.add(i), n - i)).store_partial(p.add(i), n - i);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gelu_backward_chunk<V: F32x>(x: &[f32], g: &mut [f32]) {
+    let (n, px, pg) = (x.len(), x.as_ptr(), g.as_mut_ptr());
+    let mut i = 0;
+    unsafe {
+        while i + V::LANES <= n {
+            math::gelu_derivative(V::load(px.add(i))).mul(V::load(pg.add(i))).store(pg.add(i));
+            i += V::LANES;
+        }
+        if i < n {
+            let (x, g) = (V::load_partial(px.add(i), n - i), V::load_partial(pg.add(i), n - i));
+            math::gelu_derivative(x).mul(g).store_partial(pg.add(i), n - i);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Vec<f32> {
+        // Dense over the range where GELU bends, sparse out to where it is x or 0, plus edges.
+        let mut x: Vec<f32> = (-80_000..=80_000).map(|i| i as f32 * 1e-4).collect();
+        x.extend((-300..=300).map(|i| i as f32 * 0.1));
+        x.extend([0.0, -0.0, 1e-30, -1e-30, f32::MIN_POSITIVE, 1e4, -1e4, 3.0e38, -3.0e38]);
+        x
+    }
+
+    fn gelu_reference(x: f32) -> f64 {
+        let x = x as f64;
+        0.5 * x * (1.0 + libm::erf(x / core::f64::consts::SQRT_2))
+    }
+
+    fn gelu_derivative_reference(x: f32) -> f64 {
+        let x = x as f64;
+        let cdf = 0.5 * (1.0 + libm::erf(x / core::f64::consts::SQRT_2));
+        cdf + x * (-0.5 * x * x).exp() / (2.0 * core::f64::consts::PI).sqrt()
+    }
+
+    #[test]
+    fn gelu_is_within_1e_6_of_the_exact_function() {
+        let x = inputs();
+        let mut y = x.clone();
+        gelu_in_place(&mut y);
+        for (x, y) in x.iter().zip(&y) {
+            let want = gelu_reference(*x);
+            // 1e-6 absolute, relative for |y| > 1 (where one f32 ulp is already above 1e-7 |y|).
+            let err = (*y as f64 - want).abs() / want.abs().max(1.0);
+            assert!(err <= 1e-6, "gelu({x}) = {y}, want {want}");
+        }
+    }
+
+    #[test]
+    fn gelu_derivative_is_within_1e_6_of_the_exact_function() {
+        let x = inputs();
+        let mut g = vec![1.0; x.len()];
+        gelu_backward_in_place(&x, &mut g);
+        for (x, g) in x.iter().zip(&g) {
+            let want = gelu_derivative_reference(*x);
+            assert!((*g as f64 - want).abs() <= 1e-6, "gelu'({x}) = {g}, want {want}");
+        }
+    }
+
+    #[test]
+    fn every_instruction_set_agrees_with_the_scalar_path() {
+        let x = inputs();
+        let mut scalar = x.clone();
+        unsafe { gelu_chunk::<crate::simd::scalar::Scalar>(&mut scalar) };
+        let mut vector = x.clone();
+        gelu_in_place(&mut vector);
+        for ((x, s), v) in x.iter().zip(&scalar).zip(&vector) {
+            assert!((s - v).abs() <= 1e-6 * s.abs().max(1.0), "gelu({x}): scalar {s}, vector {v}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Every kernel against burn flex's own operation on random inputs of a ViT's shapes.
+//!
+//! Tolerances: 1e-6 absolute for GELU and its gradient (both elementwise, see `elementwise.rs`);
+//! 1e-5 relative to the largest output for products and attention (sums of hundreds of f32
+//! products, accumulated in another order than flex's).
+
+use burn::nn::LinearConfig;
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::module::attention;
+use burn::tensor::{Device, Distribution, Tensor};
+
+fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> (f32, f32) {
+    let scale: f32 = b.clone().abs().max().into_scalar();
+    ((a - b).abs().max().into_scalar(), scale)
+}
+
+fn assert_close<const D: usize>(got: Tensor<D>, want: Tensor<D>, relative: f32, what: &str) {
+    let (diff, scale) = max_abs_diff(got, want);
+    assert!(diff <= relative * scale.max(1.0), "{what}: max |diff| {diff} against max |value| {scale}");
+}
+
+#[test]
+fn gelu_matches_flex_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    for shape in [[1, 257, 1536], [3, 7, 5]] {
+        let x = Tensor::<3>::random(shape, Distribution::Normal(0.0, 3.0), &device).require_grad();
+        let ours = vitrine_kernels::gelu(x.clone());
+        let theirs = gelu(x.clone());
+        assert_close(ours.clone().detach(), theirs.clone().detach(), 1e-6, "gelu");
+        let weights = Tensor::<3>::random(shape, Distribution::Default, &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_theirs = (theirs * weights).sum().backward();
+        assert_close(x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap(), 1e-6, "gelu gradient");
+    }
+}
+
+#[test]
+fn linear_matches_flex() {
+    let device = Device::flex();
+    for (rows, d_in, d_out) in [(257, 384, 1152), (2 * 197, 768, 3072), (5, 3, 7)] {
+        let layer = LinearConfig::new(d_in, d_out).init(&device);
+        let x = Tensor::<3>::random([1, rows, d_in], Distribution::Default, &device);
+        assert_close(vitrine_kernels::linear(&layer, x.clone()), layer.forward(x.clone()), 1e-5, "linear");
+        // A transposed (non-contiguous) input reads through its strides.
+        let xt = Tensor::<3>::random([1, d_in, rows], Distribution::Default, &device).swap_dims(1, 2);
+        assert_close(vitrine_kernels::linear(&layer, xt.clone()), layer.forward(xt), 1e-5, "linear, strided input");
+    }
+}
+
+#[test]
+fn attention_matches_flex_on_split_heads() {
+    let device = Device::flex();
+    for (batch, heads, tokens, dim) in [(1, 6, 257, 64), (2, 3, 197, 64), (1, 2, 5, 4)] {
+        // Heads split from one projection output, as the model does: strided, not contiguous.
+        let split = || {
+            Tensor::<3>::random([batch, tokens, heads * dim], Distribution::Normal(0.0, 2.0), &device)
+                .reshape([batch, tokens, heads, dim])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (split(), split(), split());
+        let want = attention(q.clone(), k.clone(), v.clone(), None, None, Default::default());
+        assert_close(vitrine_kernels::attention(q.clone(), k.clone(), v), want, 1e-5, "attention");
+        let probs = softmax(q.clone().matmul(k.clone().swap_dims(2, 3)) / (dim as f64).sqrt(), 3);
+        assert_close(vitrine_kernels::attention_probs(q, k), probs, 1e-5, "attention probabilities");
+    }
+}
+
+#[test]
+fn autodiff_products_keep_burns_gradients() {
+    // Under autodiff, linear and attention are burn's: gradients flow as before.
+    let device = Device::flex().autodiff();
+    let layer = LinearConfig::new(8, 4).init(&device);
+    let x = Tensor::<3>::random([1, 3, 8], Distribution::Default, &device).require_grad();
+    let grads = vitrine_kernels::linear(&layer, x.clone()).sum().backward();
+    assert_eq!(x.grad(&grads).unwrap().dims(), [1, 3, 8]);
+}

@@ -63,10 +63,7 @@ impl InferenceOps for Flex {
         let (m, k, n) = (xs[0], xs[1], ws[1]);
         assert_eq!(ws[0], k, "linear: input width {k} against a weight of {ws:?}");
         let bias = into_vec(bias);
-        let mut out = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            out.extend_from_slice(&bias);
-        }
+        let mut out = vec![0.0f32; m * n];
         let (xl, wl) = (x.layout(), weight.layout());
         // The gemm crate splits one product over the threads once it is large enough to pay.
         let parallelism = if m * n * k >= 1 << 17 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
@@ -74,11 +71,16 @@ impl InferenceOps for Flex {
         unsafe {
             gemm::gemm(
                 m, n, k,
-                out.as_mut_ptr(), 1, n as isize, true,
+                out.as_mut_ptr(), 1, n as isize, false,
                 x.storage::<f32>().as_ptr().add(xl.start_offset()), xl.strides()[1], xl.strides()[0],
                 weight.storage::<f32>().as_ptr().add(wl.start_offset()), wl.strides()[1], wl.strides()[0],
-                1.0, 1.0, false, false, false, parallelism,
+                0.0, 1.0, false, false, false, parallelism,
             );
+        }
+        for row in out.chunks_exact_mut(n) {
+            for (o, b) in row.iter_mut().zip(&bias) {
+                *o += b;
+            }
         }
         from_vec(out, Shape::new([m, n]))
     }

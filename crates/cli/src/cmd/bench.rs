@@ -48,6 +48,8 @@ struct Row {
     ms_per_image: f64,
     params: usize,
     bytes: u64,
+    /// The instruction set of vitrine's CPU kernels on this machine (avx512, avx2, scalar).
+    isa: String,
     /// Peak resident memory of this process so far (Linux `VmHWM`), bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_rss_bytes: Option<u64>,
@@ -90,6 +92,7 @@ pub fn run(args: Args) -> Result<()> {
             params,
             peak_rss_bytes: peak_rss_bytes(),
             bytes: model.weight_bytes,
+            isa: format!("{:?}", vitrine_kernels::simd::Isa::detect()).to_lowercase(),
         });
     }
     if args.train && !args.json {
@@ -101,6 +104,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
+        println!("CPU kernels: {}", rows[0].isa);
         println!("{:<48} {:>12} {:>10} {:>10}", "model", "ms/image", "params M", "MB");
         for r in &rows {
             println!("{:<48} {:>12.2} {:>10.2} {:>10.2}", r.model, r.ms_per_image, r.params as f64 / 1e6, r.bytes as f64 / 1e6);

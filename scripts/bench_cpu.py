@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, ViTConfig, ViTModel
 
 SHARED_DINOV2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "dinov2-small-imgfocus")
@@ -114,6 +115,7 @@ def main():
     parser.add_argument("--iters", type=int, default=10, help="timed runs per row (training: a third of them)")
     args = parser.parse_args()
 
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" report
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     cpu, simd = cpu_description()

@@ -43,6 +43,12 @@ fn main() {
         let layer = LinearConfig::new(d_in, d_out).init(&device);
         row(name, time_ms(iters, || layer.forward(x.clone())), time_ms(iters, || vitrine_kernels::linear(&layer, x.clone())));
     }
+    let fc1 = LinearConfig::new(hidden, 4 * hidden).init(&device);
+    row(
+        "linear fc1 + gelu",
+        time_ms(iters, || burn::tensor::activation::gelu(fc1.forward(x.clone()))),
+        time_ms(iters, || vitrine_kernels::linear_gelu(&fc1, x.clone())),
+    );
     let wide = Tensor::<3>::random([batch, tokens, 4 * hidden], Distribution::Default, &device);
     let fc2 = LinearConfig::new(4 * hidden, hidden).init(&device);
     row("linear fc2 (4 width -> width)", time_ms(iters, || fc2.forward(wide.clone())), time_ms(iters, || vitrine_kernels::linear(&fc2, wide.clone())));

@@ -13,6 +13,18 @@ pub fn gelu_in_place(x: &mut [f32]) {
     x.par_chunks_mut(CHUNK).for_each(|chunk| dispatch!(gelu_chunk(chunk)));
 }
 
+/// `rows[i] <- rows[i] + bias`, then GELU when `gelu`: a Linear layer's epilogue, in one pass.
+pub fn add_bias_in_place(rows: &mut [f32], bias: &[f32], gelu: bool) {
+    let width = bias.len();
+    assert_eq!(rows.len() % width.max(1), 0, "add_bias: rows of {} values against a bias of {width}", rows.len());
+    let rows_per_task = CHUNK.div_ceil(width.max(1));
+    rows.par_chunks_mut(rows_per_task * width.max(1)).for_each(|chunk| {
+        for row in chunk.chunks_exact_mut(width) {
+            dispatch!(bias_row(row, bias, gelu));
+        }
+    });
+}
+
 /// `grad <- grad * gelu'(x)`: the backward of [`gelu_in_place`].
 pub fn gelu_backward_in_place(x: &[f32], grad: &mut [f32]) {
     assert_eq!(x.len(), grad.len(), "gelu_backward: input and gradient differ in length");
@@ -30,6 +42,23 @@ unsafe fn gelu_chunk<V: F32x>(x: &mut [f32]) {
         }
         if i < n {
             math::gelu(V::load_partial(p.add(i), n - i)).store_partial(p.add(i), n - i);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn bias_row<V: F32x>(row: &mut [f32], bias: &[f32], gelu: bool) {
+    let (n, p, b) = (row.len(), row.as_mut_ptr(), bias.as_ptr());
+    let epilogue = |x: V| if gelu { unsafe { math::gelu(x) } } else { x };
+    let mut i = 0;
+    unsafe {
+        while i + V::LANES <= n {
+            epilogue(V::load(p.add(i)).add(V::load(b.add(i)))).store(p.add(i));
+            i += V::LANES;
+        }
+        if i < n {
+            let x = V::load_partial(p.add(i), n - i).add(V::load_partial(b.add(i), n - i));
+            epilogue(x).store_partial(p.add(i), n - i);
         }
     }
 }
@@ -94,6 +123,22 @@ mod tests {
         for (x, g) in x.iter().zip(&g) {
             let want = gelu_derivative_reference(*x);
             assert!((*g as f64 - want).abs() <= 1e-6, "gelu'({x}) = {g}, want {want}");
+        }
+    }
+
+    #[test]
+    fn bias_and_gelu_in_one_pass() {
+        let (rows, width) = (37, 21);
+        let x: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
+        let bias: Vec<f32> = (0..width).map(|j| j as f32 * 0.1 - 1.0).collect();
+        let mut plain = x.clone();
+        add_bias_in_place(&mut plain, &bias, false);
+        let mut fused = x.clone();
+        add_bias_in_place(&mut fused, &bias, true);
+        for i in 0..rows * width {
+            let want = x[i] + bias[i % width];
+            assert_eq!(plain[i], want);
+            assert!((fused[i] as f64 - gelu_reference(want)).abs() <= 1e-6 * (want.abs() as f64).max(1.0));
         }
     }
 

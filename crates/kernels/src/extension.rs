@@ -17,8 +17,8 @@ use crate::elementwise;
 /// Operations used without gradients: the model's forward at inference.
 #[backend_extension(Flex)]
 pub trait InferenceOps: Backend {
-    /// `x [rows, in] @ weight [in, out] + bias [out]`.
-    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`.
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
     /// `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`.
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `softmax(q k^T / sqrt(dim))`, `[batch, heads, q, kv]`.
@@ -58,7 +58,7 @@ fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: Option<&FlexTensor>) -> Dim
 }
 
 impl InferenceOps for Flex {
-    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, gelu: bool) -> FlexTensor {
         let (xs, ws) = (x.layout().shape(), weight.layout().shape());
         let (m, k, n) = (xs[0], xs[1], ws[1]);
         assert_eq!(ws[0], k, "linear: input width {k} against a weight of {ws:?}");
@@ -77,11 +77,7 @@ impl InferenceOps for Flex {
                 0.0, 1.0, false, false, false, parallelism,
             );
         }
-        for row in out.chunks_exact_mut(n) {
-            for (o, b) in row.iter_mut().zip(&bias) {
-                *o += b;
-            }
-        }
+        elementwise::add_bias_in_place(&mut out, &bias, gelu);
         from_vec(out, Shape::new([m, n]))
     }
 

@@ -41,19 +41,30 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as GeluOps>::gelu(x.into_dispatch()))
 }
 
-/// `layer.forward(x)`, with the bias added inside the product.
+/// `layer.forward(x)`, the bias added in the pass that follows the product.
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_then(layer, x, false).unwrap_or_else(|x| layer.forward(x))
+}
+
+/// `gelu(layer.forward(x))`, the bias and the GELU in one pass over the output.
+pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    linear_then(layer, x, true).unwrap_or_else(|x| gelu(layer.forward(x)))
+}
+
+/// vitrine's Linear, or the input back when the kernel does not serve it.
+fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) -> Result<Tensor<D>, Tensor<D>> {
     match &layer.bias {
         Some(bias) if inference_on_flex(&x) && layer.weight.val().dtype() == DType::F32 => {
             let dims = x.dims();
             let rows = dims[..D - 1].iter().product::<usize>();
             let x2 = x.reshape([rows, dims[D - 1]]);
-            let out = <Dispatch as InferenceOps>::linear(x2.into_dispatch(), layer.weight.val().into_dispatch(), bias.val().into_dispatch());
+            let (weight, bias) = (layer.weight.val().into_dispatch(), bias.val().into_dispatch());
+            let out = <Dispatch as InferenceOps>::linear(x2.into_dispatch(), weight, bias, with_gelu);
             let mut shape = dims;
             shape[D - 1] = layer.weight.dims()[1];
-            Tensor::<2>::from_dispatch(out).reshape(shape)
+            Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
         }
-        _ => layer.forward(x),
+        _ => Err(x),
     }
 }
 

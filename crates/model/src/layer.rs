@@ -48,6 +48,16 @@ pub struct Intermediate {
     act: Act,
 }
 
+impl Intermediate {
+    /// The widening projection and the activation; the exact GELU runs in the projection's last pass.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.act {
+            Act::Gelu(gelu) if !gelu.approximate => vitrine_kernels::linear_gelu(&self.dense, x),
+            act => act.forward(linear(&self.dense, x)),
+        }
+    }
+}
+
 /// `ViTOutput`: the MLP's narrowing projection (DINOv2's `mlp.fc2`). The residual is added in [`Layer`].
 #[derive(Module, Debug)]
 pub struct Output {
@@ -169,7 +179,7 @@ impl Layer {
             probs = probs.map(|p| state.unmerge_attention(p));
             x = state.merge(x, metric, r);
         }
-        let hidden = self.intermediate.act.forward(linear(&self.intermediate.dense, self.layernorm_after.forward(x.clone())));
+        let hidden = self.intermediate.forward(self.layernorm_after.forward(x.clone()));
         let mlp = linear(&self.output.dense, hidden);
         (x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs)
     }

@@ -11,6 +11,7 @@ Build the binary first:
     cargo build --release -p vitrine
     python3 scripts/bench_cpu.py                     # every row; about 15 minutes on 2 cores
     python3 scripts/bench_cpu.py --models dinov2-s --modes infer --batches 1
+    python3 scripts/bench_cpu.py --models dinov2-s --modes train --size 112 --batches 32
 
 Needs torch and transformers (`pip install torch transformers`).
 """
@@ -31,11 +32,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 SHARED_DINOV2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "dinov2-small-imgfocus")
 
 
-def random_vit(folder, hidden, layers, heads, mlp):
+def random_vit(folder, hidden, layers, heads, mlp, size):
     """A ViT with random weights in Hugging Face layout (timing needs no trained weights)."""
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                       intermediate_size=mlp, image_size=224, patch_size=16)
+                       intermediate_size=mlp, image_size=size, patch_size=16)
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     return folder
 
@@ -124,8 +125,8 @@ def main():
     print(f"{'model':<10}{'mode':<7}{'batch':>6}{'engine':>18}{'ms/image':>11}{'vs PyTorch':>12}{'GFLOP/s':>10}")
     with tempfile.TemporaryDirectory() as scratch:
         folders = {
-            "vit-b16": lambda: random_vit(os.path.join(scratch, "vit-b16"), 768, 12, 12, 3072),
-            "deit-ti": lambda: random_vit(os.path.join(scratch, "deit-ti"), 192, 12, 3, 768),
+            "vit-b16": lambda: random_vit(os.path.join(scratch, "vit-b16"), 768, 12, 12, 3072, args.size),
+            "deit-ti": lambda: random_vit(os.path.join(scratch, "deit-ti"), 192, 12, 3, 768, args.size),
             "dinov2-s": lambda: SHARED_DINOV2 if os.path.isdir(SHARED_DINOV2) else None,
         }
         for name in args.models:

@@ -117,6 +117,7 @@ def main():
     args = parser.parse_args()
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" report
+    transformers.utils.logging.disable_progress_bar()
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     cpu, simd = cpu_description()

@@ -14,7 +14,9 @@ pub mod scalar;
 /// with the instruction set of the `#[target_feature]` function it is inlined into.
 ///
 /// # Safety
-/// Implementations are only used where their instruction set is present ([`dispatch!`] checks).
+/// Implementations are only used where their instruction set is present ([`dispatch!`] checks);
+/// pointer arguments must be valid for the lanes read or written. This covers every method.
+#[allow(clippy::missing_safety_doc)]
 pub trait F32x: Copy {
     const LANES: usize;
 

@@ -5,9 +5,8 @@
 //! (vectorised `exp`), then `O = P V`, written straight into a `[batch, tokens, heads, head_dim]`
 //! buffer, so that merging the heads afterwards is a free reshape.
 
-use rayon::prelude::*;
-
 use crate::math;
+use crate::parallel;
 use crate::simd::{F32x, dispatch};
 
 /// A `[batch, heads, tokens, dim]` operand: its buffer and the stride of each axis, in elements.
@@ -95,7 +94,7 @@ pub fn attention(
             );
         }
     };
-    (0..batch * heads).into_par_iter().for_each(task);
+    parallel::for_each_index(batch * heads, task);
 }
 
 #[derive(Clone, Copy)]

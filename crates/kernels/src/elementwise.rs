@@ -1,8 +1,7 @@
 //! GELU and its derivative over whole buffers: vectorised, and split over threads.
 
-use rayon::prelude::*;
-
 use crate::math;
+use crate::parallel;
 use crate::simd::{F32x, dispatch};
 
 /// Elements per thread task: large enough to hide the scheduling, small enough to balance.
@@ -10,7 +9,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `x <- gelu(x)` (the exact erf GELU).
 pub fn gelu_in_place(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK).for_each(|chunk| dispatch!(gelu_chunk(chunk)));
+    parallel::for_each_chunk(x, CHUNK, |chunk| dispatch!(gelu_chunk(chunk)));
 }
 
 /// `rows[i] <- rows[i] + bias`, then GELU when `gelu`: a Linear layer's epilogue, in one pass.
@@ -18,7 +17,7 @@ pub fn add_bias_in_place(rows: &mut [f32], bias: &[f32], gelu: bool) {
     let width = bias.len();
     assert_eq!(rows.len() % width.max(1), 0, "add_bias: rows of {} values against a bias of {width}", rows.len());
     let rows_per_task = CHUNK.div_ceil(width.max(1));
-    rows.par_chunks_mut(rows_per_task * width.max(1)).for_each(|chunk| {
+    parallel::for_each_chunk(rows, rows_per_task * width.max(1), |chunk| {
         for row in chunk.chunks_exact_mut(width) {
             dispatch!(bias_row(row, bias, gelu));
         }
@@ -28,7 +27,7 @@ pub fn add_bias_in_place(rows: &mut [f32], bias: &[f32], gelu: bool) {
 /// `grad <- grad * gelu'(x)`: the backward of [`gelu_in_place`].
 pub fn gelu_backward_in_place(x: &[f32], grad: &mut [f32]) {
     assert_eq!(x.len(), grad.len(), "gelu_backward: input and gradient differ in length");
-    grad.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| dispatch!(gelu_backward_chunk(x, g)));
+    parallel::for_each_chunk_with(grad, x, CHUNK, |g, x| dispatch!(gelu_backward_chunk(x, g)));
 }
 
 #[inline(always)]

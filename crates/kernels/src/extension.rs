@@ -65,8 +65,7 @@ impl InferenceOps for Flex {
         let bias = into_vec(bias);
         let mut out = vec![0.0f32; m * n];
         let (xl, wl) = (x.layout(), weight.layout());
-        // The gemm crate splits one product over the threads once it is large enough to pay.
-        let parallelism = if m * n * k >= 1 << 17 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        let parallelism = crate::parallel::gemm_parallelism(m * n * k);
         // SAFETY: both operands are read within their layouts; `out` is m x n, row-major.
         unsafe {
             gemm::gemm(

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod elementwise;
 mod extension;
 mod math;
+mod parallel;
 pub mod simd;
 
 use burn::backend::Dispatch;

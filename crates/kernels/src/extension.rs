@@ -42,6 +42,11 @@ fn into_vec(x: FlexTensor) -> Vec<f32> {
     values
 }
 
+/// The tensor itself when dense, else a dense copy: for inputs that are only read.
+fn dense(x: FlexTensor) -> FlexTensor {
+    if x.is_contiguous() { x } else { x.to_contiguous() }
+}
+
 fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
@@ -62,7 +67,8 @@ impl InferenceOps for Flex {
         let (xs, ws) = (x.layout().shape(), weight.layout().shape());
         let (m, k, n) = (xs[0], xs[1], ws[1]);
         assert_eq!(ws[0], k, "linear: input width {k} against a weight of {ws:?}");
-        let bias = into_vec(bias);
+        let bias = dense(bias);
+        let bias = bias.as_slice::<f32>().expect("an f32 bias");
         let mut out = vec![0.0f32; m * n];
         let (xl, wl) = (x.layout(), weight.layout());
         let parallelism = crate::parallel::gemm_parallelism(m * n * k);
@@ -76,7 +82,7 @@ impl InferenceOps for Flex {
                 0.0, 1.0, false, false, false, parallelism,
             );
         }
-        elementwise::add_bias_in_place(&mut out, &bias, gelu);
+        elementwise::add_bias_in_place(&mut out, bias, gelu);
         from_vec(out, Shape::new([m, n]))
     }
 
@@ -117,9 +123,9 @@ impl GeluOps for Flex {
             return <Flex as ActivationOps<Flex>>::gelu_backward(x, grad);
         }
         let shape = grad.layout().shape().clone();
-        let x = into_vec(x);
+        let x = dense(x);
         let mut grad = into_vec(grad);
-        elementwise::gelu_backward_in_place(&x, &mut grad);
+        elementwise::gelu_backward_in_place(x.as_slice::<f32>().expect("an f32 input"), &mut grad);
         from_vec(grad, shape)
     }
 }

@@ -16,9 +16,7 @@ pub mod simd;
 
 use burn::backend::Dispatch;
 use burn::nn::Linear;
-use burn::tensor::{Device, Tensor};
-
-use burn::tensor::DType;
+use burn::tensor::{DType, Device, Tensor};
 
 use extension::{GeluOps, InferenceOps};
 

@@ -34,7 +34,6 @@ impl Act {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
-            Self::Gelu(gelu) if !gelu.approximate => vitrine_kernels::gelu(x),
             Self::Gelu(gelu) => gelu.forward(x),
             Self::Relu(relu) => relu.forward(x),
         }

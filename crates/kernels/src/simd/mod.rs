@@ -85,16 +85,6 @@ impl Isa {
             Isa::Scalar
         }
     }
-
-    /// Lanes of one vector.
-    pub fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-            Isa::Simd128 => 4,
-            Isa::Scalar => 1,
-        }
-    }
 }
 
 /// Calls `$kernel::<V>(args..)` with the vector type of the detected instruction set, inside a

@@ -18,6 +18,8 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train", "--model", model, "--data", data, "--out", out, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
         "--lr", "3e-3", "--head-only-epochs", "1", "--checkpoint-secs", "0", "--seed", "5", "--dropout", "0.1",
+        // The fixture's weights are random, not pretrained: its blocks need the head's rate to learn.
+        "--backbone-lr", "3e-3", "--warmup-steps", "4",
     ]
 }
 
@@ -153,7 +155,7 @@ fn bad_datasets_and_folders_get_clear_errors() {
 
     // A model whose labels differ from the data's classes.
     let eval = vitrine(&["eval", "--model", &model(), "--data", &data.display().to_string()]);
-    assert!(text(&eval.stderr).contains("do not match the dataset's classes"), "{}", text(&eval.stderr));
+    assert!(text(&eval.stderr).contains("matches none of the model's"), "{}", text(&eval.stderr));
 
     // Resume of a folder that holds no run.
     let resume = vitrine(&["train", "--resume", &out("nothing")]);
@@ -192,4 +194,100 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_checkpoint() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("the loss became NaN") && stderr.contains("last good checkpoint"), "{stderr}");
     assert!(checkpoint_name(&run).unwrap().starts_with("step-0000000"));
+}
+
+#[test]
+fn a_diverging_unfreeze_stops_the_run_and_resumes_from_the_epoch_before_with_lower_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    vitrine_train::toy::write_shapes(&data, 24, 8, 6).unwrap();
+    let data = data.display().to_string();
+    // A competent model first (its head is kept: same classes), with a low validation loss.
+    let trained = tmp.path().join("trained").display().to_string();
+    let mut args = train_args(&data, &trained);
+    args[8] = "6";
+    assert!(vitrine(&args).status.success());
+    // A head-only epoch, then every block at a rate no trained model survives.
+    let (model, run) = (format!("{trained}/best"), tmp.path().join("run").display().to_string());
+    let args = [
+        "train", "--model", &model, "--data", &data, "--out", &run, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
+        "--backbone-lr", "1", "--warmup-steps", "1", "--unfreeze-per-epoch", "0", "--label-smoothing", "0", "--checkpoint-secs",
+        "0", "--seed", "5",
+    ];
+    let output = vitrine(&args);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success(), "{stderr}{}", text(&output.stdout));
+    assert!(stderr.contains("validation loss rose from") && stderr.contains("epoch 2, the epoch that began training"), "{stderr}");
+    assert!(stderr.contains(&format!("vitrine train --resume {run} --lr")), "{stderr}");
+    // The checkpoint went back to the end of epoch 1 (72 images in batches of 4: 18 steps).
+    assert_eq!(checkpoint_name(Path::new(&run)).unwrap(), "step-0000018-batch-000000");
+
+    // Options the recipe fixes are refused on resume; the rates may change, and the run finishes.
+    let refused = vitrine(&["train", "--resume", &run, "--batch-size", "8"]);
+    assert!(text(&refused.stderr).contains("--batch-size cannot change when a run resumes"), "{}", text(&refused.stderr));
+    let resumed = vitrine(&["train", "--resume", &run, "--backbone-lr", "1e-4"]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let recipe: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(&run).join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(recipe["backbone_lr"], 1e-4);
+    let epochs = vitrine_train::logbook::Logbook::new(Path::new(&run)).epochs().unwrap();
+    assert_eq!(epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(), [0, 1, 2], "the logbook holds each epoch once");
+}
+
+#[test]
+fn eval_reads_every_image_of_a_flat_folder_and_matches_labels_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("shapes");
+    vitrine_train::toy::write_shapes(&data, 6, 4, 7).unwrap();
+    let (data_arg, run) = (data.display().to_string(), root.join("run").display().to_string());
+    let mut args = train_args(&data_arg, &run);
+    args[8] = "1";
+    assert!(vitrine(&args).status.success());
+    let bundle = format!("{run}/best");
+    let eval = |model: &str, data: &Path, split: Option<&str>| {
+        let mut args = vec!["eval", "--model", model, "--json"];
+        let data = data.display().to_string();
+        args.extend(["--data", &data]);
+        args.extend(split.iter().flat_map(|s| ["--split", s]));
+        let output = vitrine(&args);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+
+    // A folder of class folders alone: every one of its images, not a held-out share.
+    let flat = root.join("flat");
+    std::fs::rename(data.join("train"), &flat).unwrap();
+    let json = eval(&bundle, &flat, None);
+    assert_eq!((json["n"].as_u64(), json["images"].as_u64()), (Some(18), Some(18)), "{json}");
+    assert!(json["evaluated"].as_str().unwrap().contains("every image"), "{json}");
+
+    // Only val/ there: `--split val` reads it.
+    let json = eval(&bundle, &data, Some("val"));
+    assert_eq!(json["n"], 12, "{json}");
+
+    // Two of the model's three classes, their folders named in another case: evaluated over those two.
+    let subset = root.join("subset");
+    std::fs::create_dir_all(&subset).unwrap();
+    for (from, to) in [("disc", "Disc"), ("bar", "BAR")] {
+        std::fs::rename(data.join("val").join(from), subset.join(to)).unwrap();
+    }
+    let json = eval(&bundle, &subset, None);
+    assert_eq!(json["classes"], serde_json::json!(["BAR", "Disc"]), "{json}");
+    assert_eq!(json["n"], 8, "{json}");
+    assert!(json["evaluated"].as_str().unwrap().contains("of the model's 3"), "{json}");
+
+    // The same labels listed in another order are matched by name (the head's columns follow).
+    let reordered = root.join("reordered");
+    std::fs::create_dir_all(&reordered).unwrap();
+    for entry in std::fs::read_dir(&bundle).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, reordered.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(reordered.join("config.json")).unwrap()).unwrap();
+    config["id2label"] = serde_json::json!({"0": "square", "1": "bar", "2": "disc"});
+    std::fs::write(reordered.join("config.json"), config.to_string()).unwrap();
+    let original = eval(&bundle, &flat, None);
+    let json = eval(&reordered.display().to_string(), &flat, None);
+    assert_eq!(json["n"], 18, "{json}");
+    assert_eq!(json["per_class"]["square"], original["per_class"]["bar"], "column 0 now reads as square: {json} {original}");
 }

@@ -1,6 +1,8 @@
 //! Checkpoints that survive a kill or a full disk: each one is written into a fresh folder
-//! (`checkpoints/step-NNNNNNN/`), then `checkpoints/latest` is atomically replaced to point at it,
-//! and only then are older folders removed. A crash at any moment leaves the previous one intact.
+//! (`checkpoints/step-NNNNNNN-batch-NNNNNN/`), then `checkpoints/latest` is atomically replaced to
+//! point at it, and only then are older folders removed. A crash at any moment leaves the previous
+//! one intact. The last end-of-epoch checkpoint is kept beside mid-epoch ones, so a run whose
+//! epoch went wrong can go back to the end of the one before ([`rewind_to_epoch_end`]).
 
 use std::fs;
 use std::io::Write;
@@ -29,6 +31,9 @@ pub struct RunState {
     pub best_top1: f64,
     pub best_epoch: Option<usize>,
     pub epochs_since_best: usize,
+    /// The last finished epoch's validation loss (the divergence guard compares against it).
+    #[serde(default)]
+    pub last_val_loss: Option<f64>,
     /// Set when the run ended (finished or stopped early).
     pub finished: bool,
 }
@@ -67,13 +72,39 @@ pub fn save(run_dir: &Path, model: &Vit, optimizer: &ModuleOptimizer, state: &Ru
         let _ = fs::remove_dir_all(&dir);
         return Err(err.context("saving a checkpoint (the previous one is kept)"));
     }
+    let keep = if state.batch_in_epoch == 0 { None } else { last_epoch_end(&root)? };
     for entry in fs::read_dir(&root)? {
         let path = entry?.path();
-        if path.is_dir() && path != dir {
+        if path.is_dir() && path != dir && Some(&path) != keep.as_ref() {
             let _ = fs::remove_dir_all(path);
         }
     }
     Ok(())
+}
+
+/// The newest checkpoint taken between epochs (batch 0), if any.
+fn last_epoch_end(root: &Path) -> Result<Option<PathBuf>> {
+    let mut ends: Vec<PathBuf> = fs::read_dir(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("-batch-000000")))
+        .collect();
+    ends.sort();
+    Ok(ends.pop())
+}
+
+/// Makes the last end-of-epoch checkpoint the latest again and removes the ones after it: `resume`
+/// then repeats the epoch that followed it. Returns that checkpoint's folder.
+pub fn rewind_to_epoch_end(run_dir: &Path) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    let Some(end) = last_epoch_end(&root)? else { bail!("{} holds no end-of-epoch checkpoint", root.display()) };
+    write_atomic(&root.join("latest"), end.file_name().unwrap().to_string_lossy().as_bytes())?;
+    for entry in fs::read_dir(&root)? {
+        let path = entry?.path();
+        if path.is_dir() && path > end {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
+    Ok(end)
 }
 
 /// The latest checkpoint's folder, if any.

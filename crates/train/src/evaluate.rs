@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
@@ -128,21 +128,49 @@ pub fn to_host<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
     tensor.into_data().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))
 }
 
+/// Which of the model's outputs an evaluation reads: all of them, or the columns of the dataset's
+/// classes in the dataset's order ([`crate::data::match_labels`]), over which it then predicts.
+#[derive(Debug, Clone, Copy)]
+pub enum Columns<'a> {
+    All(usize),
+    Of(&'a [usize]),
+}
+
+impl Columns<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Columns::All(n) => *n,
+            Columns::Of(columns) => columns.len(),
+        }
+    }
+
+    fn pick(&self, logits: Tensor<2>) -> Tensor<2> {
+        match self {
+            Columns::All(_) => logits,
+            Columns::Of(columns) => {
+                let index = TensorData::new(columns.iter().map(|&c| c as i64).collect::<Vec<_>>(), [columns.len()]);
+                let device = logits.device();
+                logits.select(1, Tensor::<1, Int>::from_data(index, &device))
+            }
+        }
+    }
+}
+
 /// Evaluates `model` on `samples` with the model's preprocessing.
 pub fn evaluate(
     model: &Vit,
     samples: Arc<Vec<Sample>>,
     transform: Arc<Transform>,
-    classes: usize,
+    columns: Columns,
     batch_size: usize,
     device: &Device,
     progress: &ProgressBar,
 ) -> Result<Evaluation> {
-    let mut tally = Tally::new(classes);
+    let mut tally = Tally::new(columns.len());
     let order = epoch_order(samples.len(), None);
     for batch in batches(samples.clone(), order, batch_size, transform, 0, 0, 2) {
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-        tally.add(&probabilities(model.forward(pixels))?, &batch.labels, &batch.indices);
+        tally.add(&probabilities(columns.pick(model.forward(pixels)))?, &batch.labels, &batch.indices);
         progress.inc(batch.labels.len() as u64);
     }
     let mut evaluation = tally.finish();

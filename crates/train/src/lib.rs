@@ -9,6 +9,7 @@ pub mod evaluate;
 pub mod logbook;
 pub mod recipe;
 pub mod report;
+pub mod schedule;
 pub mod setup;
 pub mod trainer;
 pub mod toy;

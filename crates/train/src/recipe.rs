@@ -17,12 +17,18 @@ pub struct Recipe {
     pub batch_size: usize,
     /// Forward passes per optimizer step (gradient accumulation).
     pub accumulation: usize,
-    /// Peak learning rate of the head; blocks get `lr * layer_decay^depth_from_top`.
+    /// Peak learning rate of the new head (and the final norm).
     pub lr: f64,
+    /// Peak learning rate of the top block; each block below gets `layer_decay` times the one
+    /// above, the embeddings one step below the bottom block. `None`: `lr * layer_decay`.
+    #[serde(default)]
+    pub backbone_lr: Option<f64>,
     /// Final learning rate as a fraction of the peak (cosine floor).
     pub min_lr_ratio: f64,
-    /// Linear warmup, in epochs (fractions allowed).
-    pub warmup_epochs: f64,
+    /// Linear warmup of every parameter group, in optimizer steps from the step it starts
+    /// training (at most a third of the steps it has left), so a block unfrozen mid-run ramps up too.
+    #[serde(default = "default_warmup_steps")]
+    pub warmup_steps: usize,
     pub weight_decay: f64,
     /// Layer-wise learning-rate decay (1.0 = off).
     pub layer_decay: f64,
@@ -75,8 +81,9 @@ impl Default for Recipe {
             batch_size: 32,
             accumulation: 1,
             lr: 1e-3,
+            backbone_lr: Some(DEFAULT_BACKBONE_LR),
             min_lr_ratio: 0.01,
-            warmup_epochs: 1.0,
+            warmup_steps: default_warmup_steps(),
             weight_decay: 0.05,
             layer_decay: 0.75,
             label_smoothing: 0.1,
@@ -89,7 +96,7 @@ impl Default for Recipe {
             cache_frozen: false,
             cache_views: 2,
             head_only_epochs: 1,
-            unfreeze_per_epoch: 0,
+            unfreeze_per_epoch: DEFAULT_UNFREEZE_PER_EPOCH,
             patience: 0,
             checkpoint_secs: 300,
             prefetch: 2,
@@ -101,7 +108,28 @@ impl Default for Recipe {
     }
 }
 
+// The fine-tuning defaults, chosen by measurement (docs/training.md, "Safe defaults").
+const DEFAULT_BACKBONE_LR: f64 = 5e-5;
+const DEFAULT_UNFREEZE_PER_EPOCH: usize = 4;
+
+fn default_warmup_steps() -> usize {
+    20
+}
+
 impl Recipe {
+    /// The defaults of distillation (`distill`, `compress`): a student cut from a fine-tuned
+    /// teacher has no new head to protect, so every block trains after the head-only epochs at
+    /// the head's decayed rate (the setting `docs/compression.md` measured).
+    pub fn distillation() -> Self {
+        Self { backbone_lr: None, unfreeze_per_epoch: 0, ..Self::default() }
+    }
+
+    /// Peak learning rate of block `i` (counted from the bottom) of `num_layers`.
+    pub fn block_lr(&self, i: usize, num_layers: usize) -> f64 {
+        let top = self.backbone_lr.unwrap_or(self.lr * self.layer_decay);
+        top * self.layer_decay.powi((num_layers - 1 - i) as i32)
+    }
+
     /// Refuses settings that cannot work, before any time is spent.
     pub fn validate(&self, num_layers: usize, patch_size: usize) -> Result<()> {
         if self.epochs == 0 || self.batch_size == 0 || self.accumulation == 0 {
@@ -109,6 +137,11 @@ impl Recipe {
         }
         if !(self.lr > 0.0 && self.lr <= 1.0) {
             bail!("--lr must be in (0, 1], got {}", self.lr);
+        }
+        if let Some(lr) = self.backbone_lr
+            && !(lr > 0.0 && lr <= 1.0)
+        {
+            bail!("--backbone-lr must be in (0, 1], got {lr}");
         }
         if !(0.0..=1.0).contains(&self.layer_decay) || self.layer_decay == 0.0 {
             bail!("--layer-decay must be in (0, 1], got {}", self.layer_decay);
@@ -167,7 +200,7 @@ mod tests {
         let recipe = Recipe { head_only_epochs: 1, unfreeze_per_epoch: 2, frozen_blocks: 6, ..Recipe::default() };
         let plan: Vec<usize> = (0..6).map(|e| recipe.trainable_blocks(e, 12)).collect();
         assert_eq!(plan, [0, 2, 4, 6, 6, 6]);
-        let all = Recipe { head_only_epochs: 0, ..Recipe::default() };
+        let all = Recipe { head_only_epochs: 0, unfreeze_per_epoch: 0, ..Recipe::default() };
         assert_eq!(all.trainable_blocks(0, 12), 12);
     }
 
@@ -177,6 +210,7 @@ mod tests {
         assert!(ok.validate(12, 14).is_ok());
         assert!(Recipe { image_size: 100, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { lr: 0.0, ..ok.clone() }.validate(12, 14).is_err());
+        assert!(Recipe { backbone_lr: Some(f64::NAN), ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { frozen_blocks: 13, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { patch_dropout: 1.0, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { cache_frozen: true, ..ok }.validate(12, 14).is_err());

@@ -4,11 +4,6 @@
 
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::lr_scheduler::LrSchedulerConfig;
-use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
-use burn::optim::lr_scheduler::module_lr_scheduler::{ModuleLrScheduler, ModuleLrSchedulerConfig};
-use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use burn_store::ModuleSnapshot;
@@ -102,6 +97,18 @@ fn block(i: usize) -> String {
     format!(r"^vit\.encoder\.layer\.{i}\.")
 }
 
+const EMBEDDINGS: &str = r"^vit\.embeddings\.";
+
+/// The parameters of block `i`.
+pub fn block_group(i: usize) -> Result<ParamGroup> {
+    group(&[block(i)])
+}
+
+/// The patch and position embeddings and the learnt tokens.
+pub fn embeddings_group() -> Result<ParamGroup> {
+    group(&[EMBEDDINGS])
+}
+
 /// Biases, norms, LayerScale and the learnt tokens and positions get no weight decay.
 const NO_DECAY: &str = r"(\.bias$|layernorm|\.lambda1$|_token$|position_embeddings$)";
 
@@ -114,33 +121,6 @@ pub fn optimizer(recipe: &Recipe) -> Result<ModuleOptimizer> {
         .with_group(no_decay, AdamWConfig::new().with_weight_decay(0.0).build(), None))
 }
 
-/// Peak learning rate of each depth: the head and final norm at `lr`, block `i` of `n` at
-/// `lr * decay^(n - i)`, the embeddings at `lr * decay^(n + 1)`.
-pub fn layer_lrs(recipe: &Recipe, num_layers: usize) -> (Vec<f64>, f64) {
-    let blocks = (0..num_layers).map(|i| recipe.lr * recipe.layer_decay.powi((num_layers - i) as i32)).collect();
-    (blocks, recipe.lr * recipe.layer_decay.powi(num_layers as i32 + 1))
-}
-
-/// Warmup then cosine for every group, scaled per depth (layer-wise decay).
-pub fn lr_scheduler(recipe: &Recipe, num_layers: usize, total_steps: usize, warmup_steps: usize) -> Result<ModuleLrScheduler> {
-    let schedule = |peak: f64| -> LrSchedulerConfig {
-        let cosine_steps = total_steps.saturating_sub(warmup_steps).max(1);
-        let cosine = CosineAnnealingLrSchedulerConfig::new(peak, cosine_steps).with_min_lr(peak * recipe.min_lr_ratio);
-        if warmup_steps == 0 {
-            return cosine.into();
-        }
-        let warmup = LinearLrSchedulerConfig::new(peak / warmup_steps as f64, peak, warmup_steps);
-        SequentialLrSchedulerConfig::new(vec![warmup.into(), cosine.into()], vec![warmup_steps]).into()
-    };
-    let (blocks, embeddings) = layer_lrs(recipe, num_layers);
-    let mut config = ModuleLrSchedulerConfig::new(schedule(recipe.lr));
-    config = config.with_group(group(&[r"^vit\.embeddings\."])?, schedule(embeddings));
-    for (i, peak) in blocks.into_iter().enumerate() {
-        config = config.with_group(group(&[block(i)])?, schedule(peak));
-    }
-    config.init().map_err(|e| anyhow::anyhow!("learning-rate schedule: {e}"))
-}
-
 /// Only the top `trainable` blocks (plus final norm and head) compute gradients; the embeddings
 /// train only when every block does.
 pub fn set_trainable(model: Vit, trainable: usize) -> Result<Vit> {
@@ -149,7 +129,7 @@ pub fn set_trainable(model: Vit, trainable: usize) -> Result<Vit> {
     let frozen: Vec<String> = (0..n - trainable.min(n)).map(block).collect();
     if !frozen.is_empty() {
         let mut patterns = frozen;
-        patterns.push(r"^vit\.embeddings\.".into());
+        patterns.push(EMBEDDINGS.into());
         model = model.set_require_grad_group(group(&patterns)?, false);
     }
     Ok(model)

@@ -18,13 +18,17 @@ use crate::cache::TokenCache;
 use crate::checkpoint::{self, RunState};
 use crate::data::loader::{Transform, batches, drop_unreadable, epoch_order, sample_seed};
 use crate::data::{ImageFolder, Sample};
-use crate::evaluate::{Evaluation, Tally, argmax, evaluate, probabilities, to_host};
+use crate::evaluate::{Columns, Evaluation, Tally, argmax, evaluate, probabilities, to_host};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
 use crate::distill::{Output, Outputs, Teacher, TeacherOutputs};
 use crate::patch_dropout::drop_patches;
 use crate::recipe::Recipe;
+use crate::schedule::{self, Steps};
 use crate::setup::{self, ModelSpec};
+
+/// A validation loss this many times the previous epoch's stops the run ([`Run::diverged`]).
+const DIVERGENCE: f64 = 3.0;
 
 /// Files of a run folder.
 pub struct RunDir(pub PathBuf);
@@ -99,11 +103,13 @@ pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: Pre
     run.go(model, optimizer, state)
 }
 
-/// Continues the run in `run_dir` from its latest checkpoint.
-pub fn resume(run_dir: &Path, device: &Device) -> Result<Outcome> {
+/// Continues the run in `run_dir` from its latest checkpoint, with the recipe `adjust` gives back
+/// (e.g. lower learning rates after a divergence); a changed recipe is saved for the record.
+pub fn resume(run_dir: &Path, adjust: impl FnOnce(Recipe) -> Result<Recipe>, device: &Device) -> Result<Outcome> {
     let dir = RunDir(run_dir.to_path_buf());
     let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("{} is not a run folder (no {})", run_dir.display(), p.display()));
-    let recipe: Recipe = serde_json::from_str(&read(dir.recipe())?)?;
+    let saved: Recipe = serde_json::from_str(&read(dir.recipe())?).with_context(|| format!("{} is not valid", dir.recipe().display()))?;
+    let recipe = adjust(saved.clone())?;
     let hf_config = HfVitConfig::from_json(&read(dir.model_config())?)?;
     let preprocess = PreprocessConfig::from_json(&read(dir.preprocessor())?)?;
     let model_type = hf_config.model_type()?;
@@ -118,11 +124,16 @@ pub fn resume(run_dir: &Path, device: &Device) -> Result<Outcome> {
     }
     let Some(latest) = checkpoint::latest(run_dir)? else { bail!("{} has no checkpoint to resume from", run_dir.display()) };
     let model = config.init(&device.clone().autodiff());
-    let (model, optimizer, state) = checkpoint::load(&latest, model, setup::optimizer(&recipe)?)?;
-    if state.finished {
-        bail!("the run in {} has already finished", run_dir.display());
+    let (model, optimizer, mut state) = checkpoint::load(&latest, model, setup::optimizer(&recipe)?)?;
+    if state.finished && (recipe == saved || state.epoch >= recipe.epochs) {
+        bail!("the run in {} has already finished (give more --epochs to extend it)", run_dir.display());
     }
+    state.finished = false;
     eprintln!("resuming from {} (epoch {}, step {})", latest.display(), state.epoch + 1, state.step);
+    if recipe != saved {
+        recipe.validate(config.num_hidden_layers, config.patch_size)?;
+        checkpoint::write_atomic(&dir.recipe(), serde_json::to_string_pretty(&recipe)?.as_bytes())?;
+    }
     let spec = ModelSpec { config, hf_config, model_type };
     let run = Run::new(dir, recipe, spec, preprocess, data, device);
     run.logbook.rewind(state.step, state.epoch)?;
@@ -200,12 +211,8 @@ impl Run {
         let ad_device = self.device.clone().autodiff();
         let batches_per_epoch = self.train_len().div_ceil(recipe.batch_size);
         let steps_per_epoch = batches_per_epoch.div_ceil(recipe.accumulation);
-        let total_steps = steps_per_epoch * recipe.epochs;
-        let warmup_steps = ((recipe.warmup_epochs * steps_per_epoch as f64).round() as usize).min(total_steps.saturating_sub(1));
-        let mut scheduler = setup::lr_scheduler(recipe, num_layers, total_steps, warmup_steps)?;
-        for _ in 0..state.step {
-            scheduler.step();
-        }
+        let steps = Steps { per_epoch: steps_per_epoch, total: steps_per_epoch * recipe.epochs };
+        let mut scheduler = schedule::lr_scheduler(recipe, num_layers, steps, state.step)?;
         let caches = if recipe.cache_frozen { Some(self.caches(&model)?) } else { None };
         let teacher = match &recipe.distill {
             Some(distill) => Some(self.teacher(&distill.teacher)?),
@@ -399,6 +406,12 @@ impl Run {
                 record.images_per_s
             );
             self.logbook.epoch(&record)?;
+            if let Some(previous) = state.last_val_loss
+                && record.val.loss > DIVERGENCE * previous
+            {
+                return Err(self.diverged(previous, &record));
+            }
+            state.last_val_loss = Some(record.val.loss);
             if record.val.top1 > state.best_top1 {
                 state.best_top1 = record.val.top1;
                 state.best_epoch = Some(epoch);
@@ -426,6 +439,33 @@ impl Run {
         }
         crate::report::write(&self.dir.0).context("writing the report")?;
         Ok(Outcome { best_top1: state.best_top1, best_epoch: state.best_epoch, epochs_run: state.epoch, stopped_early })
+    }
+
+    /// Stops a run whose validation loss jumped: the checkpoint goes back to the end of the epoch
+    /// before, and the error says how to continue from there with lower rates.
+    fn diverged(&self, previous: f64, record: &EpochRecord) -> anyhow::Error {
+        let recipe = &self.recipe;
+        let num_layers = self.spec.config.num_hidden_layers;
+        let unfrozen = record.epoch > 0 && record.trainable_blocks > recipe.trainable_blocks(record.epoch - 1, num_layers);
+        let rewound = checkpoint::rewind_to_epoch_end(&self.dir.0);
+        let _ = crate::report::write(&self.dir.0);
+        let cause = if unfrozen { format!(", the epoch that began training {} blocks", record.trainable_blocks) } else { String::new() };
+        let (lr, backbone) = (recipe.lr, recipe.block_lr(num_layers - 1, num_layers));
+        match rewound {
+            Ok(_) => anyhow::anyhow!(
+                "validation loss rose from {previous:.3} to {:.3} in epoch {}{cause} (more than {DIVERGENCE}x): the pretrained \
+                 features were likely damaged, so the run stopped. Its checkpoint is back at the end of epoch {} (the best model \
+                 so far stays in {}). Continue from there with lower rates:\n  vitrine train --resume {} --lr {:.1e} --backbone-lr {:.1e}",
+                record.val.loss,
+                record.epoch + 1,
+                record.epoch,
+                self.dir.best().display(),
+                self.dir.0.display(),
+                lr / 3.0,
+                backbone / 3.0,
+            ),
+            Err(err) => err.context(format!("validation loss rose from {previous:.3} to {:.3}: the run stopped", record.val.loss)),
+        }
     }
 
     /// The teacher bundle, checked against the dataset's classes, with the transform that shows it
@@ -517,7 +557,7 @@ impl Run {
         let model = model.valid();
         let progress = bar(self.val.len() as u64, "validating");
         let evaluation = match val_cache {
-            None => evaluate(&model, self.val.clone(), transform.clone(), self.classes.len(), 64, &self.device, &progress)?,
+            None => evaluate(&model, self.val.clone(), transform.clone(), Columns::All(self.classes.len()), 64, &self.device, &progress)?,
             Some(cache) => {
                 let mut tally = Tally::new(self.classes.len());
                 let order: Vec<usize> = (0..cache.len()).collect();

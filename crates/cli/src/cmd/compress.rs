@@ -12,8 +12,9 @@ use anyhow::{Context, Result, bail};
 use vitrine_model::Storage;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
-use vitrine_train::evaluate::evaluate;
+use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::report::svg;
+use vitrine_train::recipe::Recipe;
 use vitrine_train::{bundle, importance, speed, trainer};
 
 use super::distill::{StudentSpec, TeachingArgs, cut_from_teacher};
@@ -70,7 +71,7 @@ fn step(name: &str, dir: &Path, run: impl FnOnce() -> Result<()>) -> Result<()> 
 
 /// Starts the training run in `dir`, or resumes it if it was interrupted.
 fn train(dir: &Path, start: impl FnOnce() -> Result<trainer::Outcome>, device: &burn::tensor::Device) -> Result<()> {
-    let outcome = if dir.join("recipe.json").exists() { trainer::resume(dir, device) } else { start() };
+    let outcome = if dir.join("recipe.json").exists() { trainer::resume(dir, Ok, device) } else { start() };
     match outcome {
         Ok(_) => Ok(()),
         Err(err) if err.to_string().contains("already finished") => Ok(()),
@@ -94,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         args.cut.layers.clone()
     };
     step("distil", &dir("distil"), || {
-        let mut recipe = args.recipe.recipe(&args.teacher, &args.data);
+        let mut recipe = args.recipe.recipe(Recipe::distillation(), &args.teacher, &args.data);
         recipe.views = recipe.views.max(1);
         recipe.distill = Some(distill.clone());
         let spec = StudentSpec { layers: layers.clone(), image_size: Some(recipe.image_size), ..args.cut.clone() };
@@ -125,7 +126,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.finetune_epochs > 0 {
         step("fine-tune", &dir("finetune"), || {
             let pruned = source::load(&last.display().to_string(), &device)?;
-            let mut recipe = args.recipe.recipe(&last.display().to_string(), &args.data);
+            let mut recipe = args.recipe.recipe(Recipe::distillation(), &last.display().to_string(), &args.data);
             recipe.epochs = args.finetune_epochs;
             recipe.head_only_epochs = 0;
             recipe.lr *= 0.3;
@@ -242,7 +243,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
                 let mut model = source::load(&path, device)?;
                 model.loaded.model = model.loaded.model.with_token_merging(*tome);
                 let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
-                let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), data.classes.len(), 32, device, &progress)?;
+                let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), Columns::All(data.classes.len()), 32, device, &progress)?;
                 progress.finish_and_clear();
                 if let Some(key) = key {
                     accuracies.insert(key, eval.top1)?;

@@ -11,6 +11,7 @@ use vitrine_model::Loaded;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::distill::DistillRecipe;
+use vitrine_train::recipe::Recipe;
 use vitrine_train::{importance, trainer};
 
 use super::train::{RecipeArgs, print_outcome};
@@ -68,7 +69,7 @@ impl TeachingArgs {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.recipe.device().device()?;
-    let mut recipe = args.recipe.recipe(args.student.as_deref().unwrap_or(&args.teacher), &args.data);
+    let mut recipe = args.recipe.recipe(Recipe::distillation(), args.student.as_deref().unwrap_or(&args.teacher), &args.data);
     if recipe.views == 0 && !recipe.cache_frozen {
         recipe.views = 4;
     }

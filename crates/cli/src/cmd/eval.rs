@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
-use vitrine_train::evaluate::evaluate;
+use vitrine_train::data::{EvalSet, match_labels};
+use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::trainer::bar;
 
 use crate::device::DeviceKind;
@@ -15,18 +15,22 @@ use crate::source;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder or hf:ORG/NAME (with a classifier for the dataset's classes).
+    /// Model folder or hf:ORG/NAME (with a classifier whose labels name the dataset's classes).
     #[arg(long)]
     model: String,
-    /// ImageFolder root.
+    /// A folder of <class>/ folders (every image in it is evaluated), or one with train/, val/, test/.
     #[arg(long)]
     data: PathBuf,
-    /// Split to evaluate: val, test or train.
-    #[arg(long, default_value = "val")]
-    split: String,
+    /// With split folders: which one (default val). On a folder of <class>/ folders alone: the
+    /// seeded share that `vitrine train` would hold out (--split-seed).
+    #[arg(long)]
+    split: Option<String>,
+    /// The seed of that share (a run's `--seed`).
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Print one JSON object: {"n", "top1", "top5", "per_class", "confusion"}.
+    /// Print one JSON object: {"n", "images", "top1", "top5", "per_class", "confusion", "classes", "evaluated"}.
     #[arg(long)]
     json: bool,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
@@ -40,34 +44,50 @@ pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let mut model = source::load(&args.model, &device)?;
     model.loaded.model = model.loaded.model.with_token_merging(args.tome);
-    let data = ImageFolder::open(&args.data, 0)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);
     }
-    check_labels("the model", &model.loaded.labels, &data.classes)?;
-    let (samples, bad) = drop_unreadable(data.split(&args.split)?.to_vec());
+    let set = EvalSet::open(&args.data, args.split.as_deref(), args.split_seed)?;
+    let labels = &model.loaded.labels;
+    let columns = match_labels("the model", labels, &set.classes)?;
+    let all = set.samples.len();
+    let (samples, bad) = drop_unreadable(set.samples);
     if !bad.is_empty() {
-        eprintln!("warning: skipping {} unreadable images", bad.len());
+        eprintln!("warning: skipping {} unreadable images:", bad.len());
+        for (sample, error) in bad.iter().take(5) {
+            eprintln!("  {}: {error}", sample.path.display());
+        }
     }
     if samples.is_empty() {
-        bail!("the {} split has no readable images", args.split);
+        bail!("{} has no readable images", set.description);
     }
+    let evaluated = format!(
+        "{} of {all} images ({}), {} classes{}",
+        samples.len(),
+        set.description,
+        set.classes.len(),
+        if labels.len() > set.classes.len() { format!(" of the model's {} (predictions among these)", labels.len()) } else { String::new() }
+    );
+    eprintln!("evaluating {evaluated}");
     let progress = bar(samples.len() as u64, "evaluating");
     let transform = Arc::new(Transform::Eval(model.preprocess.clone()));
-    let result = evaluate(&model.loaded.model, Arc::new(samples), transform, data.classes.len(), args.batch_size, &device, &progress)?;
+    let result = evaluate(&model.loaded.model, Arc::new(samples), transform, Columns::Of(&columns), args.batch_size, &device, &progress)?;
     progress.finish_and_clear();
-    let per_class: BTreeMap<&str, f64> = data.classes.iter().map(String::as_str).zip(result.recall()).collect();
+    let per_class: BTreeMap<&str, f64> = set.classes.iter().map(String::as_str).zip(result.recall()).collect();
     if args.json {
         let json = serde_json::json!({
             "n": result.n,
+            "images": all,
             "top1": result.top1,
             "top5": result.top5,
             "per_class": per_class,
             "confusion": result.confusion,
+            "classes": set.classes,
+            "evaluated": evaluated,
         });
         println!("{json}");
     } else {
-        println!("{} images: top-1 {:.2}%, top-5 {:.2}%", result.n, 100.0 * result.top1, 100.0 * result.top5);
+        println!("{evaluated}: top-1 {:.2}%, top-5 {:.2}%", 100.0 * result.top1, 100.0 * result.top5);
         for (class, accuracy) in &per_class {
             println!("  {class:<24} {:.2}%", 100.0 * accuracy);
         }

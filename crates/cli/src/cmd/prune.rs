@@ -9,7 +9,7 @@ use burn::module::Module;
 use vitrine_model::prune::prune;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::{Transform, drop_unreadable};
-use vitrine_train::evaluate::evaluate;
+use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::importance::{self, Importance};
 use vitrine_train::report::svg::{self, Series};
 use vitrine_train::trainer::bar;
@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
         let keep = importance::plan(&scores, level, mlp);
         let (pruned, config) = prune(&inference, &model.loaded.config, &keep, &device)?;
         let progress = bar(val.len() as u64, &format!("val, {level} heads removed"));
-        let eval = evaluate(&pruned, val.clone(), transform.clone(), data.classes.len(), 32, &device, &progress)?;
+        let eval = evaluate(&pruned, val.clone(), transform.clone(), Columns::All(data.classes.len()), 32, &device, &progress)?;
         progress.finish_and_clear();
         let row = Level {
             heads_removed: level,

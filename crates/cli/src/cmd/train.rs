@@ -21,95 +21,23 @@ pub struct Args {
     /// Run folder: checkpoints, metrics, the best model and the report go here.
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (other options are read from it).
+    /// Continue the run in this folder from its last checkpoint; its recipe.json fixes every option
+    /// except the learning rates, the epochs, patience and checkpoint interval.
     #[arg(long, conflicts_with_all = ["model", "data", "out"])]
     resume: Option<PathBuf>,
     #[command(flatten)]
     recipe: RecipeArgs,
 }
 
-/// The training options shared by `train` and `distill`.
-#[derive(clap::Args)]
-pub struct RecipeArgs {
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Forward passes per optimizer step (gradient accumulation).
-    #[arg(long, default_value_t = 1)]
-    accumulation: usize,
-    /// Peak learning rate of the head.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Layer-wise learning-rate decay per block from the top (1 = off).
-    #[arg(long, default_value_t = 0.75)]
-    layer_decay: f64,
-    #[arg(long, default_value_t = 0.05)]
-    weight_decay: f64,
-    /// Linear warmup length in epochs.
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.1)]
-    label_smoothing: f64,
-    /// Dropout on the classifier input.
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f64,
-    /// Stochastic depth at the last block.
-    #[arg(long, default_value_t = 0.1)]
-    drop_path: f64,
-    /// PatchDropout: fraction of each training image's patch tokens dropped at the input of the
-    /// first trained block (0 = off); evaluation keeps every token.
-    #[arg(long, default_value_t = 0.0)]
-    patch_dropout: f64,
-    /// Square input side in pixels (a multiple of the patch size).
-    #[arg(long, default_value_t = 224)]
-    image_size: u32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Bottom blocks never trained (with the embeddings).
-    #[arg(long, default_value_t = 0)]
-    frozen_blocks: usize,
-    /// Compute the frozen blocks once per image and view, and train the rest from that cache.
-    #[arg(long)]
-    cache_frozen: bool,
-    /// Augmented views per training image in the cache.
-    #[arg(long, default_value_t = 2)]
-    cache_views: usize,
-    /// Gradual unfreezing: epochs that train only the head first.
-    #[arg(long, default_value_t = 1)]
-    head_only_epochs: usize,
-    /// Gradual unfreezing: blocks unfrozen per epoch after that, from the top (0 = all at once).
-    #[arg(long, default_value_t = 0)]
-    unfreeze_per_epoch: usize,
-    /// Early stopping: epochs without a better validation top-1 (0 = off).
-    #[arg(long, default_value_t = 0)]
-    patience: usize,
-    /// Turn augmentation off (resize only).
-    #[arg(long)]
-    no_augment: bool,
-    /// At most this many training images per epoch (0 = all).
-    #[arg(long, default_value_t = 0)]
-    limit_train: usize,
-    /// Seconds between mid-epoch checkpoints.
-    #[arg(long, default_value_t = 300)]
-    checkpoint_secs: u64,
-    /// Augmented views per image reused across epochs (0 = a fresh one every epoch); distillation
-    /// caches the teacher's outputs per view.
-    #[arg(long, default_value_t = 0)]
-    views: usize,
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    device: DeviceKind,
-}
-
 pub fn run(args: Args) -> Result<()> {
     let device = args.recipe.device.device()?;
     let outcome = match &args.resume {
-        Some(run_dir) => trainer::resume(run_dir, &device)?,
+        Some(run_dir) => trainer::resume(run_dir, |saved| args.recipe.resumed(saved), &device)?,
         None => {
             let (Some(model), Some(data), Some(out)) = (&args.model, &args.data, &args.out) else {
                 bail!("--model, --data and --out are required to start a run");
             };
-            let recipe = args.recipe.recipe(model, data);
+            let recipe = args.recipe.recipe(Recipe::default(), model, data);
             let pretrained = source::load(model, &device)?;
             trainer::start(out, recipe, pretrained.loaded, pretrained.preprocess, &device)?
         }
@@ -128,40 +56,129 @@ pub fn print_outcome(outcome: &trainer::Outcome) {
     );
 }
 
+/// The training options shared by `train`, `distill` and `compress`. Each one left out keeps the
+/// command's default recipe ([`Recipe::default`] for `train`, [`Recipe::distillation`] otherwise),
+/// so the defaults have one home; the help shows `train`'s.
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    #[arg(long, help = shown("Epochs in all", defaults().epochs))]
+    epochs: Option<usize>,
+    #[arg(long, help = shown("Images per forward pass", defaults().batch_size))]
+    batch_size: Option<usize>,
+    #[arg(long, help = shown("Forward passes per optimizer step (gradient accumulation)", defaults().accumulation))]
+    accumulation: Option<usize>,
+    #[arg(long, help = shown("Peak learning rate of the head", defaults().lr))]
+    lr: Option<f64>,
+    #[arg(long, help = shown("Peak learning rate of the top block (lower blocks decay from it)", defaults().block_lr(0, 1)))]
+    backbone_lr: Option<f64>,
+    #[arg(long, help = shown("Layer-wise learning-rate decay per block from the top (1 = off)", defaults().layer_decay))]
+    layer_decay: Option<f64>,
+    #[arg(long, help = shown("AdamW weight decay (none on biases, norms, LayerScale, tokens)", defaults().weight_decay))]
+    weight_decay: Option<f64>,
+    #[arg(long, help = shown("Linear warmup of each parameter group, in optimizer steps from when it starts training", defaults().warmup_steps))]
+    warmup_steps: Option<usize>,
+    #[arg(long, help = shown("Label smoothing", defaults().label_smoothing))]
+    label_smoothing: Option<f64>,
+    #[arg(long, help = shown("Dropout on the classifier input", defaults().dropout))]
+    dropout: Option<f64>,
+    #[arg(long, help = shown("Stochastic depth at the last block", defaults().drop_path))]
+    drop_path: Option<f64>,
+    #[arg(long, help = shown("PatchDropout: fraction of each training image's patch tokens dropped at the input of the first trained block (evaluation keeps every token)", defaults().patch_dropout))]
+    patch_dropout: Option<f64>,
+    #[arg(long, help = shown("Square input side in pixels (a multiple of the patch size)", defaults().image_size))]
+    image_size: Option<u32>,
+    #[arg(long, help = shown("Seed of the split, the head, the batches and the augmentation", defaults().seed))]
+    seed: Option<u64>,
+    #[arg(long, help = shown("Bottom blocks never trained (with the embeddings)", defaults().frozen_blocks))]
+    frozen_blocks: Option<usize>,
+    /// Compute the frozen blocks once per image and view, and train the rest from that cache.
+    #[arg(long)]
+    cache_frozen: bool,
+    #[arg(long, help = shown("Augmented views per training image in the cache", defaults().cache_views))]
+    cache_views: Option<usize>,
+    #[arg(long, help = shown("Gradual unfreezing: epochs that train only the head first", defaults().head_only_epochs))]
+    head_only_epochs: Option<usize>,
+    #[arg(long, help = shown("Gradual unfreezing: blocks unfrozen per epoch after that, from the top (0 = all at once)", defaults().unfreeze_per_epoch))]
+    unfreeze_per_epoch: Option<usize>,
+    #[arg(long, help = shown("Early stopping: epochs without a better validation top-1 (0 = off)", defaults().patience))]
+    patience: Option<usize>,
+    /// Turn augmentation off (resize only).
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, help = shown("At most this many training images per epoch (0 = all)", defaults().limit_train))]
+    limit_train: Option<usize>,
+    #[arg(long, help = shown("Seconds between mid-epoch checkpoints", defaults().checkpoint_secs))]
+    checkpoint_secs: Option<u64>,
+    #[arg(long, help = shown("Augmented views per image reused across epochs (0 = a fresh one every epoch); distillation caches the teacher's outputs per view", defaults().views))]
+    views: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+}
+
+fn defaults() -> Recipe {
+    Recipe::default()
+}
+
+/// A help line with the default it falls back to.
+fn shown(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// Options that a resumed run may change: the rates, its length and when it stops or saves.
+const CHANGEABLE_ON_RESUME: [&str; 5] = ["--lr", "--backbone-lr", "--epochs", "--patience", "--checkpoint-secs"];
+
 impl RecipeArgs {
-    /// The recipe these options describe, for `model` on `data`.
-    pub fn recipe(&self, model: &str, data: &std::path::Path) -> Recipe {
-        Recipe {
-            model: model.to_string(),
-            data: data.display().to_string(),
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            accumulation: self.accumulation,
-            lr: self.lr,
-            warmup_epochs: self.warmup_epochs,
-            weight_decay: self.weight_decay,
-            layer_decay: self.layer_decay,
-            label_smoothing: self.label_smoothing,
-            dropout: self.dropout,
-            drop_path: self.drop_path,
-            image_size: self.image_size,
-            seed: self.seed,
-            augment: if self.no_augment { Augment::none() } else { Augment::default() },
-            frozen_blocks: self.frozen_blocks,
-            cache_frozen: self.cache_frozen,
-            cache_views: self.cache_views,
-            head_only_epochs: self.head_only_epochs,
-            unfreeze_per_epoch: self.unfreeze_per_epoch,
-            patience: self.patience,
-            checkpoint_secs: self.checkpoint_secs,
-            limit_train: self.limit_train,
-            views: self.views,
-            patch_dropout: self.patch_dropout,
-            ..Recipe::default()
+    /// `base` with every option given here applied, for `model` on `data`.
+    pub fn recipe(&self, base: Recipe, model: &str, data: &std::path::Path) -> Recipe {
+        let mut recipe = Recipe { model: model.to_string(), data: data.display().to_string(), ..base };
+        self.apply(&mut recipe);
+        recipe
+    }
+
+    /// A resumed run's recipe: the saved one, with the options that may change applied; any
+    /// other option is refused rather than ignored.
+    pub fn resumed(&self, saved: Recipe) -> Result<Recipe> {
+        let fixed: Vec<String> = self.given().into_iter().filter(|flag| !CHANGEABLE_ON_RESUME.contains(&flag.as_str())).collect();
+        if !fixed.is_empty() {
+            bail!("{} cannot change when a run resumes (its recipe.json fixes it); only {} can", fixed.join(", "), CHANGEABLE_ON_RESUME.join(", "));
         }
+        let mut recipe = saved;
+        self.apply(&mut recipe);
+        Ok(recipe)
     }
 
     pub fn device(&self) -> DeviceKind {
         self.device
     }
 }
+
+/// `apply` and `given` over the optional fields, so the list of options is written once.
+macro_rules! optional_fields {
+    ($($field:ident),*) => {
+        impl RecipeArgs {
+            fn apply(&self, recipe: &mut Recipe) {
+                $(if let Some(value) = self.$field { recipe.$field = value; })*
+                if let Some(lr) = self.backbone_lr {
+                    recipe.backbone_lr = Some(lr);
+                }
+                recipe.cache_frozen |= self.cache_frozen;
+                if self.no_augment {
+                    recipe.augment = Augment::none();
+                }
+            }
+
+            /// The options given on the command line (`device` aside, which is not in the recipe).
+            fn given(&self) -> Vec<String> {
+                let set = [$((stringify!($field), self.$field.is_some()),)*
+                    ("backbone_lr", self.backbone_lr.is_some()), ("cache_frozen", self.cache_frozen), ("no_augment", self.no_augment)];
+                set.into_iter().filter(|(_, on)| *on).map(|(field, _)| format!("--{}", field.replace('_', "-"))).collect()
+            }
+        }
+    };
+}
+
+optional_fields!(
+    epochs, batch_size, accumulation, lr, layer_decay, weight_decay, warmup_steps, label_smoothing, dropout, drop_path,
+    patch_dropout, image_size, seed, frozen_blocks, cache_views, head_only_epochs, unfreeze_per_epoch, patience,
+    limit_train, checkpoint_secs, views
+);

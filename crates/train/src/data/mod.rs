@@ -46,6 +46,84 @@ pub fn check_labels(whose: &str, labels: &[String], classes: &[String]) -> Resul
     Ok(())
 }
 
+/// For each of the dataset's `classes`, the index of the classifier label with its name, so that a
+/// model whose labels are in another order, or a superset (a 1,000-class model on 10 folders), is
+/// evaluated on the right columns. A folder matches a label by its whole name or, failing that, by
+/// one of the label's comma-separated synonyms (ImageNet's `"tench, Tinca tinca"`), case, `_` and
+/// `-` aside; a folder that matches no label, or several, is an error.
+pub fn match_labels(whose: &str, labels: &[String], classes: &[String]) -> Result<Vec<usize>> {
+    let norm = |s: &str| s.trim().to_lowercase().replace(['_', '-'], " ");
+    let whole: Vec<String> = labels.iter().map(|l| norm(l)).collect();
+    let mut columns = Vec::with_capacity(classes.len());
+    for class in classes {
+        let name = norm(class);
+        let exact: Vec<usize> = (0..labels.len()).filter(|&i| whole[i] == name).collect();
+        let by_synonym: Vec<usize> = (0..labels.len()).filter(|&i| labels[i].split(',').any(|part| norm(part) == name)).collect();
+        match (exact.as_slice(), by_synonym.as_slice()) {
+            ([i], _) | ([], [i]) => columns.push(*i),
+            ([], []) => bail!("the dataset's class folder {class:?} matches none of {whose}'s {} labels ({})", labels.len(), preview(labels)),
+            (_, candidates) => {
+                let names: Vec<&str> = candidates.iter().map(|&i| labels[i].as_str()).collect();
+                bail!("the dataset's class folder {class:?} matches several of {whose}'s labels: {names:?}")
+            }
+        }
+    }
+    Ok(columns)
+}
+
+/// The first few labels, for an error message.
+fn preview(labels: &[String]) -> String {
+    let shown: Vec<&str> = labels.iter().take(8).map(String::as_str).collect();
+    format!("{:?}{}", shown, if labels.len() > 8 { ", ..." } else { "" })
+}
+
+/// The images an evaluation reads, and what they are.
+#[derive(Debug, Clone)]
+pub struct EvalSet {
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+    /// Which images these are, for the output: "every image of DIR", "the val/ split of DIR", ...
+    pub description: String,
+}
+
+impl EvalSet {
+    /// The images of `root` to evaluate. A folder of `<class>/` folders alone: every image in it,
+    /// or with `split` the seeded share that training would use. A folder with split folders
+    /// (`train/`, `val/`, `test/`): `split` (default `val`), which may be the only one there.
+    pub fn open(root: &Path, split: Option<&str>, split_seed: u64) -> Result<Self> {
+        if !root.is_dir() {
+            bail!("dataset folder {} does not exist", root.display());
+        }
+        let has_splits = ["train", "val", "test"].iter().any(|s| root.join(s).is_dir());
+        if has_splits {
+            let name = split.unwrap_or("val");
+            if !["train", "val", "test"].contains(&name) {
+                bail!("unknown split {name:?} (train, val or test)");
+            }
+            let dir = root.join(name);
+            if !dir.is_dir() {
+                bail!("{} has no {name}/ folder", root.display());
+            }
+            let classes = class_names(&dir)?;
+            let (samples, _) = read_split(&dir, &classes)?;
+            return Ok(Self { classes, samples, description: format!("the {name}/ split of {}", root.display()) });
+        }
+        match split {
+            None => {
+                let classes = class_names(root)?;
+                let (samples, _) = read_split(root, &classes)?;
+                Ok(Self { classes, samples, description: format!("every image of {}", root.display()) })
+            }
+            Some(name) => {
+                let folder = ImageFolder::open(root, split_seed)?;
+                let samples = folder.split(name)?.to_vec();
+                let description = format!("the seeded {name} share (seed {split_seed}) of {}", root.display());
+                Ok(Self { classes: folder.classes, samples, description })
+            }
+        }
+    }
+}
+
 impl ImageFolder {
     /// Reads `root`. With `train/` present, `val/` is required and `test/` optional; otherwise the
     /// class folders sit directly under `root` and are split 70/15/15 per class with `split_seed`.
@@ -165,6 +243,20 @@ fn stratified_split(samples: Vec<Sample>, classes: usize, seed: u64) -> (Vec<Sam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_match_by_name_in_any_order_and_as_a_subset() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let model = strings(&["tench, Tinca tinca", "goldfish", "golf ball", "French horn, horn", "church, church building"]);
+        let folders = strings(&["church", "french_horn", "golf_ball", "tench"]);
+        assert_eq!(match_labels("the model", &model, &folders).unwrap(), [4, 3, 2, 0]);
+        let err = match_labels("the model", &model, &strings(&["tench", "zebra"])).unwrap_err().to_string();
+        assert!(err.contains("\"zebra\" matches none"), "{err}");
+        let twice = strings(&["crane", "crane, bird"]);
+        assert!(match_labels("the model", &twice, &strings(&["crane"])).is_ok(), "a whole-name match wins");
+        let err = match_labels("the model", &strings(&["crane, bird", "crane, machine"]), &strings(&["crane"])).unwrap_err().to_string();
+        assert!(err.contains("several"), "{err}");
+    }
 
     #[test]
     fn split_is_stratified_and_seeded() {

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Fine-tunes a checkpoint with transformers' Trainer and its documented defaults, then the same
+with `vitrine train` and its defaults, on the same ImageFolder, and prints both validation top-1s.
+
+    pip install torch transformers accelerate pillow
+    cargo build --release -p vitrine
+    python3 scripts/hf_baseline.py DATA --image-size 112 --epochs 6
+
+DATA holds train/ and val/ of <class>/<image> (scripts/subset.py lays out the subsets that
+docs/training.md compares on). Both sides see the same images at the same resolution for the same
+epochs and batch size, and are evaluated on the same val images with the same resize and centre crop.
+
+The baseline is what a transformers user gets by default: `Trainer` with AdamW, lr 5e-5, linear
+decay, no warmup and no weight decay, a new linear head (`*ForImageClassification`), and the
+augmentation of transformers' image-classification example (RandomResizedCrop, horizontal flip).
+Only the number of epochs and the batch size are set, to match vitrine's run.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
+
+
+def image_folder(split: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    return [(p, i) for i, c in enumerate(classes) for p in sorted((split / c).iterdir()) if p.suffix in IMAGE_SUFFIXES]
+
+
+def random_resized_crop(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """torchvision's RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3), which the example uses."""
+    w, h = image.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.08, 1.0)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            return image.resize((size, size), Image.BICUBIC, box=(x, y, x + cw, y + ch))
+    side = min(w, h)
+    return image.resize((size, size), Image.BICUBIC, box=((w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2))
+
+
+def centre_crop(image: Image.Image, size: int, resize_to: int) -> Image.Image:
+    """Resize the shortest edge to `resize_to`, then crop the centre `size` square (vitrine's eval geometry)."""
+    w, h = image.size
+    scale = resize_to / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = image.size
+    x, y = (w - size) // 2, (h - size) // 2
+    return image.crop((x, y, x + size, y + size))
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, samples, size, resize_to, mean, std, train, seed):
+        self.samples, self.size, self.resize_to, self.train = samples, size, resize_to, train
+        self.mean, self.std = np.array(mean, np.float32), np.array(std, np.float32)
+        self.rng = random.Random(seed)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        image = Image.open(path).convert("RGB")
+        if self.train:
+            image = random_resized_crop(image, self.size, self.rng)
+            if self.rng.random() < 0.5:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            image = centre_crop(image, self.size, self.resize_to)
+        pixels = (np.asarray(image, np.float32) / 255.0 - self.mean) / self.std
+        return {"pixel_values": torch.from_numpy(pixels.transpose(2, 0, 1).copy()), "labels": label}
+
+
+def top1(model, dataset, batch_size: int) -> float:
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            logits = model(pixel_values=torch.stack([it["pixel_values"] for it in items])).logits
+            right += sum(int(p == it["labels"]) for p, it in zip(logits.argmax(-1).tolist(), items))
+    return right / len(dataset)
+
+
+def hf_run(args, classes, train, val) -> tuple[float, float]:
+    processor = AutoImageProcessor.from_pretrained(args.model)
+    config = AutoConfig.from_pretrained(
+        args.model, num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}
+    )
+    model = AutoModelForImageClassification.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
+    # The model's own resize-to-crop ratio at the run's side (256/224 for DINOv2), as vitrine's preprocessing.
+    crop = processor.crop_size["height"] if getattr(processor, "crop_size", None) else args.image_size
+    shortest = processor.size.get("shortest_edge", crop)
+    resize_to = round(shortest * args.image_size / crop)
+    mean, std = processor.image_mean, processor.image_std
+    train_set = Images(train, args.image_size, resize_to, mean, std, True, args.seed)
+    val_set = Images(val, args.image_size, resize_to, mean, std, False, args.seed)
+    training = TrainingArguments(
+        output_dir=str(args.out / "hf"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        seed=args.seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, len(train) // args.batch_size),
+        dataloader_num_workers=0,
+        use_cpu=True,
+    )
+    started = time.time()
+    Trainer(model=model, args=training, train_dataset=train_set).train()
+    return top1(model, val_set, 64), time.time() - started
+
+
+def vitrine_run(args) -> tuple[float, float]:
+    run = args.out / "vitrine"
+    command = [
+        args.vitrine, "train", "--model", args.model, "--data", str(args.data), "--out", str(run),
+        "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--seed", str(args.seed),
+    ]
+    started = time.time()
+    subprocess.run(command, check=True)
+    seconds = time.time() - started
+    evaluation = subprocess.run(
+        [args.vitrine, "eval", "--model", str(run / "best"), "--data", str(args.data), "--split", "val", "--image-size",
+         str(args.image_size), "--json"],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(evaluation.stdout)["top1"], seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", type=Path, help="ImageFolder root with train/ and val/")
+    parser.add_argument("--model", default="../shared/models/dinov2-small-imgfocus", help="Hugging Face model folder")
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/baseline"), help="run folders (replaced)")
+    parser.add_argument("--vitrine", default=os.environ.get("VITRINE", str(Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "release/vitrine")))
+    parser.add_argument("--only", choices=["hf", "vitrine"], help="run one side only")
+    args = parser.parse_args()
+
+    classes = sorted(p.name for p in (args.data / "train").iterdir() if p.is_dir())
+    train, val = image_folder(args.data / "train", classes), image_folder(args.data / "val", classes)
+    print(f"{args.data}: {len(classes)} classes, {len(train)} train / {len(val)} val images, {args.image_size} px, "
+          f"{args.epochs} epochs, batch {args.batch_size}, {torch.get_num_threads()} threads", flush=True)
+    if args.out.exists():
+        subprocess.run(["rm", "-rf", str(args.out)], check=True)
+    args.out.mkdir(parents=True)
+    torch.manual_seed(args.seed)
+    rows = []
+    if args.only != "vitrine":
+        rows.append(("transformers Trainer (defaults)", *hf_run(args, classes, train, val)))
+    if args.only != "hf":
+        rows.append(("vitrine train (defaults)", *vitrine_run(args)))
+    print("\n| engine | val top-1 | seconds |\n|---|---:|---:|")
+    for name, accuracy, seconds in rows:
+        print(f"| {name} | {100 * accuracy:.2f} % | {seconds:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,7 +41,7 @@ impl TokenCache {
         let mut cache = Self { tokens: 0, hidden: 0, labels: vec![usize::MAX; samples.len()], values: Vec::new() };
         let mut per_item = 0;
         let order = epoch_order(samples.len(), None);
-        for batch in batches(samples.clone(), order, batch_size, transform, seed, view, 2) {
+        for batch in batches(samples.clone(), order, batch_size, transform, seed, view, 2).into_iter().filter(|b| !b.is_empty()) {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
             let hidden = model.forward_layers(model.embed(pixels), 0..layers);
             let [n, tokens, width] = hidden.dims();

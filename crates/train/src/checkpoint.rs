@@ -15,6 +15,8 @@ use burn_store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
 
+use crate::run_dir::RunDir;
+
 /// Where a run is, exactly enough to continue it as if it had never stopped.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -55,7 +57,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves model, optimizer and state as the run's latest checkpoint.
 pub fn save(run_dir: &Path, model: &Vit, optimizer: &ModuleOptimizer, state: &RunState) -> Result<()> {
-    let root = run_dir.join("checkpoints");
+    let root = RunDir(run_dir.to_path_buf()).checkpoints();
     let dir = root.join(format!("step-{:07}-batch-{:06}", state.step, state.batch_in_epoch));
     let result = (|| -> Result<()> {
         fs::create_dir_all(&dir)?;
@@ -95,7 +97,7 @@ fn last_epoch_end(root: &Path) -> Result<Option<PathBuf>> {
 /// Makes the last end-of-epoch checkpoint the latest again and removes the ones after it: `resume`
 /// then repeats the epoch that followed it. Returns that checkpoint's folder.
 pub fn rewind_to_epoch_end(run_dir: &Path) -> Result<PathBuf> {
-    let root = run_dir.join("checkpoints");
+    let root = RunDir(run_dir.to_path_buf()).checkpoints();
     let Some(end) = last_epoch_end(&root)? else { bail!("{} holds no end-of-epoch checkpoint", root.display()) };
     write_atomic(&root.join("latest"), end.file_name().unwrap().to_string_lossy().as_bytes())?;
     for entry in fs::read_dir(&root)? {
@@ -109,12 +111,12 @@ pub fn rewind_to_epoch_end(run_dir: &Path) -> Result<PathBuf> {
 
 /// The latest checkpoint's folder, if any.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let pointer = run_dir.join("checkpoints").join("latest");
+    let pointer = RunDir(run_dir.to_path_buf()).checkpoints().join("latest");
     if !pointer.exists() {
         return Ok(None);
     }
     let name = fs::read_to_string(&pointer)?;
-    let dir = run_dir.join("checkpoints").join(name.trim());
+    let dir = RunDir(run_dir.to_path_buf()).checkpoints().join(name.trim());
     if !dir.is_dir() {
         bail!("{} points at {}, which is missing", pointer.display(), dir.display());
     }

@@ -29,7 +29,7 @@ use crate::data::Sample;
 use crate::data::loader::{Transform, batches, epoch_order};
 use crate::evaluate::to_host;
 use crate::progress::bar;
-use crate::trainer::{cross_entropy, cross_entropy_to};
+use crate::loss::{cross_entropy, cross_entropy_to};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DistillRecipe {
@@ -157,7 +157,7 @@ impl TeacherOutputs {
         let progress = bar(samples.len() as u64, &format!("teacher {output:?}, view {view}").to_lowercase());
         let mut values = vec![f32::NAN; samples.len() * width];
         let order = epoch_order(samples.len(), None);
-        for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2) {
+        for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2).into_iter().filter(|b| !b.is_empty()) {
             let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
             let rows = to_host(output.of(&teacher.model, teacher.model.forward_features(pixels)))?;
             for (row, &i) in batch.indices.iter().enumerate() {

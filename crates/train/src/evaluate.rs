@@ -168,7 +168,7 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let mut tally = Tally::new(columns.len());
     let order = epoch_order(samples.len(), None);
-    for batch in batches(samples.clone(), order, batch_size, transform, 0, 0, 2) {
+    for batch in batches(samples.clone(), order, batch_size, transform, 0, 0, 2).into_iter().filter(|b| !b.is_empty()) {
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
         tally.add(&probabilities(columns.pick(model.forward(pixels)))?, &batch.labels, &batch.indices);
         progress.inc(batch.labels.len() as u64);

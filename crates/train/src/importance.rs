@@ -18,7 +18,7 @@ use vitrine_model::prune::Keep;
 use crate::data::Sample;
 use crate::evaluate::to_host;
 use crate::data::loader::{Transform, batches, epoch_order};
-use crate::trainer::cross_entropy;
+use crate::loss::cross_entropy;
 
 /// Importance per layer of each head and each MLP neuron (normalised per layer to unit L2 norm).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub fn measure(
     let mut heads: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.attention.num_heads()]).collect();
     let mut neurons: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.output.dense.weight.dims()[0]]).collect();
     let order: Vec<usize> = epoch_order(samples.len(), Some((0, 0))).into_iter().take(limit).collect();
-    for batch in batches(samples, order, batch_size, transform, 0, 0, 2) {
+    for batch in batches(samples, order, batch_size, transform, 0, 0, 2).into_iter().filter(|b| !b.is_empty()) {
         let n = batch.labels.len();
         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
         let grads = cross_entropy(model.forward(pixels), &batch.labels, 0.0).backward();

@@ -44,8 +44,14 @@ pub fn with_head(loaded: Loaded, classes: &[String], recipe: &Recipe, device: &D
         .filter(|t| keep_head || !t.name.starts_with("classifier."))
         .collect();
     let result = model.apply(tensors, None, None, false);
-    if !result.errors.is_empty() {
-        bail!("copying the pretrained weights failed: {:?}", result.errors);
+    // Every pretrained tensor lands, and only the new head (when there is one) starts fresh.
+    let missing: Vec<&str> = result.missing.iter().map(|(name, _)| name.as_str()).filter(|n| keep_head || !n.starts_with("classifier.")).collect();
+    if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
+        bail!(
+            "copying the pretrained weights failed: errors {:?}, not filled {missing:?}, left over {:?}",
+            result.errors,
+            result.unused
+        );
     }
     let mut hf_config = loaded.hf_config.clone();
     hf_config.id2label = classes.iter().enumerate().map(|(i, c)| (i.to_string(), c.clone())).collect();

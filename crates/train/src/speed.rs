@@ -10,7 +10,7 @@ use vitrine_model::{Loaded, Vit};
 
 use crate::recipe::Recipe;
 use crate::setup;
-use crate::trainer::cross_entropy;
+use crate::loss::cross_entropy;
 
 /// The middle value (the upper one of an even count).
 pub fn median(mut times: Vec<f64>) -> f64 {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use vitrine_model::{HfVitConfig, Loaded, PreprocessConfig, Vit};
 
 use crate::bundle;
@@ -23,34 +22,14 @@ use crate::logbook::{EpochRecord, Logbook, StepRecord};
 pub use crate::progress::bar;
 use crate::distill::{Output, Outputs, Teacher, TeacherOutputs};
 use crate::patch_dropout::drop_patches;
+use crate::loss::cross_entropy;
 use crate::recipe::Recipe;
+use crate::run_dir::RunDir;
 use crate::schedule::{self, Steps};
 use crate::setup::{self, ModelSpec};
 
 /// A validation loss this many times the previous epoch's stops the run ([`Run::diverged`]).
 const DIVERGENCE: f64 = 3.0;
-
-/// Files of a run folder.
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    pub fn recipe(&self) -> PathBuf {
-        self.0.join("recipe.json")
-    }
-    pub fn model_config(&self) -> PathBuf {
-        self.0.join("model_config.json")
-    }
-    pub fn preprocessor(&self) -> PathBuf {
-        self.0.join(bundle::PREPROCESSOR)
-    }
-    pub fn best(&self) -> PathBuf {
-        self.0.join("best")
-    }
-    /// A cache file (`cache/<name>`): frozen-block outputs (`.f16`), teacher logits (`.f32`).
-    pub fn cache(&self, name: &str) -> PathBuf {
-        self.0.join("cache").join(name)
-    }
-}
 
 /// Everything a run needs besides its mutable state.
 struct Run {
@@ -156,24 +135,6 @@ fn open_data(recipe: &Recipe) -> Result<ImageFolder> {
         bail!("{} has no readable training or validation images", recipe.data);
     }
     Ok(data)
-}
-
-/// Cross-entropy with label smoothing, averaged over the batch.
-pub fn cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f64) -> Tensor<1> {
-    let targets = Tensor::<2, Int>::from_data(
-        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [labels.len(), 1]),
-        &logits.device(),
-    );
-    cross_entropy_to(logits, targets, smoothing)
-}
-
-/// [`cross_entropy`] with the target classes as a `[batch, 1]` tensor (e.g. a teacher's argmax).
-pub fn cross_entropy_to(logits: Tensor<2>, targets: Tensor<2, Int>, smoothing: f64) -> Tensor<1> {
-    let classes = logits.dims()[1];
-    let log_probs = log_softmax(logits, 1);
-    let nll = log_probs.clone().gather(1, targets).neg();
-    let uniform = log_probs.sum_dim(1).neg() / classes as f64;
-    (nll * (1.0 - smoothing) + uniform * smoothing).mean()
 }
 
 /// Inputs of one training batch: pixels, or cached hidden states of the frozen blocks.
@@ -283,6 +244,15 @@ impl Run {
                     }
                     (None, Some(receiver)) => {
                         let Ok(batch) = receiver.recv() else { break };
+                        if batch.is_empty() {
+                            progress.abandon();
+                            bail!(
+                                "none of the images of epoch {}, batch {batch_index} could be read, though they could when the \
+                                 run started: restore them, then continue with --resume {}",
+                                epoch + 1,
+                                self.dir.0.display()
+                            );
+                        }
                         let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), &ad_device);
                         (Input::Pixels(pixels), batch.labels, batch.indices)
                     }
@@ -327,7 +297,7 @@ impl Run {
                         "the loss became {loss_value} at epoch {}, batch {batch_index}: training stopped. The last good checkpoint \
                          is kept in {}; lower --lr (now {}) and start again, or resume from it",
                         epoch + 1,
-                        self.dir.0.join("checkpoints").display(),
+                        self.dir.checkpoints().display(),
                         recipe.lr
                     );
                 }

@@ -72,7 +72,7 @@ fn loss_falls_accuracy_rises_and_the_export_reloads_identically() {
     let device = Device::flex();
     let (loaded, preprocess) = pretrained(&device);
     let run = tmp.path().join("run");
-    let outcome = trainer::start(&run, Recipe { epochs: 4, ..recipe(&data) }, loaded, preprocess, &device).unwrap();
+    let outcome = trainer::start(&run, Recipe { epochs: 4, ..recipe(&data) }, loaded, preprocess.clone(), &device).unwrap();
 
     let epochs = Logbook::new(&run).epochs().unwrap();
     assert_eq!(epochs.len(), 4);
@@ -80,18 +80,32 @@ fn loss_falls_accuracy_rises_and_the_export_reloads_identically() {
     assert!(outcome.best_top1 >= 0.9, "val top-1 {}", outcome.best_top1);
     assert!(run.join("report.html").exists());
 
-    // The best bundle reloads (strictly, by HF names) and gives the logits of the trained model.
-    let best_epoch = outcome.best_epoch.unwrap();
+    // The best bundle reloads (strictly, by HF names) and scores what its epoch scored.
+    let best = outcome.best_epoch.unwrap();
+    assert!((epochs[best].val.top1 - outcome.best_top1).abs() < 1e-12);
     let bundle = bundle_model(&run.join("best"), &device);
+    assert_eq!(val_top1(&bundle, &data, &preprocess, &device), outcome.best_top1, "the best bundle scores otherwise than its epoch");
+
+    // A bundle written from the last checkpoint reloads to exactly the trained model's logits.
+    let (trained, _, _) = checkpoint::load(&checkpoint::latest(&run).unwrap().unwrap(), setup_like(&run, &device), setup::optimizer(&Recipe::default()).unwrap()).unwrap();
+    let hf = vitrine_model::HfVitConfig::from_json(&std::fs::read_to_string(run.join("model_config.json")).unwrap()).unwrap();
+    let written = tmp.path().join("last");
+    vitrine_train::bundle::write(&written, &trained.valid(), &hf, hf.model_type().unwrap(), &preprocess.at_size(32)).unwrap();
     let x = Tensor::<4>::from_data(TensorData::new((0..2 * 3 * 32 * 32).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect::<Vec<_>>(), [2, 3, 32, 32]), &device);
-    let reloaded = bundle.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
-    if best_epoch == 3 {
-        let (trained, _, _) = checkpoint::load(&checkpoint::latest(&run).unwrap().unwrap(), setup_like(&run, &device), setup::optimizer(&Recipe::default()).unwrap()).unwrap();
-        let direct = trained.valid().forward(x).into_data().try_to_vec::<f32>().unwrap();
-        assert_eq!(direct, reloaded);
-    }
+    let direct = trained.valid().forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let reloaded = bundle_model(&written, &device).forward(x).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(direct, reloaded);
     let labels = vitrine_model::HfVitConfig::from_json(&std::fs::read_to_string(run.join("best/config.json")).unwrap()).unwrap().labels().unwrap();
     assert_eq!(labels, ["bar", "disc", "square"]);
+}
+
+/// Validation top-1 of `model` over the dataset's val split, as the run's validation computes it.
+fn val_top1(model: &Vit, data: &Path, preprocess: &PreprocessConfig, device: &Device) -> f64 {
+    let folder = vitrine_train::data::ImageFolder::open(data, 0).unwrap();
+    let transform = std::sync::Arc::new(vitrine_train::data::loader::Transform::Eval(preprocess.at_size(32)));
+    let progress = indicatif::ProgressBar::hidden();
+    let columns = vitrine_train::evaluate::Columns::All(folder.classes.len());
+    vitrine_train::evaluate::evaluate(model, std::sync::Arc::new(folder.val), transform, columns, 8, device, &progress).unwrap().top1
 }
 
 /// A model with the run's architecture (weights to be loaded from a checkpoint).
@@ -113,12 +127,20 @@ fn head_only_epochs_leave_the_blocks_untouched() {
     let run = tmp.path().join("run");
     // PatchDropout on the pixel path (after the embeddings) leaves frozen parts frozen too.
     let recipe = Recipe { epochs: 1, head_only_epochs: 1, patch_dropout: 0.25, ..recipe(&data) };
+    let (recipe_seed, recipe_copy) = (recipe.seed, recipe.clone());
     trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
     let after = bundle_model(&run.join("best"), &device);
     assert!(values(&after, "vit.encoder.") == before_blocks, "a frozen block changed");
     assert!(values(&after, "vit.embeddings.") == before_embeddings, "frozen embeddings changed");
-    let head = values(&after, "classifier.");
-    assert!(head.iter().any(|v| *v != 0.0));
+    // The head did train: it is not the one the run started from (the same seed draws it again).
+    let ad_device = device.clone().autodiff();
+    ad_device.seed(recipe_seed);
+    let classes: Vec<String> = ["bar", "disc", "square"].map(String::from).to_vec();
+    let (initial, _) = setup::with_head(pretrained(&device).0, &classes, &recipe_copy, &ad_device).unwrap();
+    let (head, start) = (values(&after, "classifier."), values(&initial, "classifier."));
+    assert_eq!(head.len(), start.len());
+    let moved = head.iter().zip(&start).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-4, "the head moved by at most {moved}");
 }
 
 #[test]

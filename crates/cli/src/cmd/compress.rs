@@ -15,6 +15,7 @@ use vitrine_train::data::loader::{Transform, drop_unreadable};
 use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::report::svg;
 use vitrine_train::recipe::Recipe;
+use vitrine_train::run_dir::RunDir;
 use vitrine_train::{bundle, importance, speed, trainer};
 
 use super::distill::{StudentSpec, TeachingArgs, cut_from_teacher};
@@ -71,7 +72,7 @@ fn step(name: &str, dir: &Path, run: impl FnOnce() -> Result<()>) -> Result<()> 
 
 /// Starts the training run in `dir`, or resumes it if it was interrupted.
 fn train(dir: &Path, start: impl FnOnce() -> Result<trainer::Outcome>, device: &burn::tensor::Device) -> Result<()> {
-    let outcome = if dir.join("recipe.json").exists() { trainer::resume(dir, Ok, device) } else { start() };
+    let outcome = if RunDir(dir.to_path_buf()).recipe().exists() { trainer::resume(dir, Ok, device) } else { start() };
     match outcome {
         Ok(_) => Ok(()),
         Err(err) if err.to_string().contains("already finished") => Ok(()),

@@ -59,6 +59,13 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
+impl Batch {
+    /// None of the chunk's images could be read.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
 /// A seed per (run, epoch, sample), stable whatever thread handles the sample.
 pub fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
     splitmix(splitmix(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ index as u64)
@@ -81,14 +88,16 @@ pub fn epoch_order(len: usize, shuffle_seed: Option<(u64, usize)>) -> Vec<usize>
 }
 
 /// Starts producing the batches of `order` (in chunks of `batch_size`) on a background thread,
-/// `prefetch` batches ahead. An image that fails to decode is left out of its batch with a warning.
+/// `prefetch` batches ahead; `view` picks the augmentation draw. An image that fails to decode is
+/// left out of its batch with a warning, and every chunk gives one batch, empty if none of its
+/// images could be read, so that a consumer pairing batches with its plan stays in step.
 pub fn batches(
     samples: Arc<Vec<Sample>>,
     order: Vec<usize>,
     batch_size: usize,
     transform: Arc<Transform>,
     seed: u64,
-    epoch: usize,
+    view: usize,
     prefetch: usize,
 ) -> Receiver<Batch> {
     let (sender, receiver) = sync_channel(prefetch.max(1));
@@ -101,7 +110,7 @@ pub fn batches(
                     let pixels = std::fs::read(&sample.path)
                         .map_err(|e| e.to_string())
                         .and_then(|bytes| decode_image(&bytes).map_err(|e| e.to_string()))
-                        .and_then(|image| transform.pixels(&image, sample_seed(seed, epoch, i)));
+                        .and_then(|image| transform.pixels(&image, sample_seed(seed, view, i)));
                     (i, pixels)
                 })
                 .collect();
@@ -122,9 +131,6 @@ pub fn batches(
                 }
             }
             let n = batch.labels.len();
-            if n == 0 {
-                continue;
-            }
             let [h, w] = size.unwrap_or_default();
             batch.shape = [n, 3, h, w];
             if sender.send(batch).is_err() {
@@ -157,4 +163,24 @@ pub fn drop_unreadable(samples: Vec<Sample>) -> (Vec<Sample>, Vec<(Sample, Strin
         }
     }
     (kept, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_unreadable_images_still_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.png");
+        image::RgbImage::from_pixel(8, 8, image::Rgb([9, 9, 9])).save(&good).unwrap();
+        let bad = dir.path().join("bad.png");
+        std::fs::write(&bad, b"not a png").unwrap();
+        let samples: Vec<Sample> = [&good, &bad, &bad, &good].iter().map(|p| Sample { path: p.to_path_buf(), label: 0 }).collect();
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/vit/preprocessor_config.json");
+        let preprocess = vitrine_model::PreprocessConfig::from_json(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        let transform = Arc::new(Transform::Eval(preprocess.at_size(8)));
+        let got: Vec<Vec<usize>> = batches(Arc::new(samples), vec![0, 1, 2, 3], 1, transform, 0, 0, 1).into_iter().map(|b| b.indices).collect();
+        assert_eq!(got, [vec![0], vec![], vec![], vec![3]]);
+    }
 }

@@ -12,6 +12,7 @@ use base64::Engine;
 use crate::checkpoint::write_atomic;
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 use crate::recipe::Recipe;
+use crate::run_dir::RunDir;
 use svg::Series;
 
 /// What the report reads from a run folder.
@@ -25,7 +26,7 @@ struct RunData {
 
 impl RunData {
     fn read(dir: &Path) -> Result<Self> {
-        let recipe = std::fs::read_to_string(dir.join("recipe.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let recipe = std::fs::read_to_string(RunDir(dir.to_path_buf()).recipe()).ok().and_then(|t| serde_json::from_str(&t).ok());
         let classes = std::fs::read_to_string(dir.join("model_config.json"))
             .ok()
             .and_then(|t| vitrine_model::HfVitConfig::from_json(&t).ok())

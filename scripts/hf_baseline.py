@@ -95,17 +95,27 @@ def top1(model, dataset, batch_size: int) -> float:
     return right / len(dataset)
 
 
+def preprocessing(model: str, model_type: str) -> tuple[int, int, list[float], list[float]]:
+    """Crop side, shortest edge, mean and std: the checkpoint's processor, else its family's default
+    (what vitrine falls back to for a checkpoint without preprocessor_config.json)."""
+    try:
+        processor = AutoImageProcessor.from_pretrained(model)
+    except OSError:
+        if model_type == "dinov2":
+            return 224, 256, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        return 224, 224, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+    crop = processor.crop_size["height"] if getattr(processor, "crop_size", None) else processor.size.get("height", 224)
+    return crop, processor.size.get("shortest_edge", crop), processor.image_mean, processor.image_std
+
+
 def hf_run(args, classes, train, val) -> tuple[float, float]:
-    processor = AutoImageProcessor.from_pretrained(args.model)
     config = AutoConfig.from_pretrained(
         args.model, num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)}
     )
     model = AutoModelForImageClassification.from_pretrained(args.model, config=config, ignore_mismatched_sizes=True)
     # The model's own resize-to-crop ratio at the run's side (256/224 for DINOv2), as vitrine's preprocessing.
-    crop = processor.crop_size["height"] if getattr(processor, "crop_size", None) else args.image_size
-    shortest = processor.size.get("shortest_edge", crop)
+    crop, shortest, mean, std = preprocessing(args.model, config.model_type)
     resize_to = round(shortest * args.image_size / crop)
-    mean, std = processor.image_mean, processor.image_std
     train_set = Images(train, args.image_size, resize_to, mean, std, True, args.seed)
     val_set = Images(val, args.image_size, resize_to, mean, std, False, args.seed)
     training = TrainingArguments(
@@ -135,8 +145,7 @@ def vitrine_run(args) -> tuple[float, float]:
     subprocess.run(command, check=True)
     seconds = time.time() - started
     evaluation = subprocess.run(
-        [args.vitrine, "eval", "--model", str(run / "best"), "--data", str(args.data), "--split", "val", "--image-size",
-         str(args.image_size), "--json"],
+        [args.vitrine, "eval", "--model", str(run / "best"), "--data", str(args.data), "--split", "val", "--json"],
         check=True, capture_output=True, text=True,
     )
     return json.loads(evaluation.stdout)["top1"], seconds

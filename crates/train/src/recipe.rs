@@ -109,7 +109,7 @@ impl Default for Recipe {
 }
 
 // The fine-tuning defaults, chosen by measurement (docs/training.md, "Safe defaults").
-const DEFAULT_BACKBONE_LR: f64 = 5e-5;
+const DEFAULT_BACKBONE_LR: f64 = 1e-4;
 const DEFAULT_UNFREEZE_PER_EPOCH: usize = 4;
 
 fn default_warmup_steps() -> usize {

@@ -331,3 +331,41 @@ fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
     let err = distil("other-seed", Some(teacher_run.display().to_string()), 7).unwrap_err();
     assert!(format!("{err:#}").contains("trained on other views"), "{err:#}");
 }
+
+/// The largest training loss of the epoch after the head-only one, over the head-only epoch's mean,
+/// for a run from `model` (a trained classifier, its head kept) with `recipe`.
+fn unfreeze_jump(model: &Path, recipe: Recipe, device: &Device, run: &Path) -> f64 {
+    let bundle = vitrine_train::bundle::read(model, device).unwrap();
+    trainer::start(run, recipe, bundle.loaded, bundle.preprocess, device).unwrap();
+    let steps = Logbook::new(run).steps().unwrap();
+    let mean = |epoch: usize| {
+        let losses: Vec<f64> = steps.iter().filter(|s| s.epoch == epoch).map(|s| s.loss).collect();
+        losses.iter().sum::<f64>() / losses.len() as f64
+    };
+    let worst_after = steps.iter().filter(|s| s.epoch == 1).map(|s| s.loss).fold(0.0, f64::max);
+    worst_after / mean(0)
+}
+
+#[test]
+fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (24, 8));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    // A trained classifier stands in for a pretrained model: its features are worth keeping.
+    let trained = tmp.path().join("trained");
+    let outcome = trainer::start(&trained, Recipe { epochs: 6, ..recipe(&data) }, loaded, preprocess, &device).unwrap();
+    assert!(outcome.best_top1 >= 0.9, "the starting model is not competent: {}", outcome.best_top1);
+    let best = trained.join("best");
+    // The defaults, with the toy's size, batch and length: a head-only epoch, then the blocks.
+    let defaults = Recipe { model: best.display().to_string(), data: data.display().to_string(), epochs: 2, batch_size: 8, image_size: 32, checkpoint_secs: 0, ..Recipe::default() };
+    // Stated bound: no step after unfreezing above 1.5x the head-only epoch's mean loss.
+    const BOUND: f64 = 1.5;
+    let jump = unfreeze_jump(&best, defaults.clone(), &device, &tmp.path().join("defaults"));
+    assert!(jump <= BOUND, "unfreezing with the defaults raised the loss {jump:.2}x");
+    // The check can fail: the head's rate on the blocks, without a warmup, breaks the bound.
+    let reckless = Recipe { backbone_lr: Some(0.05), warmup_steps: 1, ..defaults };
+    let jump = unfreeze_jump(&best, reckless, &device, &tmp.path().join("reckless"));
+    assert!(jump > BOUND, "a reckless rate stayed within the bound ({jump:.2}x)");
+}

@@ -6,7 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::evaluate::Evaluation;
@@ -85,11 +85,39 @@ fn rewrite<'a, T: Serialize + 'a>(path: &Path, records: impl Iterator<Item = &'a
     crate::checkpoint::write_atomic(path, text.as_bytes())
 }
 
-/// The records of a JSON-lines file; a torn last line (a kill mid-write) is ignored.
+/// The records of a JSON-lines file. A torn last line (a kill mid-write leaves it without its
+/// newline) is ignored; any other line that does not parse is an error, not a silent gap.
 pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect())
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(_) if i + 1 == lines.len() && !complete => {}
+            Err(err) => bail!("{} line {}: {err}", path.display(), i + 1),
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": ").unwrap();
+        let values: Vec<serde_json::Value> = read_lines(&path).unwrap();
+        assert_eq!(values.len(), 2);
+        fs::write(&path, "{\"a\": 1}\nnot json\n{\"a\": 3}\n").unwrap();
+        let err = read_lines::<serde_json::Value>(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
 }

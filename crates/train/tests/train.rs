@@ -369,3 +369,18 @@ fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_va
     let jump = unfreeze_jump(&best, reckless, &device, &tmp.path().join("reckless"));
     assert!(jump > BOUND, "a reckless rate stayed within the bound ({jump:.2}x)");
 }
+
+#[test]
+fn the_report_escapes_run_names_and_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes_dataset(&data, (4, 2));
+    let device = Device::flex();
+    let (loaded, preprocess) = pretrained(&device);
+    let run = tmp.path().join("<script>alert(1)");
+    let recipe = Recipe { epochs: 1, model: "<img src=x onerror=alert(2)>".into(), ..recipe(&data) };
+    trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(!html.contains("<script>alert") && !html.contains("<img src=x"), "unescaped text in the report");
+    assert!(html.contains("&lt;script&gt;alert(1)") && html.contains("&lt;img src=x"));
+}

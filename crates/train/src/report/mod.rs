@@ -13,7 +13,7 @@ use crate::checkpoint::write_atomic;
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 use crate::recipe::Recipe;
 use crate::run_dir::RunDir;
-use svg::Series;
+use svg::{Series, escape};
 
 /// What the report reads from a run folder.
 struct RunData {
@@ -26,12 +26,26 @@ struct RunData {
 
 impl RunData {
     fn read(dir: &Path) -> Result<Self> {
-        let recipe = std::fs::read_to_string(RunDir(dir.to_path_buf()).recipe()).ok().and_then(|t| serde_json::from_str(&t).ok());
-        let classes = std::fs::read_to_string(dir.join("model_config.json"))
-            .ok()
-            .and_then(|t| vitrine_model::HfVitConfig::from_json(&t).ok())
-            .and_then(|c| c.labels().ok())
-            .unwrap_or_default();
+        // Either file may be absent (a folder that is not a run of ours yet), but one that is there
+        // and does not parse is an error, not an empty section.
+        let run = RunDir(dir.to_path_buf());
+        let read = |path: PathBuf| -> Result<Option<String>> {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+            }
+        };
+        let recipe = match read(run.recipe())? {
+            Some(text) => Some(serde_json::from_str(&text).with_context(|| format!("{} does not parse", run.recipe().display()))?),
+            None => None,
+        };
+        let classes = match read(run.model_config())? {
+            Some(text) => vitrine_model::HfVitConfig::from_json(&text)
+                .and_then(|c| c.labels())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", run.model_config().display()))?,
+            None => Vec::new(),
+        };
         let logbook = Logbook::new(dir);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
         Ok(Self { name, recipe, classes, steps: logbook.steps()?, epochs: logbook.epochs()? })
@@ -80,7 +94,7 @@ fn smooth(points: &[(f64, f64)], window: usize) -> Vec<(f64, f64)> {
 
 fn render(run: &RunData, others: &[RunData]) -> String {
     let mut html = String::from(HEAD);
-    let _ = write!(html, "<h1>Run <code>{}</code></h1>", run.name);
+    let _ = write!(html, "<h1>Run <code>{}</code></h1>", escape(&run.name));
     match run.best() {
         Some(best) => {
             let _ = write!(
@@ -152,7 +166,7 @@ fn render(run: &RunData, others: &[RunData]) -> String {
         html.push_str(&svg::confusion("Confusion matrix (rows: true class)", &classes, &best.val.confusion));
         html.push_str("</div><h2>Worst-classified validation images</h2><div class=\"worst\">");
         for miss in &best.val.worst {
-            let name = |i: usize| classes.get(i).cloned().unwrap_or_default();
+            let name = |i: usize| escape(classes.get(i).map_or("", String::as_str));
             let image = miss.path.as_deref().and_then(thumbnail).unwrap_or_default();
             let _ = write!(
                 html,
@@ -193,9 +207,9 @@ fn render(run: &RunData, others: &[RunData]) -> String {
         html.push_str("</tr>");
         for r in &all {
             let recipe = r.recipe.as_ref().and_then(|rc| serde_json::to_value(rc).ok()).unwrap_or_default();
-            let _ = write!(html, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>", r.name, r.best().map_or("-".into(), |b| pct(b.val.top1)), r.epochs.len(), r.seconds() / 60.0);
+            let _ = write!(html, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td>", escape(&r.name), r.best().map_or("-".into(), |b| pct(b.val.top1)), r.epochs.len(), r.seconds() / 60.0);
             for key in keys {
-                let _ = write!(html, "<td>{}</td>", recipe.get(key).map_or("-".into(), |v| v.to_string()));
+                let _ = write!(html, "<td>{}</td>", escape(&recipe.get(key).map_or("-".into(), |v| v.to_string())));
             }
             html.push_str("</tr>");
         }
@@ -204,7 +218,7 @@ fn render(run: &RunData, others: &[RunData]) -> String {
 
     // The recipe.
     if let Some(recipe) = &run.recipe {
-        let _ = write!(html, "<h2>Recipe</h2><pre>{}</pre>", serde_json::to_string_pretty(recipe).unwrap_or_default());
+        let _ = write!(html, "<h2>Recipe</h2><pre>{}</pre>", escape(&serde_json::to_string_pretty(recipe).unwrap_or_default()));
     }
     html.push_str("</body></html>\n");
     html

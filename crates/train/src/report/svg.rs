@@ -15,7 +15,8 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
-fn escape(text: &str) -> String {
+/// `text` safe inside HTML and SVG text and attributes.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

@@ -54,6 +54,8 @@ pub struct DistillRecipe {
 /// The teacher, with the transform that shows it the student's views at its own resolution.
 pub struct Teacher {
     pub model: Vit,
+    /// A digest of the teacher's bundle files: its saved outputs are reused only for the same one.
+    pub fingerprint: String,
     /// Input side in pixels.
     pub size: u32,
     pub transform: Arc<Transform>,
@@ -129,6 +131,22 @@ impl Output {
     }
 }
 
+/// Where the key of the outputs saved at `path` lives.
+fn key_path(path: &Path) -> std::path::PathBuf {
+    path.with_extension("key")
+}
+
+/// A hex SHA-256 digest of `parts`, each length-prefixed so that no two lists collide.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The teacher's logits or features for every training image of one augmented view, `[samples, width]`.
 pub struct TeacherOutputs {
     pub width: usize,
@@ -136,8 +154,13 @@ pub struct TeacherOutputs {
 }
 
 impl TeacherOutputs {
-    /// Outputs saved by [`TeacherOutputs::save`] for `samples` images, `width` values each, if `path` holds them.
-    pub fn load(path: &Path, samples: usize, width: usize) -> Option<Self> {
+    /// Outputs saved by [`TeacherOutputs::save`] under `key` for `samples` images, `width` values
+    /// each, if `path` holds them. Outputs saved under another key (another teacher, view, seed,
+    /// augmentation or image list) are not these, whatever their length.
+    pub fn load(path: &Path, samples: usize, width: usize, key: &str) -> Option<Self> {
+        if std::fs::read_to_string(key_path(path)).ok()? != key {
+            return None;
+        }
         let bytes = std::fs::read(path).ok()?;
         if bytes.len() != samples * width * 4 {
             return None;
@@ -146,9 +169,12 @@ impl TeacherOutputs {
         Some(Self { width, values })
     }
 
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Saves the outputs, then `key` beside them (last, so a torn save is never taken for whole).
+    pub fn save(&self, path: &Path, key: &str) -> Result<()> {
         std::fs::create_dir_all(path.parent().expect("a cache file has a folder"))?;
-        write_atomic(path, &le::bytes(&self.values))
+        let _ = std::fs::remove_file(key_path(path));
+        write_atomic(path, &le::bytes(&self.values))?;
+        write_atomic(&key_path(path), key.as_bytes())
     }
 
     /// Runs the teacher on every sample, as view `view` of `teacher.transform` (seeded like the student's).
@@ -196,6 +222,19 @@ impl TeacherOutputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_outputs_of_another_teacher_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache/teacher-32px-view0.f32");
+        let outputs = TeacherOutputs { width: 2, values: vec![1.0, 2.0, 3.0, 4.0] };
+        let (mine, retrained) = (digest([b"teacher".as_slice()]), digest([b"teacher, retrained".as_slice()]));
+        outputs.save(&path, &mine).unwrap();
+        assert_eq!(TeacherOutputs::load(&path, 2, 2, &mine).unwrap().values, outputs.values);
+        assert!(TeacherOutputs::load(&path, 2, 2, &retrained).is_none(), "same length, other teacher: must not be reused");
+        std::fs::remove_file(key_path(&path)).unwrap();
+        assert!(TeacherOutputs::load(&path, 2, 2, &mine).is_none(), "outputs without a key are not trusted");
+    }
 
     #[test]
     fn kl_is_zero_for_equal_logits_and_positive_otherwise() {

@@ -10,7 +10,7 @@ use super::Run;
 use crate::bundle;
 use crate::cache::TokenCache;
 use crate::data::loader::Transform;
-use crate::distill::{Output, Teacher, TeacherOutputs};
+use crate::distill::{self, Output, Teacher, TeacherOutputs};
 use crate::recipe::Recipe;
 use crate::run_dir::RunDir;
 
@@ -23,14 +23,32 @@ impl Run {
         let side = loaded.config.image_size as u32;
         let size = preprocess.output_size([side, side])[0];
         let transform = Arc::new(Transform::train(self.recipe.augment, size, &preprocess));
-        Ok(Teacher { model: loaded.model, size, transform })
+        let mut files = Vec::new();
+        for name in [bundle::CONFIG, bundle::WEIGHTS, bundle::PREPROCESSOR] {
+            let path = Path::new(dir).join(name);
+            files.push(std::fs::read(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })?);
+        }
+        let fingerprint = distill::digest(files.iter().map(Vec::as_slice));
+        Ok(Teacher { model: loaded.model, fingerprint, size, transform })
+    }
+
+    /// What the teacher's outputs for view `view` depend on besides the teacher itself: the output,
+    /// the view's draw (seed, augmentation, resolution), the images in order, and the cache that
+    /// stands in for its bottom blocks.
+    fn outputs_key(&self, teacher: &Teacher, output: Output, view: usize) -> String {
+        let recipe = &self.recipe;
+        let distill = recipe.distill.as_ref().expect("a teacher comes with a distillation recipe");
+        let setting = format!("{output:?} view {view} seed {} {:?} {} px run {:?}", recipe.seed, recipe.augment, teacher.size, distill.teacher_run);
+        let images: String = self.train.iter().map(|s| format!("{}\t{}\n", s.path.display(), s.label)).collect();
+        distill::digest([teacher.fingerprint.as_bytes(), setting.as_bytes(), images.as_bytes()])
     }
 
     /// The teacher's logits or features for training view `view`: saved beside the run, else from
     /// the teacher run's cached frozen blocks (`teacher_run`), else from the teacher on the images.
     pub(super) fn teacher_outputs(&self, teacher: &Teacher, output: Output, view: usize) -> Result<TeacherOutputs> {
         let path = self.dir.cache(&output.file_name(teacher.size, view));
-        if let Some(saved) = TeacherOutputs::load(&path, self.train.len(), output.width(&teacher.model)) {
+        let key = self.outputs_key(teacher, output, view);
+        if let Some(saved) = TeacherOutputs::load(&path, self.train.len(), output.width(&teacher.model), &key) {
             return Ok(saved);
         }
         let distill = self.recipe.distill.as_ref().expect("a teacher comes with a distillation recipe");
@@ -41,7 +59,7 @@ impl Run {
             }
             None => TeacherOutputs::compute(teacher, output, self.train.clone(), self.recipe.seed, view, &self.device)?,
         };
-        outputs.save(&path)?;
+        outputs.save(&path, &key)?;
         Ok(outputs)
     }
 

@@ -36,14 +36,21 @@ fn fetch(repo: &str) -> Result<PathBuf> {
     }
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(repo.to_string());
-    if let (Some(config), Some(_)) = (cached.get(CONFIG), cached.get(WEIGHTS)) {
-        return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
-    }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
         .context("cannot set up the Hugging Face Hub client")?;
     let remote = api.model(repo.to_string());
+    if let (Some(config), Some(_)) = (cached.get(CONFIG), cached.get(WEIGHTS)) {
+        if cached.get(PREPROCESSOR).is_none() {
+            // Cached without one: look once more, but a cached model must still load offline.
+            match preprocessor(&remote) {
+                Ok(()) => {}
+                Err(err) => eprintln!("warning: hf:{repo}: {err}; using the family's default preprocessing"),
+            }
+        }
+        return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
+    }
     let offline = |file: &str| {
         format!(
             "cannot download {file} of hf:{repo} from the Hugging Face Hub (offline, or no such repository?); \
@@ -53,7 +60,17 @@ fn fetch(repo: &str) -> Result<PathBuf> {
     };
     let config = remote.get(CONFIG).with_context(|| offline(CONFIG))?;
     remote.get(WEIGHTS).with_context(|| offline(WEIGHTS))?;
-    // Optional: without it the family's default preprocessing applies.
-    let _ = remote.get(PREPROCESSOR);
+    preprocessor(&remote).with_context(|| format!("hf:{repo}: the model would see images prepared otherwise than it was trained for"))?;
     Ok(config.parent().expect("a cached file has a folder").to_path_buf())
+}
+
+/// Downloads `preprocessor_config.json` into the cache. A repository without one is fine (the
+/// family's default preprocessing applies, as in transformers); any other failure is an error,
+/// not a silent fall-back to a default that may not be the model's.
+fn preprocessor(remote: &hf_hub::api::sync::ApiRepo) -> Result<()> {
+    match remote.get(PREPROCESSOR) {
+        Ok(_) => Ok(()),
+        Err(hf_hub::api::sync::ApiError::RequestError(err)) if matches!(*err, ureq::Error::Status(404, _)) => Ok(()),
+        Err(err) => Err(anyhow::anyhow!("cannot download {PREPROCESSOR}: {err}")),
+    }
 }

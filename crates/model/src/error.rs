@@ -61,4 +61,8 @@ pub enum ImageError {
     Empty { width: u32, height: u32 },
     #[error("{len} bytes of RGBA pixels do not make a {width}x{height} image")]
     PixelCount { len: usize, width: u32, height: u32 },
+    #[error("a {width}x{height} image would resize to {}x{}: the aspect ratio is too extreme", .resized[1], .resized[0])]
+    ExtremeAspect { width: u32, height: u32, resized: [u32; 2] },
+    #[error("images of a batch must preprocess to one size, got {first:?} and {other:?}")]
+    MixedSizes { first: [u32; 2], other: [u32; 2] },
 }

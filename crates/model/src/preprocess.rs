@@ -263,9 +263,7 @@ impl PreprocessConfig {
         if let Some(resize) = self.resize {
             let [h, w] = resized_size(resize, [height, width]);
             if u64::from(h) * u64::from(w) > MAX_RESIZED_PIXELS {
-                return Err(ImageError::Decode(format!(
-                    "a {width}x{height} image would resize to {w}x{h}: the aspect ratio is too extreme"
-                )));
+                return Err(ImageError::ExtremeAspect { width, height, resized: [h, w] });
             }
             if [h, w] != [height, width] {
                 resized = self.resample.resize(image, w, h);
@@ -301,10 +299,9 @@ impl PreprocessConfig {
         for image in images {
             let (w, h) = image.dimensions();
             let out = self.output_size([h, w]);
-            if *size.get_or_insert(out) != out {
-                return Err(ImageError::Decode(format!(
-                    "images of a batch must preprocess to one size, got {size:?} and {out:?}"
-                )));
+            let first = *size.get_or_insert(out);
+            if first != out {
+                return Err(ImageError::MixedSizes { first, other: out });
             }
             values.extend(self.pixels(image)?);
         }

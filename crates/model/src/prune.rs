@@ -9,7 +9,7 @@ use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
 use burn_store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
 
 use crate::config::VitConfig;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, LoadError};
 use crate::model::Vit;
 use crate::weights::le;
 
@@ -51,7 +51,7 @@ impl Keep {
 }
 
 /// A copy of `model` (built from `config`) with only the heads and neurons of `keep`.
-pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> Result<(Vit, VitConfig), LoadError> {
     keep.check(config)?;
     let head_dim = config.head_dim();
     let pruned_config = VitConfig {
@@ -62,7 +62,7 @@ pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> R
     let mut tensors = Vec::new();
     for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
         let shape = tensor.shape.to_vec();
-        let bytes = tensor.to_bytes().map_err(|e| ConfigError::Invalid(format!("{}: {e}", tensor.name)))?;
+        let bytes = tensor.to_bytes().map_err(|e| LoadError::Tensor { name: tensor.name.clone(), message: e.to_string() })?;
         let values = le::f32s(&bytes);
         let (values, shape) = match slice_plan(&tensor.name, keep, head_dim) {
             None => (values, shape),
@@ -84,11 +84,11 @@ fn rebuild(
     adapter: Option<Box<dyn ModuleAdapter>>,
     device: &Device,
     what: &str,
-) -> Result<Vit, ConfigError> {
+) -> Result<Vit, LoadError> {
     let mut model = config.init(device);
     let result = model.apply(tensors, None, adapter, false);
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(ConfigError::Invalid(format!("{what} do not fit: {:?} {:?}", result.errors, result.missing)));
+        return Err(LoadError::Tensor { name: what.to_string(), message: format!("do not fit: {:?} {:?}", result.errors, result.missing) });
     }
     Ok(model)
 }
@@ -132,12 +132,13 @@ fn select(values: &[f32], shape: &[usize], index: &[usize], rows: bool) -> (Vec<
 }
 
 /// A copy of `model` with only the blocks `layers` (sorted, unique, in range), renumbered from 0.
-pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: &Device) -> Result<(Vit, VitConfig), LoadError> {
     if layers.is_empty() || !layers.windows(2).all(|w| w[0] < w[1]) || layers.last().is_some_and(|&l| l >= config.num_hidden_layers) {
         return Err(ConfigError::Invalid(format!(
             "layers to keep must be sorted, unique and below {}, got {layers:?}",
             config.num_hidden_layers
-        )));
+        ))
+        .into());
     }
     let selected = VitConfig {
         num_hidden_layers: layers.len(),
@@ -162,14 +163,14 @@ pub fn select_layers(model: &Vit, config: &VitConfig, layers: &[usize], device: 
 /// A copy of `model` whose position table is resized once to a `side` x `side` patch grid: what
 /// every forward pass at that input size computes on the fly, so the outputs there are the same,
 /// the file is smaller (DINOv2 stores a 37x37 grid) and no pass resizes it again.
-pub fn resize_positions(model: &Vit, config: &VitConfig, side: usize, device: &Device) -> Result<(Vit, VitConfig), ConfigError> {
+pub fn resize_positions(model: &Vit, config: &VitConfig, side: usize, device: &Device) -> Result<(Vit, VitConfig), LoadError> {
     if side == 0 {
-        return Err(ConfigError::Invalid("the position grid needs at least one patch".into()));
+        return Err(ConfigError::Invalid("the position grid needs at least one patch".into()).into());
     }
     let resized = VitConfig { image_size: side * config.patch_size, ..config.clone() };
     let table = model.vit.embeddings.position_embeddings_for([side, side]);
     let shape = table.dims().to_vec();
-    let values = table.into_data().try_into_vec::<f32>().map_err(|e| ConfigError::Invalid(format!("{e:?}")))?;
+    let values = table.into_data().try_into_vec::<f32>().map_err(|e| LoadError::Tensor { name: "vit.embeddings.position_embeddings".into(), message: format!("{e:?}") })?;
     let bytes = Bytes::from_bytes_vec(le::bytes(&values));
     let name = "vit.embeddings.position_embeddings";
     let tensors: Vec<PackTensor> = model

@@ -6,7 +6,6 @@ const MODEL_CACHE = 'vitrine-models-v1';
 
 let backend = null;
 let classifier = null;
-let labels = null;
 
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 
@@ -53,7 +52,6 @@ const handlers = {
     classifier?.free();
     classifier = next;
     classifier.setTokenMerging(tome);
-    labels = labelsOf(files.config);
     post({ type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started, bytes: files.weights.byteLength });
   },
 
@@ -77,7 +75,6 @@ const handlers = {
     const result = {
       type: 'result', id, ms, top, maps, rows: prediction.rows, cols: prediction.cols,
       region: Array.from(prediction.region), width: prediction.width, height: prediction.height,
-      hasHead: labels === null || labels.length > 0,
     };
     prediction.free();
     post(result, [maps.buffer]);
@@ -88,12 +85,10 @@ const handlers = {
 // preprocessor_config.json when there is one.
 async function fetchBundle(base) {
   const config = await fetchCached(base + 'config.json', { label: 'config.json' }).then(asText);
-  let preprocessor = null;
-  try {
-    preprocessor = await fetchCached(base + 'preprocessor_config.json', { label: 'preprocessor_config.json', optional: true }).then((b) => (b ? asText(b) : null));
-  } catch (err) {
-    preprocessor = null; // the model's family defaults apply
-  }
+  // Absent (404): the family's default preprocessing applies. Any other failure is an error, not a
+  // silent fall-back to a default that may not be the model's.
+  const preprocessor = await fetchCached(base + 'preprocessor_config.json', { label: 'preprocessor_config.json', optional: true })
+    .then((b) => (b ? asText(b) : null));
   const weights = await fetchCached(base + 'model.safetensors', { label: 'model.safetensors', progress: true });
   return { config, preprocessor, weights };
 }
@@ -187,15 +182,6 @@ function adapterName(info, markSoftware = true) {
 
 function asText(buffer) {
   return new TextDecoder().decode(buffer);
-}
-
-function labelsOf(configText) {
-  try {
-    const config = JSON.parse(configText);
-    return config.id2label ? Object.values(config.id2label) : null;
-  } catch {
-    return null;
-  }
 }
 
 // ImageNet labels read "tench, Tinca tinca"; Imagenette folders read "golf_ball".

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod attention_map;
+pub mod classes;
 pub mod config;
 pub mod embeddings;
 pub mod error;

@@ -10,7 +10,9 @@ use burn::tensor::wgpu::WgpuInitError;
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, TopClass, softmax, top_k};
+use vitrine_model::classes::{TopClass, softmax, top_k};
+
+use crate::engine::Engine;
 
 #[wasm_bindgen(start)]
 fn start() {

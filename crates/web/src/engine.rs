@@ -53,14 +53,6 @@ pub struct Outputs {
     pub grid: [usize; 2],
 }
 
-/// A class and its softmax probability.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TopClass {
-    pub index: usize,
-    pub label: String,
-    pub prob: f32,
-}
-
 impl Engine {
     /// Builds the model of `config_json` on `device` and loads `weights` (safetensors) strictly.
     /// Without `preprocessor_json`, the family's Hugging Face defaults apply.
@@ -182,30 +174,6 @@ pub fn all_maps(attentions: &[Tensor<4>], prefix: usize, [rows, cols]: [usize; 2
     Tensor::cat(parts, 1)
 }
 
-/// Softmax of one row of logits, in f64 so that the largest probabilities are exact to f32.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.iter().map(|e| (e / sum) as f32).collect()
-}
-
-/// The `k` most probable classes, most probable first; unnamed classes are `LABEL_{index}`, as in
-/// transformers.
-pub fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<TopClass> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    order
-        .into_iter()
-        .take(k)
-        .map(|index| TopClass {
-            index,
-            label: labels.get(index).cloned().unwrap_or_else(|| format!("LABEL_{index}")),
-            prob: probs[index],
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +181,7 @@ mod tests {
 
     use burn::tensor::{TensorData, Tolerance};
     use safetensors::SafeTensors;
+    use vitrine_model::classes::softmax;
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -319,16 +288,5 @@ mod tests {
         let [l, t, r, b] = load("dinov2", &device).visible_region([40, 96]);
         let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
         assert!(close(l, 27.0 / 86.0) && close(t, 2.0 / 36.0) && close(r, 59.0 / 86.0) && close(b, 34.0 / 36.0), "{l} {t} {r} {b}");
-    }
-
-    #[test]
-    fn top_k_orders_and_names_classes() {
-        let probs = softmax(&[0.0, 2.0, 1.0]);
-        assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        let labels = vec!["a".to_string(), "b".to_string()];
-        let top = top_k(&probs, 2, &labels);
-        assert_eq!(top.iter().map(|t| t.index).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(top[0].label, "b");
-        assert_eq!(top[1].label, "LABEL_2");
     }
 }

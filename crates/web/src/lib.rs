@@ -15,4 +15,5 @@ mod bindings;
 
 #[cfg(target_arch = "wasm32")]
 pub use bindings::{Backend, Classifier, Prediction};
-pub use engine::{Engine, ModelInfo, Outputs, TopClass, softmax, top_k};
+pub use engine::{Engine, ModelInfo, Outputs};
+pub use vitrine_model::classes::{TopClass, softmax, top_k};

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::tensor::activation::softmax;
 use serde::Serialize;
+use vitrine_model::classes::{TopClass, softmax, top_k};
 use vitrine_model::preprocess::decode_image;
 
 use crate::device::DeviceKind;
@@ -33,17 +33,10 @@ pub struct Args {
 }
 
 #[derive(Serialize)]
-struct Class {
-    label: String,
-    index: usize,
-    prob: f32,
-}
-
-#[derive(Serialize)]
 struct Prediction {
     image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    top: Option<Vec<Class>>,
+    top: Option<Vec<TopClass>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -64,9 +57,8 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(|rgb| model.preprocess.batch(&[rgb], &device).map_err(|e| e.to_string()));
         results.push(match outcome {
             Ok(pixels) => {
-                let probs = softmax(model.loaded.model.forward(pixels), 1);
-                let probs = probs.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 probabilities");
-                Prediction { image, top: Some(top_k(&probs, args.top_k, &model.loaded.labels)), error: None }
+                let logits = model.loaded.model.forward(pixels).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits");
+                Prediction { image, top: Some(top_k(&softmax(&logits), args.top_k, &model.loaded.labels)), error: None }
             }
             Err(error) => {
                 eprintln!("error: {image}: {error}");
@@ -91,18 +83,4 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{failed} of {} images could not be classified", results.len());
     }
     Ok(())
-}
-
-fn top_k(probs: &[f32], k: usize, labels: &[String]) -> Vec<Class> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    order
-        .into_iter()
-        .take(k)
-        .map(|index| Class {
-            label: labels.get(index).cloned().unwrap_or_else(|| format!("LABEL_{index}")),
-            index,
-            prob: probs[index],
-        })
-        .collect()
 }

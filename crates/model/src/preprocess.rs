@@ -252,6 +252,17 @@ impl PreprocessConfig {
         }
     }
 
+    /// The part of an image of `[height, width]` that the model input shows (after resize and centre
+    /// crop), as fractions `[left, top, right, bottom]` of the image: where attention maps go. A
+    /// crop larger than the resized image reaches outside `0..1`.
+    pub fn visible_region(&self, [height, width]: [u32; 2]) -> [f32; 4] {
+        let [resized_h, resized_w] = self.resize.map_or([height, width], |r| resized_size(r, [height, width]));
+        let Some([crop_h, crop_w]) = self.crop else { return [0.0, 0.0, 1.0, 1.0] };
+        let [top, left] = crop_origin([resized_h, resized_w], [crop_h, crop_w]).map(|v| v as f32);
+        let (rh, rw) = (resized_h.max(1) as f32, resized_w.max(1) as f32);
+        [left / rw, top / rh, (left + crop_w as f32) / rw, (top + crop_h as f32) / rh]
+    }
+
     /// The normalised `[3, height, width]` values (channel-major) for one image.
     pub fn pixels(&self, image: &RgbImage) -> Result<Vec<f32>, ImageError> {
         let (width, height) = image.dimensions();
@@ -272,9 +283,7 @@ impl PreprocessConfig {
         }
         let (width, height) = image.dimensions();
         let [out_h, out_w] = self.crop.unwrap_or([height, width]);
-        // transformers' `center_crop`: top = (height - crop) // 2, zero padding where the crop is larger.
-        let top = (i64::from(height) - i64::from(out_h)).div_euclid(2);
-        let left = (i64::from(width) - i64::from(out_w)).div_euclid(2);
+        let [top, left] = crop_origin([height, width], [out_h, out_w]);
         let plane = (out_h * out_w) as usize;
         let mut out = vec![0.0f32; 3 * plane];
         let (scale, (mean, std)) = (self.rescale.unwrap_or(1.0), self.normalize.unwrap_or(([0.0; 3], [1.0; 3])));
@@ -324,6 +333,12 @@ fn parse_resize(value: &serde_json::Value) -> Result<Resize, ConfigError> {
 }
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the long side is truncated.
+/// Where transformers' `center_crop` starts, `[top, left]`: `(size - crop) // 2`, negative (zero
+/// padding) where the crop is larger than the image.
+fn crop_origin([height, width]: [u32; 2], [crop_h, crop_w]: [u32; 2]) -> [i64; 2] {
+    [(i64::from(height) - i64::from(crop_h)).div_euclid(2), (i64::from(width) - i64::from(crop_w)).div_euclid(2)]
+}
+
 fn resized_size(resize: Resize, [height, width]: [u32; 2]) -> [u32; 2] {
     match resize {
         Resize::Exact { height, width } => [height, width],

@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 use vitrine_model::attention_map::{AttentionMap, attention_map};
-use vitrine_model::preprocess::{Resize, decode_image, rgb_from_rgba};
+use vitrine_model::preprocess::{decode_image, rgb_from_rgba};
 use vitrine_model::weights::Family;
 use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
 
@@ -118,22 +118,10 @@ impl Engine {
         Ok((self.preprocess.batch(&[image], device)?, size))
     }
 
-    /// The part of an image of `[height, width]` that the model input shows (after resize and centre
-    /// crop), as fractions `[left, top, right, bottom]` of the image: where the attention maps go.
-    /// A crop larger than the resized image reaches outside `0..1`.
-    pub fn visible_region(&self, [height, width]: [u32; 2]) -> [f32; 4] {
-        let [resized_h, resized_w] = match self.preprocess.resize {
-            Some(Resize::Exact { height, width }) => [height, width],
-            // transformers' `get_resize_output_image_size`: the long side is truncated.
-            Some(Resize::ShortestEdge(edge)) if width <= height => [(edge as u64 * height as u64 / width.max(1) as u64) as u32, edge],
-            Some(Resize::ShortestEdge(edge)) => [edge, (edge as u64 * width as u64 / height.max(1) as u64) as u32],
-            None => [height, width],
-        };
-        let Some([crop_h, crop_w]) = self.preprocess.crop else { return [0.0, 0.0, 1.0, 1.0] };
-        let top = (i64::from(resized_h) - i64::from(crop_h)).div_euclid(2) as f32;
-        let left = (i64::from(resized_w) - i64::from(crop_w)).div_euclid(2) as f32;
-        let (rh, rw) = (resized_h.max(1) as f32, resized_w.max(1) as f32);
-        [left / rw, top / rh, (left + crop_w as f32) / rw, (top + crop_h as f32) / rh]
+    /// The part of an image of `[height, width]` that the model input shows, as fractions
+    /// `[left, top, right, bottom]`: where the attention maps go ([`PreprocessConfig::visible_region`]).
+    pub fn visible_region(&self, size: [u32; 2]) -> [f32; 4] {
+        self.preprocess.visible_region(size)
     }
 
     /// Logits and attention maps for `[batch, channels, height, width]` model input.

@@ -34,11 +34,10 @@ impl Run {
             cache.save(&path)?;
             Ok(cache)
         };
-        let train_subset: Arc<Vec<Sample>> = Arc::new(self.train.to_vec());
         let mut views = Vec::new();
         for view in 0..self.recipe.cache_views {
             let transform = Transform::train(self.recipe.augment, size, &self.preprocess);
-            views.push(build(format!("train-{size}px-view{view}.f16"), train_subset.clone(), transform, view)?);
+            views.push(build(format!("train-{size}px-view{view}.f16"), self.train.clone(), transform, view)?);
         }
         let val = build(format!("val-{size}px.f16"), self.val.clone(), Transform::Eval(self.preprocess.clone()), 0)?;
         Ok((views, val))

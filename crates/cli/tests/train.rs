@@ -211,8 +211,8 @@ fn a_diverging_unfreeze_stops_the_run_and_resumes_from_the_epoch_before_with_low
     let (model, run) = (format!("{trained}/best"), tmp.path().join("run").display().to_string());
     let args = [
         "train", "--model", &model, "--data", &data, "--out", &run, "--epochs", "3", "--batch-size", "4", "--image-size", "32",
-        "--backbone-lr", "1", "--warmup-steps", "1", "--unfreeze-per-epoch", "0", "--label-smoothing", "0", "--checkpoint-secs",
-        "0", "--seed", "5",
+        "--head-only-epochs", "1", "--backbone-lr", "1", "--warmup-steps", "1", "--unfreeze-per-epoch", "0", "--label-smoothing",
+        "0", "--checkpoint-secs", "0", "--seed", "5",
     ];
     let output = vitrine(&args);
     let stderr = text(&output.stderr);

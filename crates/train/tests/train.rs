@@ -358,8 +358,18 @@ fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_va
     let outcome = trainer::start(&trained, Recipe { epochs: 6, ..recipe(&data) }, loaded, preprocess, &device).unwrap();
     assert!(outcome.best_top1 >= 0.9, "the starting model is not competent: {}", outcome.best_top1);
     let best = trained.join("best");
-    // The defaults, with the toy's size, batch and length: a head-only epoch, then the blocks.
-    let defaults = Recipe { model: best.display().to_string(), data: data.display().to_string(), epochs: 2, batch_size: 8, image_size: 32, checkpoint_secs: 0, ..Recipe::default() };
+    // The default rates and warmup, with the toy's size, batch and length: a head-only epoch, then
+    // every block at once.
+    let defaults = Recipe {
+        model: best.display().to_string(),
+        data: data.display().to_string(),
+        epochs: 2,
+        batch_size: 8,
+        image_size: 32,
+        checkpoint_secs: 0,
+        head_only_epochs: 1,
+        ..Recipe::default()
+    };
     // Stated bound: no step after unfreezing above 1.5x the head-only epoch's mean loss.
     const BOUND: f64 = 1.5;
     let jump = unfreeze_jump(&best, defaults.clone(), &device, &tmp.path().join("defaults"));

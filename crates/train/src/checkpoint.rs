@@ -123,6 +123,13 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// The run state saved in checkpoint `dir`, without loading its model.
+pub fn state(dir: &Path) -> Result<RunState> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
 /// Loads a checkpoint into a model of the same architecture and a fresh optimizer; parameter
 /// identities come from the file, so the optimizer's moments find their parameters again.
 pub fn load(dir: &Path, mut model: Vit, optimizer: ModuleOptimizer) -> Result<(Vit, ModuleOptimizer, RunState)> {

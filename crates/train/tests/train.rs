@@ -334,9 +334,14 @@ fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
 
 /// The largest training loss of the epoch after the head-only one, over the head-only epoch's mean,
 /// for a run from `model` (a trained classifier, its head kept) with `recipe`.
-fn unfreeze_jump(model: &Path, recipe: Recipe, device: &Device, run: &Path) -> f64 {
+/// A run the divergence guard stops still logged its steps; `must_finish` refuses that.
+fn unfreeze_jump(model: &Path, recipe: Recipe, device: &Device, run: &Path, must_finish: bool) -> f64 {
     let bundle = vitrine_train::bundle::read(model, device).unwrap();
-    trainer::start(run, recipe, bundle.loaded, bundle.preprocess, device).unwrap();
+    match trainer::start(run, recipe, bundle.loaded, bundle.preprocess, device) {
+        Ok(_) => {}
+        Err(err) if !must_finish && err.to_string().contains("validation loss rose") => {}
+        Err(err) => panic!("{err:#}"),
+    }
     let steps = Logbook::new(run).steps().unwrap();
     let mean = |epoch: usize| {
         let losses: Vec<f64> = steps.iter().filter(|s| s.epoch == epoch).map(|s| s.loss).collect();
@@ -372,11 +377,11 @@ fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_va
     };
     // Stated bound: no step after unfreezing above 1.5x the head-only epoch's mean loss.
     const BOUND: f64 = 1.5;
-    let jump = unfreeze_jump(&best, defaults.clone(), &device, &tmp.path().join("defaults"));
+    let jump = unfreeze_jump(&best, defaults.clone(), &device, &tmp.path().join("defaults"), true);
     assert!(jump <= BOUND, "unfreezing with the defaults raised the loss {jump:.2}x");
     // The check can fail: the head's rate on the blocks, without a warmup, breaks the bound.
     let reckless = Recipe { backbone_lr: Some(0.05), warmup_steps: 1, ..defaults };
-    let jump = unfreeze_jump(&best, reckless, &device, &tmp.path().join("reckless"));
+    let jump = unfreeze_jump(&best, reckless, &device, &tmp.path().join("reckless"), false);
     assert!(jump > BOUND, "a reckless rate stayed within the bound ({jump:.2}x)");
 }
 

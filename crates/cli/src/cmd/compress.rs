@@ -72,12 +72,13 @@ fn step(name: &str, dir: &Path, run: impl FnOnce() -> Result<()>) -> Result<()> 
 
 /// Starts the training run in `dir`, or resumes it if it was interrupted.
 fn train(dir: &Path, start: impl FnOnce() -> Result<trainer::Outcome>, device: &burn::tensor::Device) -> Result<()> {
-    let outcome = if RunDir(dir.to_path_buf()).recipe().exists() { trainer::resume(dir, Ok, device) } else { start() };
-    match outcome {
-        Ok(_) => Ok(()),
-        Err(err) if err.to_string().contains("already finished") => Ok(()),
-        Err(err) => Err(err),
+    if !RunDir(dir.to_path_buf()).recipe().exists() {
+        return start().map(|_| ());
     }
+    if trainer::finished(dir)? {
+        return Ok(());
+    }
+    trainer::resume(dir, Ok, device).map(|_| ())
 }
 
 pub fn run(args: Args) -> Result<()> {

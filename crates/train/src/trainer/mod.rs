@@ -97,6 +97,14 @@ pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: Pre
     run.go(model, optimizer, state)
 }
 
+/// Whether the run in `run_dir` has ended (its epochs done, or stopped early).
+pub fn finished(run_dir: &Path) -> Result<bool> {
+    match checkpoint::latest(run_dir)? {
+        Some(latest) => Ok(checkpoint::state(&latest)?.finished),
+        None => Ok(false),
+    }
+}
+
 /// Continues the run in `run_dir` from its latest checkpoint, with the recipe `adjust` gives back
 /// (e.g. lower learning rates after a divergence); a changed recipe is saved for the record.
 pub fn resume(run_dir: &Path, adjust: impl FnOnce(Recipe) -> Result<Recipe>, device: &Device) -> Result<Outcome> {

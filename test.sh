@@ -9,6 +9,9 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
+step "the GPU path (--device wgpu) against the CPU, on a software Vulkan driver (Mesa's lavapipe)"
+cargo test --release -p vitrine --features wgpu --test gpu
+
 step "wasm-pack test: crates/web in headless Chromium, on WebGPU (SwiftShader) and on the CPU"
 # webdriver.json in crates/web passes --enable-unsafe-webgpu to Chromium.
 # SwiftShader compiles each WebGPU shader on the CPU: the first tests take minutes, not seconds.

@@ -42,14 +42,14 @@ fn fetch(repo: &str) -> Result<PathBuf> {
         .context("cannot set up the Hugging Face Hub client")?;
     let remote = api.model(repo.to_string());
     if let (Some(config), Some(_)) = (cached.get(CONFIG), cached.get(WEIGHTS)) {
+        let snapshot = config.parent().expect("a cached file has a folder").to_path_buf();
         if cached.get(PREPROCESSOR).is_none() {
             // Cached without one: look once more, but a cached model must still load offline.
-            match preprocessor(&remote) {
-                Ok(()) => {}
-                Err(err) => eprintln!("warning: hf:{repo}: {err}; using the family's default preprocessing"),
+            if let Err(err) = preprocessor(&remote, &snapshot) {
+                eprintln!("warning: hf:{repo}: {err}; using the family's default preprocessing");
             }
         }
-        return Ok(config.parent().expect("a cached file has a folder").to_path_buf());
+        return Ok(snapshot);
     }
     let offline = |file: &str| {
         format!(
@@ -60,17 +60,37 @@ fn fetch(repo: &str) -> Result<PathBuf> {
     };
     let config = remote.get(CONFIG).with_context(|| offline(CONFIG))?;
     remote.get(WEIGHTS).with_context(|| offline(WEIGHTS))?;
-    preprocessor(&remote).with_context(|| format!("hf:{repo}: the model would see images prepared otherwise than it was trained for"))?;
-    Ok(config.parent().expect("a cached file has a folder").to_path_buf())
+    let snapshot = config.parent().expect("a cached file has a folder").to_path_buf();
+    preprocessor(&remote, &snapshot).with_context(|| format!("hf:{repo}: the model would see images prepared otherwise than it was trained for"))?;
+    Ok(snapshot)
 }
 
 /// Downloads `preprocessor_config.json` into the cache. A repository without one is fine (the
-/// family's default preprocessing applies, as in transformers); any other failure is an error,
-/// not a silent fall-back to a default that may not be the model's.
-fn preprocessor(remote: &hf_hub::api::sync::ApiRepo) -> Result<()> {
+/// family's default preprocessing applies, as in transformers) and is remembered, so later loads
+/// do not ask again; any other failure is an error, not a silent fall-back to a default that may
+/// not be the model's.
+fn preprocessor(remote: &hf_hub::api::sync::ApiRepo, snapshot: &std::path::Path) -> Result<()> {
+    let absent = absent_marker(snapshot);
+    if absent.exists() {
+        return Ok(());
+    }
     match remote.get(PREPROCESSOR) {
         Ok(_) => Ok(()),
-        Err(hf_hub::api::sync::ApiError::RequestError(err)) if matches!(*err, ureq::Error::Status(404, _)) => Ok(()),
+        Err(hf_hub::api::sync::ApiError::RequestError(err)) if matches!(*err, ureq::Error::Status(404, _)) => {
+            // Best effort: without the marker the next load asks the Hub again.
+            if let Some(folder) = absent.parent() {
+                let _ = std::fs::create_dir_all(folder).and_then(|()| std::fs::write(&absent, b""));
+            }
+            Ok(())
+        }
         Err(err) => Err(anyhow::anyhow!("cannot download {PREPROCESSOR}: {err}")),
     }
+}
+
+/// Where the Hub cache records that a revision has no `preprocessor_config.json`: huggingface_hub's
+/// own layout, `<repo>/.no_exist/<revision>/<file>` beside `<repo>/snapshots/<revision>/`.
+fn absent_marker(snapshot: &std::path::Path) -> PathBuf {
+    let revision = snapshot.file_name().unwrap_or_default();
+    let repo = snapshot.parent().and_then(|p| p.parent()).unwrap_or(snapshot);
+    repo.join(".no_exist").join(revision).join(PREPROCESSOR)
 }

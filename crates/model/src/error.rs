@@ -41,7 +41,7 @@ pub enum LoadError {
 }
 
 /// A few names are enough to act on; hundreds bury the message.
-fn preview(names: &[String]) -> String {
+pub fn preview(names: &[String]) -> String {
     const SHOWN: usize = 6;
     let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {

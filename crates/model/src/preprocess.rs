@@ -243,20 +243,19 @@ impl PreprocessConfig {
 
     /// `[height, width]` of the tensor this recipe makes from an image of `[height, width]`.
     pub fn output_size(&self, [height, width]: [u32; 2]) -> [u32; 2] {
-        if let Some(crop) = self.crop {
-            return crop;
-        }
-        match self.resize {
-            Some(resize) => resized_size(resize, [height, width]),
-            None => [height, width],
-        }
+        self.crop.unwrap_or_else(|| self.resized([height, width]))
+    }
+
+    /// The size an image of `[height, width]` has after the resize, before the crop.
+    fn resized(&self, size: [u32; 2]) -> [u32; 2] {
+        self.resize.map_or(size, |resize| resized_size(resize, size))
     }
 
     /// The part of an image of `[height, width]` that the model input shows (after resize and centre
     /// crop), as fractions `[left, top, right, bottom]` of the image: where attention maps go. A
     /// crop larger than the resized image reaches outside `0..1`.
     pub fn visible_region(&self, [height, width]: [u32; 2]) -> [f32; 4] {
-        let [resized_h, resized_w] = self.resize.map_or([height, width], |r| resized_size(r, [height, width]));
+        let [resized_h, resized_w] = self.resized([height, width]);
         let Some([crop_h, crop_w]) = self.crop else { return [0.0, 0.0, 1.0, 1.0] };
         let [top, left] = crop_origin([resized_h, resized_w], [crop_h, crop_w]).map(|v| v as f32);
         let (rh, rw) = (resized_h.max(1) as f32, resized_w.max(1) as f32);

@@ -55,6 +55,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// The bytes of `path`, or `None` when there is no such file; any other failure is an error.
+pub fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
 /// Saves model, optimizer and state as the run's latest checkpoint.
 pub fn save(run_dir: &Path, model: &Vit, optimizer: &ModuleOptimizer, state: &RunState) -> Result<()> {
     let root = RunDir(run_dir.to_path_buf()).checkpoints();
@@ -68,16 +77,26 @@ pub fn save(run_dir: &Path, model: &Vit, optimizer: &ModuleOptimizer, state: &Ru
         let optim_bytes = optimizer.into_bytes().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         write_atomic(&dir.join("optimizer.bpk"), &optim_bytes)?;
         write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
-        write_atomic(&root.join("latest"), dir.file_name().unwrap().to_string_lossy().as_bytes())
+        point_latest_at(&root, &dir)
     })();
     if let Err(err) = result {
         let _ = fs::remove_dir_all(&dir);
         return Err(err.context("saving a checkpoint (the previous one is kept)"));
     }
-    let keep = if state.batch_in_epoch == 0 { None } else { last_epoch_end(&root)? };
-    for entry in fs::read_dir(&root)? {
+    let epoch_end = if state.batch_in_epoch == 0 { None } else { last_epoch_end(&root)? };
+    remove_all_but(&root, &[Some(dir), epoch_end].into_iter().flatten().collect::<Vec<_>>())
+}
+
+/// Atomically makes checkpoint folder `dir` the one `latest` names.
+fn point_latest_at(root: &Path, dir: &Path) -> Result<()> {
+    write_atomic(&root.join("latest"), dir.file_name().expect("a checkpoint folder has a name").to_string_lossy().as_bytes())
+}
+
+/// Removes every checkpoint folder under `root` but `keep`.
+fn remove_all_but(root: &Path, keep: &[PathBuf]) -> Result<()> {
+    for entry in fs::read_dir(root)? {
         let path = entry?.path();
-        if path.is_dir() && path != dir && Some(&path) != keep.as_ref() {
+        if path.is_dir() && !keep.contains(&path) {
             let _ = fs::remove_dir_all(path);
         }
     }
@@ -94,29 +113,26 @@ fn last_epoch_end(root: &Path) -> Result<Option<PathBuf>> {
     Ok(ends.pop())
 }
 
-/// Makes the last end-of-epoch checkpoint the latest again and removes the ones after it: `resume`
-/// then repeats the epoch that followed it. Returns that checkpoint's folder.
+/// Makes the last end-of-epoch checkpoint the latest again and removes the others (the ones after
+/// it: [`save`] keeps no older ones): `resume` then repeats the epoch that followed it. Returns that
+/// checkpoint's folder.
 pub fn rewind_to_epoch_end(run_dir: &Path) -> Result<PathBuf> {
     let root = RunDir(run_dir.to_path_buf()).checkpoints();
     let Some(end) = last_epoch_end(&root)? else { bail!("{} holds no end-of-epoch checkpoint", root.display()) };
-    write_atomic(&root.join("latest"), end.file_name().unwrap().to_string_lossy().as_bytes())?;
-    for entry in fs::read_dir(&root)? {
-        let path = entry?.path();
-        if path.is_dir() && path > end {
-            let _ = fs::remove_dir_all(path);
-        }
-    }
+    point_latest_at(&root, &end)?;
+    remove_all_but(&root, std::slice::from_ref(&end))?;
     Ok(end)
 }
 
 /// The latest checkpoint's folder, if any.
 pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let pointer = RunDir(run_dir.to_path_buf()).checkpoints().join("latest");
+    let root = RunDir(run_dir.to_path_buf()).checkpoints();
+    let pointer = root.join("latest");
     if !pointer.exists() {
         return Ok(None);
     }
     let name = fs::read_to_string(&pointer)?;
-    let dir = RunDir(run_dir.to_path_buf()).checkpoints().join(name.trim());
+    let dir = root.join(name.trim());
     if !dir.is_dir() {
         bail!("{} points at {}, which is missing", pointer.display(), dir.display());
     }
@@ -142,6 +158,5 @@ pub fn load(dir: &Path, mut model: Vit, optimizer: ModuleOptimizer) -> Result<(V
     let optimizer = optimizer
         .from_bytes(Bytes::from_bytes_vec(read("optimizer.bpk")?))
         .map_err(|e| anyhow::anyhow!("optimizer state in {}: {e:?}", dir.display()))?;
-    let state: RunState = serde_json::from_slice(&read("state.json")?)?;
-    Ok((model, optimizer, state))
+    Ok((model, optimizer, state(dir)?))
 }

@@ -72,6 +72,7 @@ pub struct Recipe {
     pub distill: Option<crate::distill::DistillRecipe>,
 }
 
+/// The fine-tuning defaults, chosen by measurement (docs/training.md, "Safe defaults").
 impl Default for Recipe {
     fn default() -> Self {
         Self {
@@ -81,7 +82,7 @@ impl Default for Recipe {
             batch_size: 32,
             accumulation: 1,
             lr: 1e-3,
-            backbone_lr: Some(DEFAULT_BACKBONE_LR),
+            backbone_lr: Some(1e-4),
             min_lr_ratio: 0.01,
             warmup_steps: default_warmup_steps(),
             weight_decay: 0.05,
@@ -108,9 +109,6 @@ impl Default for Recipe {
     }
 }
 
-// The fine-tuning defaults above were chosen by measurement (docs/training.md, "Safe defaults").
-const DEFAULT_BACKBONE_LR: f64 = 1e-4;
-
 fn default_warmup_steps() -> usize {
     20
 }
@@ -132,10 +130,14 @@ impl Recipe {
         }
     }
 
+    /// Peak learning rate of the top block.
+    pub fn top_block_lr(&self) -> f64 {
+        self.backbone_lr.unwrap_or(self.lr * self.layer_decay)
+    }
+
     /// Peak learning rate of block `i` (counted from the bottom) of `num_layers`.
     pub fn block_lr(&self, i: usize, num_layers: usize) -> f64 {
-        let top = self.backbone_lr.unwrap_or(self.lr * self.layer_decay);
-        top * self.layer_decay.powi((num_layers - 1 - i) as i32)
+        self.top_block_lr() * self.layer_decay.powi((num_layers - 1 - i) as i32)
     }
 
     /// Refuses settings that cannot work, before any time is spent.

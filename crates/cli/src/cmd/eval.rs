@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::data::loader::{Transform, drop_unreadable, warn_unreadable};
 use vitrine_train::data::{EvalSet, match_labels};
 use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::trainer::bar;
@@ -52,12 +52,7 @@ pub fn run(args: Args) -> Result<()> {
     let columns = match_labels("the model", labels, &set.classes)?;
     let all = set.samples.len();
     let (samples, bad) = drop_unreadable(set.samples);
-    if !bad.is_empty() {
-        eprintln!("warning: skipping {} unreadable images:", bad.len());
-        for (sample, error) in bad.iter().take(5) {
-            eprintln!("  {}: {error}", sample.path.display());
-        }
-    }
+    warn_unreadable(&bad, &set.description);
     if samples.is_empty() {
         bail!("{} has no readable images", set.description);
     }

@@ -69,7 +69,7 @@ pub struct RecipeArgs {
     accumulation: Option<usize>,
     #[arg(long, help = shown("Peak learning rate of the head", defaults().lr))]
     lr: Option<f64>,
-    #[arg(long, help = shown("Peak learning rate of the top block (lower blocks decay from it)", defaults().block_lr(0, 1)))]
+    #[arg(long, help = shown("Peak learning rate of the top block (lower blocks decay from it)", defaults().top_block_lr()))]
     backbone_lr: Option<f64>,
     #[arg(long, help = shown("Layer-wise learning-rate decay per block from the top (1 = off)", defaults().layer_decay))]
     layer_decay: Option<f64>,

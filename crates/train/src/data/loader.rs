@@ -141,6 +141,17 @@ pub fn batches(
     receiver
 }
 
+/// Warns once about the images [`drop_unreadable`] left out of `split` (a few named, with why).
+pub fn warn_unreadable(bad: &[(Sample, String)], split: &str) {
+    if bad.is_empty() {
+        return;
+    }
+    eprintln!("warning: skipping {} unreadable images in {split}:", bad.len());
+    for (sample, error) in bad.iter().take(5) {
+        eprintln!("  {}: {error}", sample.path.display());
+    }
+}
+
 /// Decodes every sample once (in parallel) and keeps the readable ones; returns the unreadable
 /// paths with their errors, so a run can warn once instead of every epoch.
 pub fn drop_unreadable(samples: Vec<Sample>) -> (Vec<Sample>, Vec<(Sample, String)>) {

@@ -61,7 +61,7 @@ pub fn match_labels(whose: &str, labels: &[String], classes: &[String]) -> Resul
         let by_synonym: Vec<usize> = (0..labels.len()).filter(|&i| labels[i].split(',').any(|part| norm(part) == name)).collect();
         match (exact.as_slice(), by_synonym.as_slice()) {
             ([i], _) | ([], [i]) => columns.push(*i),
-            ([], []) => bail!("the dataset's class folder {class:?} matches none of {whose}'s {} labels ({})", labels.len(), preview(labels)),
+            ([], []) => bail!("the dataset's class folder {class:?} matches none of {whose}'s {} labels ({})", labels.len(), vitrine_model::error::preview(labels)),
             (_, candidates) => {
                 let names: Vec<&str> = candidates.iter().map(|&i| labels[i].as_str()).collect();
                 bail!("the dataset's class folder {class:?} matches several of {whose}'s labels: {names:?}")
@@ -69,12 +69,6 @@ pub fn match_labels(whose: &str, labels: &[String], classes: &[String]) -> Resul
         }
     }
     Ok(columns)
-}
-
-/// The first few labels, for an error message.
-fn preview(labels: &[String]) -> String {
-    let shown: Vec<&str> = labels.iter().take(8).map(String::as_str).collect();
-    format!("{:?}{}", shown, if labels.len() > 8 { ", ..." } else { "" })
 }
 
 /// The images an evaluation reads, and what they are.

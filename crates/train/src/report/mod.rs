@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use base64::Engine;
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{read_if_present, write_atomic};
 use crate::logbook::{EpochRecord, Logbook, StepRecord};
 use crate::recipe::Recipe;
 use crate::run_dir::RunDir;
@@ -30,11 +30,8 @@ impl RunData {
         // and does not parse is an error, not an empty section.
         let run = RunDir(dir.to_path_buf());
         let read = |path: PathBuf| -> Result<Option<String>> {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Ok(Some(text)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
-            }
+            let bytes = read_if_present(&path)?;
+            bytes.map(|b| String::from_utf8(b).with_context(|| format!("{} is not UTF-8", path.display()))).transpose()
         };
         let recipe = match read(run.recipe())? {
             Some(text) => Some(serde_json::from_str(&text).with_context(|| format!("{} does not parse", run.recipe().display()))?),

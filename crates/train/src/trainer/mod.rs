@@ -22,7 +22,7 @@ use vitrine_model::{HfVitConfig, Loaded, PreprocessConfig, Vit};
 use crate::bundle;
 use crate::cache::TokenCache;
 use crate::checkpoint::{self, RunState};
-use crate::data::loader::{Transform, drop_unreadable};
+use crate::data::loader::{Transform, drop_unreadable, warn_unreadable};
 use crate::data::{ImageFolder, Sample};
 use crate::distill::Teacher;
 use crate::evaluate::{Columns, Evaluation, Tally, evaluate, probabilities};
@@ -146,12 +146,7 @@ fn open_data(recipe: &Recipe) -> Result<ImageFolder> {
     let mut data = ImageFolder::open(Path::new(&recipe.data), recipe.seed)?;
     for (name, split) in [("train", &mut data.train), ("val", &mut data.val)] {
         let (kept, bad) = drop_unreadable(std::mem::take(split));
-        if !bad.is_empty() {
-            eprintln!("warning: skipping {} unreadable images in {name}:", bad.len());
-            for (sample, error) in bad.iter().take(5) {
-                eprintln!("  {}: {error}", sample.path.display());
-            }
-        }
+        warn_unreadable(&bad, name);
         *split = kept;
     }
     if data.train.is_empty() || data.val.is_empty() {
@@ -287,7 +282,7 @@ impl Run {
         let rewound = checkpoint::rewind_to_epoch_end(&self.dir.0);
         let _ = crate::report::write(&self.dir.0);
         let cause = if unfrozen { format!(", the epoch that began training {} blocks", record.trainable_blocks) } else { String::new() };
-        let (lr, backbone) = (recipe.lr, recipe.block_lr(num_layers - 1, num_layers));
+        let (lr, backbone) = (recipe.lr, recipe.top_block_lr());
         match rewound {
             Ok(_) => anyhow::anyhow!(
                 "validation loss rose from {previous:.3} to {:.3} in epoch {}{cause} (more than {DIVERGENCE}x): the pretrained \

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::Run;
 use crate::bundle;
 use crate::cache::TokenCache;
+use crate::checkpoint::read_if_present;
 use crate::data::loader::Transform;
 use crate::distill::{self, Output, Teacher, TeacherOutputs};
 use crate::recipe::Recipe;
@@ -23,11 +24,10 @@ impl Run {
         let side = loaded.config.image_size as u32;
         let size = preprocess.output_size([side, side])[0];
         let transform = Arc::new(Transform::train(self.recipe.augment, size, &preprocess));
-        let mut files = Vec::new();
-        for name in [bundle::CONFIG, bundle::WEIGHTS, bundle::PREPROCESSOR] {
-            let path = Path::new(dir).join(name);
-            files.push(std::fs::read(&path).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })?);
-        }
+        let files = [bundle::CONFIG, bundle::WEIGHTS, bundle::PREPROCESSOR]
+            .map(|name| read_if_present(&Path::new(dir).join(name)).map(Option::unwrap_or_default))
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         let fingerprint = distill::digest(files.iter().map(Vec::as_slice));
         Ok(Teacher { model: loaded.model, fingerprint, size, transform })
     }

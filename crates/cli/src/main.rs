@@ -2,6 +2,7 @@
 
 mod cmd;
 mod device;
+mod memory;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    memory::keep_freed_buffers();
     let result = match Cli::parse().command {
         Command::Predict(args) => cmd::predict::run(args),
         Command::Inspect(args) => cmd::inspect::run(args),

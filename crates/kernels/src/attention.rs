@@ -97,6 +97,98 @@ pub fn attention(
     parallel::for_each_index(batch * heads, task);
 }
 
+/// The gradients of [`attention`] from the output's (`grad`, `[batch, heads, q, value_dim]`), given
+/// the probabilities of the forward (`probs`, `[batch, heads, q, kv]`): `(dq, dk, dv)`, each laid out
+/// `[batch, tokens, heads, dim]` as the forward's output is.
+///
+/// Per (batch, head): `dP = dO V^T`, `dS = P (dP - rowsum(P dP)) scale` (the softmax's backward,
+/// in place), `dV = P^T dO`, `dQ = dS K`, `dK = dS^T Q`: five products reading every operand in place.
+pub fn attention_backward(
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    probs: &[f32],
+    grad: Operand,
+    dims: Dims,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let Dims { batch, heads, q_tokens, kv_tokens, dim, value_dim } = dims;
+    assert_eq!(probs.len(), batch * heads * q_tokens * kv_tokens, "attention backward: probabilities size");
+    let mut dq = vec![0.0f32; batch * q_tokens * heads * dim];
+    let mut dk = vec![0.0f32; batch * kv_tokens * heads * dim];
+    let mut dv = vec![0.0f32; batch * kv_tokens * heads * value_dim];
+    let (dq_ptr, dk_ptr, dv_ptr) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    let task = |index: usize| {
+        let (b, h) = (index / heads, index % heads);
+        let p_block = &probs[index * q_tokens * kv_tokens..(index + 1) * q_tokens * kv_tokens];
+        let p = p_block.as_ptr();
+        let (qp, kp, vp, gp) = (q.ptr(b, h), k.ptr(b, h), v.ptr(b, h), grad.ptr(b, h));
+        let mut ds = vec![0.0f32; q_tokens * kv_tokens];
+        let kv = kv_tokens as isize;
+        // SAFETY (both blocks): operands are read within their layouts; each task writes its own
+        // scratch and its own (batch, head) rows of dq, dk and dv (rows `heads * dim` apart).
+        unsafe {
+            product(q_tokens, kv_tokens, value_dim, ds.as_mut_ptr(), kv, (gp, grad.strides[3], grad.strides[2]), (vp, v.strides[2], v.strides[3]));
+        }
+        for (row, p_row) in ds.chunks_exact_mut(kv_tokens).zip(p_block.chunks_exact(kv_tokens)) {
+            dispatch!(softmax_backward_row(p_row, row, scale));
+        }
+        unsafe {
+            let rows_of = |heads_width: usize| (heads * heads_width) as isize;
+            let dv_at = dv_ptr.at((b * kv_tokens * heads + h) * value_dim);
+            product(kv_tokens, value_dim, q_tokens, dv_at, rows_of(value_dim), (p, kv, 1), (gp, grad.strides[3], grad.strides[2]));
+            let dq_at = dq_ptr.at((b * q_tokens * heads + h) * dim);
+            product(q_tokens, dim, kv_tokens, dq_at, rows_of(dim), (ds.as_ptr(), 1, kv), (kp, k.strides[3], k.strides[2]));
+            let dk_at = dk_ptr.at((b * kv_tokens * heads + h) * dim);
+            product(kv_tokens, dim, q_tokens, dk_at, rows_of(dim), (ds.as_ptr(), kv, 1), (qp, q.strides[3], q.strides[2]));
+        }
+    };
+    parallel::for_each_index(batch * heads, task);
+    (dq, dk, dv)
+}
+
+/// `dst [m, n] = lhs [m, k] @ rhs [k, n]` on one thread, each operand given as (pointer, column
+/// stride, row stride), `dst`'s rows `dst_rows` apart.
+///
+/// # Safety
+/// Every operand's strides keep its reads (and `dst`'s writes) inside its buffer.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_rows: isize, lhs: (*const f32, isize, isize), rhs: (*const f32, isize, isize)) {
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            dst, 1, dst_rows, false,
+            lhs.0, lhs.1, lhs.2,
+            rhs.0, rhs.1, rhs.2,
+            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `dp <- p (dp - sum(p dp)) scale`: one row of the scaled softmax's backward.
+#[inline(always)]
+unsafe fn softmax_backward_row<V: F32x>(p: &[f32], dp: &mut [f32], scale: f32) {
+    let (n, pp, pd) = (p.len(), p.as_ptr(), dp.as_mut_ptr());
+    let full = n - n % V::LANES;
+    unsafe {
+        let mut dot = V::zero();
+        for i in (0..full).step_by(V::LANES) {
+            dot = V::load(pp.add(i)).mul_add(V::load(pd.add(i)), dot);
+        }
+        let mut dot = dot.reduce_sum();
+        for i in full..n {
+            dot += *pp.add(i) * *pd.add(i);
+        }
+        let (dot_v, scale_v) = (V::splat(dot), V::splat(scale));
+        for i in (0..full).step_by(V::LANES) {
+            V::load(pp.add(i)).mul(V::load(pd.add(i)).sub(dot_v)).mul(scale_v).store(pd.add(i));
+        }
+        for i in full..n {
+            *pd.add(i) = *pp.add(i) * (*pd.add(i) - dot) * scale;
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint parts of the buffer behind the pointer.

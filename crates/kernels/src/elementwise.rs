@@ -12,6 +12,13 @@ pub fn gelu_in_place(x: &mut [f32]) {
     parallel::for_each_chunk(x, CHUNK, |chunk| dispatch!(gelu_chunk(chunk)));
 }
 
+/// `out <- gelu(x)`: for an input that must be kept (under autodiff), in one pass instead of a copy
+/// and a pass in place.
+pub fn gelu_into(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "gelu: input and output differ in length");
+    parallel::for_each_chunk_with(out, x, CHUNK, |out, x| dispatch!(gelu_copy_chunk(x, out)));
+}
+
 /// `rows[i] <- rows[i] + bias`, then GELU when `gelu`: a Linear layer's epilogue, in one pass.
 pub fn add_bias_in_place(rows: &mut [f32], bias: &[f32], gelu: bool) {
     let width = bias.len();
@@ -41,6 +48,21 @@ unsafe fn gelu_chunk<V: F32x>(x: &mut [f32]) {
         }
         if i < n {
             math::gelu(V::load_partial(p.add(i), n - i)).store_partial(p.add(i), n - i);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gelu_copy_chunk<V: F32x>(x: &[f32], out: &mut [f32]) {
+    let (n, px, po) = (x.len(), x.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    unsafe {
+        while i + V::LANES <= n {
+            math::gelu(V::load(px.add(i))).store(po.add(i));
+            i += V::LANES;
+        }
+        if i < n {
+            math::gelu(V::load_partial(px.add(i), n - i)).store_partial(po.add(i), n - i);
         }
     }
 }

@@ -4,6 +4,7 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::ActivationOps;
 use burn::backend::tensor::FloatTensor;
@@ -13,16 +14,43 @@ use burn_flex::{FlexTensor, Layout};
 
 use crate::attention::{self, Dims, Operand};
 use crate::elementwise;
+use crate::linear::{self, Matrix};
 
-/// Operations used without gradients: the model's forward at inference.
+/// Operations used without gradients: the attention maps.
 #[backend_extension(Flex)]
 pub trait InferenceOps: Backend {
-    /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`.
-    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
-    /// `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`.
-    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `softmax(q k^T / sqrt(dim))`, `[batch, heads, q, kv]`.
     fn attention_probs(q: FloatTensor<Self>, k: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Linear layers, also under autodiff: the backward of burn's own `linear`, on vitrine's products.
+#[backend_extension(Flex, Autodiff)]
+pub trait LinearOps: Backend {
+    /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`.
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
+    /// `grad [rows, out] @ weight^T`: the input's gradient.
+    fn linear_x_backward(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x^T @ grad`, `[in, out]`: the weight's gradient.
+    fn linear_weight_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The sum of `grad`'s rows, `[out]`: the bias's gradient.
+    fn linear_bias_backward(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Attention, also under autodiff: the forward keeps its probabilities for the backward.
+#[backend_extension(Flex, Autodiff)]
+pub trait AttentionOps: Backend {
+    /// `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`.
+    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`AttentionOps::attention`] and its probabilities `[batch, heads, q, kv]`.
+    fn attention_keeping_probs(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradients of q, k and v from the output's.
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// The exact GELU, also under autodiff.
@@ -51,6 +79,13 @@ fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(burn::tensor::Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
 
+/// A 2-D tensor read in place, through its strides.
+fn matrix(x: &FlexTensor) -> Matrix<'_> {
+    let (shape, s) = (x.layout().shape(), x.layout().strides());
+    assert_eq!(shape.num_dims(), 2, "linear: a matrix expected, got a tensor of shape {shape:?}");
+    Matrix { data: x.storage::<f32>(), offset: x.layout().start_offset(), rows: s[0], cols: s[1] }
+}
+
 fn operand(x: &FlexTensor) -> Operand<'_> {
     let s = x.layout().strides();
     Operand { data: x.storage::<f32>(), offset: x.layout().start_offset(), strides: [s[0], s[1], s[2], s[3]] }
@@ -63,41 +98,6 @@ fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: Option<&FlexTensor>) -> Dim
 }
 
 impl InferenceOps for Flex {
-    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, gelu: bool) -> FlexTensor {
-        let (xs, ws) = (x.layout().shape(), weight.layout().shape());
-        let (m, k, n) = (xs[0], xs[1], ws[1]);
-        assert_eq!(ws[0], k, "linear: input width {k} against a weight of {ws:?}");
-        let bias = dense(bias);
-        let bias = bias.as_slice::<f32>().expect("an f32 bias");
-        let mut out = vec![0.0f32; m * n];
-        let (xl, wl) = (x.layout(), weight.layout());
-        let parallelism = crate::parallel::gemm_parallelism(m * n * k);
-        // SAFETY: both operands are read within their layouts; `out` is m x n, row-major.
-        unsafe {
-            gemm::gemm(
-                m, n, k,
-                out.as_mut_ptr(), 1, n as isize, false,
-                x.storage::<f32>().as_ptr().add(xl.start_offset()), xl.strides()[1], xl.strides()[0],
-                weight.storage::<f32>().as_ptr().add(wl.start_offset()), wl.strides()[1], wl.strides()[0],
-                0.0, 1.0, false, false, false, parallelism,
-            );
-        }
-        elementwise::add_bias_in_place(&mut out, bias, gelu);
-        from_vec(out, Shape::new([m, n]))
-    }
-
-    fn attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
-        let dims = attention_dims(&q, &k, Some(&v));
-        let mut out = vec![0.0; dims.batch * dims.q_tokens * dims.heads * dims.value_dim];
-        let scale = 1.0 / (dims.dim as f32).sqrt();
-        attention::attention(operand(&q), operand(&k), Some(operand(&v)), dims, scale, Some(&mut out), None);
-        // Written [batch, tokens, heads, dim]; viewed [batch, heads, tokens, dim] like burn's.
-        let Dims { batch, heads, q_tokens, value_dim, .. } = dims;
-        let strides = vec![(q_tokens * heads * value_dim) as isize, value_dim as isize, (heads * value_dim) as isize, 1];
-        let layout = Layout::new(Shape::new([batch, heads, q_tokens, value_dim]), strides, 0);
-        FlexTensor::new(burn::tensor::Bytes::from_elems(out), layout, DType::F32)
-    }
-
     fn attention_probs(q: FlexTensor, k: FlexTensor) -> FlexTensor {
         let dims = attention_dims(&q, &k, None);
         let mut probs = vec![0.0; dims.batch * dims.heads * dims.q_tokens * dims.kv_tokens];
@@ -107,15 +107,201 @@ impl InferenceOps for Flex {
     }
 }
 
+impl LinearOps for Flex {
+    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, gelu: bool) -> FlexTensor {
+        let (rows, d_in) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let d_out = weight.layout().shape()[1];
+        assert_eq!(weight.layout().shape()[0], d_in, "linear: input width {d_in} against a weight of {:?}", weight.layout().shape());
+        let bias = dense(bias);
+        let bias = bias.as_slice::<f32>().expect("an f32 bias");
+        assert_eq!(bias.len(), d_out, "linear: a bias of {} for {d_out} outputs", bias.len());
+        from_vec(linear::forward(matrix(&x), matrix(&weight), bias, rows, d_in, gelu), Shape::new([rows, d_out]))
+    }
+
+    fn linear_x_backward(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (d_in, d_out) = (weight.layout().shape()[0], weight.layout().shape()[1]);
+        let rows = grad.layout().shape()[0];
+        from_vec(linear::product(matrix(&grad), matrix(&weight).t(), rows, d_out, d_in), Shape::new([rows, d_in]))
+    }
+
+    fn linear_weight_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (rows, d_in) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let d_out = grad.layout().shape()[1];
+        from_vec(linear::product(matrix(&x).t(), matrix(&grad), d_in, rows, d_out), Shape::new([d_in, d_out]))
+    }
+
+    fn linear_bias_backward(grad: FlexTensor) -> FlexTensor {
+        let d_out = grad.layout().shape()[1];
+        let grad = dense(grad);
+        from_vec(linear::column_sums(grad.as_slice::<f32>().expect("an f32 gradient"), d_out), Shape::new([d_out]))
+    }
+}
+
+impl<B: Backend + LinearOps + GeluOps, C: CheckpointStrategy> LinearOps for Autodiff<B, C> {
+    fn linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self> {
+        // As burn's own linear node: x is kept only for the weight's gradient, the weight only for x's.
+        #[derive(Debug)]
+        struct LinearBackward;
+
+        impl<B: Backend + LinearOps> Backward<B, 3> for LinearBackward {
+            type State = (Option<NodeId>, Option<NodeId>);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+                let [node_x, node_weight, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                if let Some(node) = node_x {
+                    let weight = checkpointer.retrieve_node_output::<FloatTensor<B>>(weight.expect("the weight, kept"));
+                    grads.register::<B>(node.id, <B as LinearOps>::linear_x_backward(weight, grad.clone()));
+                }
+                if let Some(node) = node_weight {
+                    let x = checkpointer.retrieve_node_output::<FloatTensor<B>>(x.expect("the input, kept"));
+                    grads.register::<B>(node.id, <B as LinearOps>::linear_weight_backward(x, grad.clone()));
+                }
+                if let Some(node) = node_bias {
+                    grads.register::<B>(node.id, <B as LinearOps>::linear_bias_backward(grad));
+                }
+            }
+        }
+
+        if gelu {
+            // GELU's own node keeps the product for its backward.
+            return <Self as GeluOps>::gelu(<Self as LinearOps>::linear(x, weight, bias, false));
+        }
+        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+        match LinearBackward.prepare::<C>([x.node(), weight.node(), bias.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = weight_tracked.then(|| prep.checkpoint(&x));
+                let weight_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let out = <B as LinearOps>::linear(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), false);
+                prep.finish((x_state, weight_state), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<B as LinearOps>::linear(x.into_primitive(), weight.into_primitive(), bias.into_primitive(), false)),
+        }
+    }
+
+    fn linear_x_backward(_: FloatTensor<Self>, _: FloatTensor<Self>) -> FloatTensor<Self> {
+        unimplemented!("a Linear layer's backward is not differentiated again")
+    }
+
+    fn linear_weight_backward(_: FloatTensor<Self>, _: FloatTensor<Self>) -> FloatTensor<Self> {
+        unimplemented!("a Linear layer's backward is not differentiated again")
+    }
+
+    fn linear_bias_backward(_: FloatTensor<Self>) -> FloatTensor<Self> {
+        unimplemented!("a Linear layer's backward is not differentiated again")
+    }
+}
+
+/// A `[batch, heads, tokens, dim]` view of a buffer written `[batch, tokens, heads, dim]`.
+fn heads_view(values: Vec<f32>, batch: usize, heads: usize, tokens: usize, dim: usize) -> FlexTensor {
+    let strides = vec![(tokens * heads * dim) as isize, dim as isize, (heads * dim) as isize, 1];
+    let layout = Layout::new(Shape::new([batch, heads, tokens, dim]), strides, 0);
+    FlexTensor::new(burn::tensor::Bytes::from_elems(values), layout, DType::F32)
+}
+
+/// The attention output (and, with `keep_probs`, its probabilities).
+fn attention_forward(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, keep_probs: bool) -> (FlexTensor, Option<FlexTensor>) {
+    let dims = attention_dims(q, k, Some(v));
+    let Dims { batch, heads, q_tokens, kv_tokens, value_dim, .. } = dims;
+    let mut out = vec![0.0; batch * q_tokens * heads * value_dim];
+    let mut probs = keep_probs.then(|| vec![0.0; batch * heads * q_tokens * kv_tokens]);
+    let scale = 1.0 / (dims.dim as f32).sqrt();
+    attention::attention(operand(q), operand(k), Some(operand(v)), dims, scale, Some(&mut out), probs.as_deref_mut());
+    let probs = probs.map(|p| from_vec(p, Shape::new([batch, heads, q_tokens, kv_tokens])));
+    (heads_view(out, batch, heads, q_tokens, value_dim), probs)
+}
+
+impl AttentionOps for Flex {
+    fn attention(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> FlexTensor {
+        attention_forward(&q, &k, &v, false).0
+    }
+
+    fn attention_keeping_probs(q: FlexTensor, k: FlexTensor, v: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let (out, probs) = attention_forward(&q, &k, &v, true);
+        (out, probs.expect("probabilities kept"))
+    }
+
+    fn attention_backward(q: FlexTensor, k: FlexTensor, v: FlexTensor, probs: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dims = attention_dims(&q, &k, Some(&v));
+        let Dims { batch, heads, q_tokens, kv_tokens, dim, value_dim } = dims;
+        let probs = dense(probs);
+        let probs = probs.as_slice::<f32>().expect("f32 probabilities");
+        let scale = 1.0 / (dim as f32).sqrt();
+        let (dq, dk, dv) = attention::attention_backward(operand(&q), operand(&k), operand(&v), probs, operand(&grad), dims, scale);
+        (
+            heads_view(dq, batch, heads, q_tokens, dim),
+            heads_view(dk, batch, heads, kv_tokens, dim),
+            heads_view(dv, batch, heads, kv_tokens, value_dim),
+        )
+    }
+}
+
+impl<B: Backend + AttentionOps, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {
+    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct AttentionBackward;
+
+        impl<B: Backend + AttentionOps> Backward<B, 3> for AttentionBackward {
+            /// q, k, v and the probabilities.
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (q, k, v, probs) = ops.state;
+                let (dq, dk, dv) = <B as AttentionOps>::attention_backward(q, k, v, probs, grad);
+                for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        match AttentionBackward.prepare::<C>([q.node(), k.node(), v.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+                let (out, probs) = <B as AttentionOps>::attention_keeping_probs(q.clone(), k.clone(), v.clone());
+                prep.finish((q, k, v, probs), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(<B as AttentionOps>::attention(q.into_primitive(), k.into_primitive(), v.into_primitive()))
+            }
+        }
+    }
+
+    fn attention_keeping_probs(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!("attention's probabilities are kept inside its own backward node")
+    }
+
+    fn attention_backward(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!("attention's backward is not differentiated again")
+    }
+}
+
 impl GeluOps for Flex {
     fn gelu(x: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 {
             return <Flex as ActivationOps<Flex>>::gelu(x);
         }
         let shape = x.layout().shape().clone();
-        let mut values = into_vec(x);
-        elementwise::gelu_in_place(&mut values);
-        from_vec(values, shape)
+        if x.is_unique() {
+            let mut values = into_vec(x);
+            elementwise::gelu_in_place(&mut values);
+            return from_vec(values, shape);
+        }
+        // Kept elsewhere (autodiff keeps GELU's input): read it, write a new buffer.
+        let x = dense(x);
+        let x = x.as_slice::<f32>().expect("an f32 input");
+        let mut out = vec![0.0f32; x.len()];
+        elementwise::gelu_into(x, &mut out);
+        from_vec(out, shape)
     }
 
     fn gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {

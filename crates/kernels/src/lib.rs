@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod elementwise;
 mod extension;
+pub mod linear;
 mod math;
 mod parallel;
 pub mod simd;
@@ -18,7 +19,7 @@ use burn::backend::Dispatch;
 use burn::nn::Linear;
 use burn::tensor::{DType, Device, Tensor};
 
-use extension::{GeluOps, InferenceOps};
+use extension::{AttentionOps, GeluOps, InferenceOps, LinearOps};
 
 /// Whether `device` is the flex CPU backend, plain or under autodiff.
 pub fn runs_on_flex(device: &Device) -> bool {
@@ -26,7 +27,6 @@ pub fn runs_on_flex(device: &Device) -> bool {
 }
 
 /// Whether the kernels without a backward pass serve `x`: f32 on flex, no gradients recorded.
-/// (Under autodiff, products and attention stay burn's, whose backward is already written.)
 fn inference_on_flex<const D: usize>(x: &Tensor<D>) -> bool {
     let device = x.device();
     runs_on_flex(&device) && !device.is_autodiff() && x.dtype() == DType::F32
@@ -54,12 +54,12 @@ pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 #[allow(clippy::result_large_err)] // the error is the input tensor, handed back unchanged
 fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) -> Result<Tensor<D>, Tensor<D>> {
     match &layer.bias {
-        Some(bias) if inference_on_flex(&x) && layer.weight.val().dtype() == DType::F32 => {
+        Some(bias) if runs_on_flex(&x.device()) && x.dtype() == DType::F32 && layer.weight.val().dtype() == DType::F32 => {
             let dims = x.dims();
             let rows = dims[..D - 1].iter().product::<usize>();
             let x2 = x.reshape([rows, dims[D - 1]]);
             let (weight, bias) = (layer.weight.val().into_dispatch(), bias.val().into_dispatch());
-            let out = <Dispatch as InferenceOps>::linear(x2.into_dispatch(), weight, bias, with_gelu);
+            let out = <Dispatch as LinearOps>::linear(x2.into_dispatch(), weight, bias, with_gelu);
             let mut shape = dims;
             shape[D - 1] = layer.weight.dims()[1];
             Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
@@ -71,10 +71,10 @@ fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) ->
 /// Scaled dot-product attention `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`,
 /// as `burn::tensor::module::attention` with no mask or bias.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    if !inference_on_flex(&q) {
+    if !runs_on_flex(&q.device()) || q.dtype() != DType::F32 {
         return burn::tensor::module::attention(q, k, v, None, None, Default::default());
     }
-    Tensor::from_dispatch(<Dispatch as InferenceOps>::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as AttentionOps>::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()))
 }
 
 /// The attention probabilities `softmax(q k^T / sqrt(dim))` (`[batch, heads, q, kv]`), for maps.

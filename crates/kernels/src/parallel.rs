@@ -19,6 +19,14 @@ pub fn for_each_chunk_with(data: &mut [f32], other: &[f32], chunk: usize, f: imp
     data.chunks_mut(chunk).zip(other.chunks(chunk)).for_each(|(a, b)| f(a, b));
 }
 
+/// `f(i, piece)` on each `chunk`-sized piece of `data`, the `i`-th.
+pub fn for_each_chunk_enumerated(data: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    data.par_chunks_mut(chunk).enumerate().for_each(|(i, piece)| f(i, piece));
+    #[cfg(target_arch = "wasm32")]
+    data.chunks_mut(chunk).enumerate().for_each(|(i, piece)| f(i, piece));
+}
+
 /// `f(i)` for `i` in `0..n`.
 pub fn for_each_index(n: usize, f: impl Fn(usize) + Send + Sync) {
     #[cfg(not(target_arch = "wasm32"))]

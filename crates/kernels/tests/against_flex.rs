@@ -48,6 +48,44 @@ fn linear_matches_flex() {
 }
 
 #[test]
+fn linear_gradients_match_flex() {
+    let device = Device::flex().autodiff();
+    for (rows, d_in, d_out, gelu) in [(257, 384, 1536, true), (2 * 197, 768, 768, false), (5, 3, 7, false)] {
+        let layer = LinearConfig::new(d_in, d_out).init(&device);
+        let x = Tensor::<3>::random([1, rows, d_in], Distribution::Default, &device).require_grad();
+        let weights = Tensor::<3>::random([1, rows, d_out], Distribution::Default, &device);
+        let (ours, theirs) = if gelu {
+            (vitrine_kernels::linear_gelu(&layer, x.clone()), burn::tensor::activation::gelu(layer.forward(x.clone())))
+        } else {
+            (vitrine_kernels::linear(&layer, x.clone()), layer.forward(x.clone()))
+        };
+        assert_close(ours.clone().detach(), theirs.clone().detach(), 1e-5, "linear under autodiff");
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_theirs = (theirs * weights).sum().backward();
+        let grads = |g| (x.grad(g).unwrap(), layer.weight.grad(g).unwrap(), layer.bias.as_ref().unwrap().grad(g).unwrap());
+        let ((dx, dw, db), (dx_f, dw_f, db_f)) = (grads(&g_ours), grads(&g_theirs));
+        assert_close(dx, dx_f, 1e-5, "input gradient");
+        assert_close(dw, dw_f, 1e-5, "weight gradient");
+        assert_close(db, db_f, 1e-5, "bias gradient");
+    }
+}
+
+#[test]
+fn linear_gradients_skip_frozen_parts() {
+    // A frozen layer (no parameter gradients) still passes the input's gradient on, and an input
+    // without gradients still gives the weight's.
+    let device = Device::flex().autodiff();
+    let frozen = burn::module::Module::set_require_grad(LinearConfig::new(8, 4).init(&device), false);
+    let x = Tensor::<2>::random([3, 8], Distribution::Default, &device).require_grad();
+    let g = vitrine_kernels::linear(&frozen, x.clone()).sum().backward();
+    assert!(x.grad(&g).is_some() && frozen.weight.grad(&g).is_none());
+    let layer = LinearConfig::new(8, 4).init(&device);
+    let g = vitrine_kernels::linear(&layer, Tensor::<2>::ones([3, 8], &device)).sum().backward();
+    let dw = layer.weight.grad(&g).unwrap();
+    assert_close(dw, Tensor::ones([8, 4], &Device::flex()) * 3.0, 1e-6, "weight gradient of ones");
+}
+
+#[test]
 fn attention_matches_flex_on_split_heads() {
     let device = Device::flex();
     for (batch, heads, tokens, dim) in [(1, 6, 257, 64), (2, 3, 197, 64), (1, 2, 5, 4)] {
@@ -73,4 +111,23 @@ fn autodiff_products_keep_burns_gradients() {
     let x = Tensor::<3>::random([1, 3, 8], Distribution::Default, &device).require_grad();
     let grads = vitrine_kernels::linear(&layer, x.clone()).sum().backward();
     assert_eq!(x.grad(&grads).unwrap().dims(), [1, 3, 8]);
+}
+
+#[test]
+fn attention_gradients_match_flex() {
+    let device = Device::flex().autodiff();
+    for (batch, heads, tokens, dim) in [(2, 6, 197, 64), (1, 2, 5, 4)] {
+        let split = |x: Tensor<3>| x.reshape([batch, tokens, heads, dim]).swap_dims(1, 2);
+        let leaf = || Tensor::<3>::random([batch, tokens, heads * dim], Distribution::Normal(0.0, 2.0), &device).require_grad();
+        let (q, k, v) = (leaf(), leaf(), leaf());
+        let weights = Tensor::<4>::random([batch, heads, tokens, dim], Distribution::Default, &device);
+        let ours = vitrine_kernels::attention(split(q.clone()), split(k.clone()), split(v.clone()));
+        let theirs = attention(split(q.clone()), split(k.clone()), split(v.clone()), None, None, Default::default());
+        assert_close(ours.clone().detach(), theirs.clone().detach(), 1e-5, "attention under autodiff");
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_theirs = (theirs * weights).sum().backward();
+        for (x, what) in [(&q, "query gradient"), (&k, "key gradient"), (&v, "value gradient")] {
+            assert_close(x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap(), 1e-5, what);
+        }
+    }
 }

@@ -108,7 +108,7 @@ def cpu_description():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vitrine", default=os.environ.get("CARGO_TARGET_DIR", "target") + "/release/vitrine")
+    parser.add_argument("--vitrine", default=os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vitrine/target")) + "/release/vitrine")
     parser.add_argument("--models", nargs="+", default=["vit-b16", "dinov2-s", "deit-ti"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])

@@ -27,7 +27,7 @@ def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     bundle, images = sys.argv[1], sys.argv[2:]
-    binary = os.environ.get("VITRINE", os.environ.get("CARGO_TARGET_DIR", "target") + "/release/vitrine")
+    binary = os.environ.get("VITRINE", os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vitrine/target")) + "/release/vitrine")
     model = AutoModelForImageClassification.from_pretrained(bundle).eval()
     processor = AutoImageProcessor.from_pretrained(bundle, backend="pil")
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -13,7 +13,7 @@ set -euo pipefail
 [ $# -ge 3 ] || { sed -n '2,11p' "$0"; exit 2; }
 teacher=$1 data=$2 out=$3
 shift 3
-vitrine=${VITRINE:-${CARGO_TARGET_DIR:-target}/release/vitrine}
+vitrine=${VITRINE:-${CARGO_TARGET_DIR:-$HOME/.cache/vitrine/target}/release/vitrine}
 settings=${SETTINGS:-"224:0 224:16 224:20 168:0 168:12 168:16 140:0 140:8"}
 rounds=${ROUNDS:-3}
 [ -x "$vitrine" ] || { echo "no vitrine binary at $vitrine (cargo build --release -p vitrine, or set VITRINE)" >&2; exit 1; }

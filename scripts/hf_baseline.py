@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/baseline"), help="run folders (replaced)")
-    parser.add_argument("--vitrine", default=os.environ.get("VITRINE", str(Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "release/vitrine")))
+    parser.add_argument("--vitrine", default=os.environ.get("VITRINE", str(Path(os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vitrine/target"))) / "release/vitrine")))
     parser.add_argument("--only", choices=["hf", "vitrine"], help="run one side only")
     args = parser.parse_args()
 

@@ -23,6 +23,7 @@ const state = {
   backend: null, // { kind, adapter, fallback, wanted }
   source: null, // the model bundle in use: { kind: 'url', base, label } or { kind: 'files', ... }
   model: null, // ModelInfo from the worker
+  loading: null, // the promise of the model load under way (boot or switch), else null
   input: null, // what is on the stage: { kind: 'blob', blob, name } | { kind: 'pixels', bitmap, name }
   bitmap: null, // the image drawn on the stage (ImageBitmap), or null while the camera preview shows
   prediction: null,
@@ -74,12 +75,18 @@ async function boot() {
   registerServiceWorker();
   renderSamples();
   bindInputs();
+  const loaded = await whileLoading(startModel);
+  if (loaded && !state.input) await classifySample(SAMPLES[0], { keepMessage: true });
+}
+
+// The backend, then the asked-for model (or the bundled one): true once a model is in.
+async function startModel() {
   const wanted = ['cpu', 'webgpu'].includes(params.get('backend')) ? params.get('backend') : 'auto';
   try {
     await initBackend(wanted);
   } catch (err) {
     showMessage(`The model could not start: ${err.message}`);
-    return;
+    return false;
   }
   const requested = params.get('model');
   let loaded = false;
@@ -90,7 +97,42 @@ async function boot() {
   }
   // A model that fails to load leaves its message up while the bundled one stands in.
   if (!loaded && requested) loaded = await loadModel(defaultSource(), { keepMessage: true });
-  if (loaded && !state.input) await classifySample(SAMPLES[0], { keepMessage: true });
+  return loaded;
+}
+
+// Runs a model load that inputs arriving meanwhile wait for (see untilModelReady).
+async function whileLoading(load) {
+  const run = load();
+  state.loading = run;
+  try {
+    return await run;
+  } finally {
+    if (state.loading === run) state.loading = null;
+  }
+}
+
+// An input that arrives while a model loads (a first visit, a switch) is kept, shown as waiting,
+// and classified once the model is in. False when no model came in, or a newer input replaced it.
+async function untilModelReady(input) {
+  if (!state.loading) return true;
+  while (state.loading) {
+    showWaiting(input.name);
+    await state.loading.catch(() => {});
+  }
+  if (state.input !== input) return false;
+  setBusy(false);
+  if (state.model !== null) return true;
+  $('predictions-empty').textContent = `No model could be loaded: “${input.name}” is classified once one is (choose one above).`;
+  return false;
+}
+
+function showWaiting(name) {
+  $('predictions').replaceChildren();
+  const note = $('predictions-empty');
+  note.hidden = false;
+  note.dataset.waiting = 'true';
+  note.textContent = `Waiting for the model to load: “${name}” is classified as soon as it is in.`;
+  setBusy(true);
 }
 
 async function initBackend(wanted) {
@@ -222,7 +264,7 @@ function syncModelSelect() {
 }
 
 async function switchModel(source) {
-  const ok = await loadModel(source);
+  const ok = await whileLoading(() => loadModel(source));
   if (ok) await reclassify();
 }
 
@@ -355,9 +397,10 @@ async function classifyBlob(blob, name, { keepMessage = false } = {}) {
   }
   if (state.camera) stopCamera();
   if (!keepMessage) hideMessage();
-  state.input = { kind: 'blob', blob, name };
+  const input = { kind: 'blob', blob, name };
+  state.input = input;
   showBitmap(bitmap, name);
-  await classifyInput();
+  if (await untilModelReady(input)) await classifyInput();
 }
 
 // Decodes without applying EXIF rotation, as the model's decoder does, so the overlay lines up.
@@ -500,11 +543,12 @@ async function snapshot() {
   setLive(false);
   const bitmap = await createImageBitmap(video);
   state.frozen = true;
-  state.input = { kind: 'pixels', bitmap, name: 'Camera snapshot' };
+  const input = { kind: 'pixels', bitmap, name: 'Camera snapshot' };
+  state.input = input;
   showVideo(false);
   showBitmap(bitmap, 'Camera snapshot');
   $('snapshot').textContent = 'Back to camera';
-  await classifyInput();
+  if (await untilModelReady(input)) await classifyInput();
 }
 
 async function setLive(on) {
@@ -527,6 +571,11 @@ async function setLive(on) {
   while (state.live && state.camera) {
     if (!video.videoWidth) {
       await new Promise((r) => setTimeout(r, 50));
+      continue;
+    }
+    if (state.loading) {
+      showWaiting('Camera (live)');
+      await state.loading.catch(() => {});
       continue;
     }
     const token = ++state.token;
@@ -586,8 +635,10 @@ function showResult(result, name, fps = null) {
       return li;
     }),
   );
-  $('predictions-empty').hidden = result.top.length > 0;
-  if (!result.top.length) $('predictions-empty').textContent = 'This model has no classifier: only its attention is shown.';
+  const note = $('predictions-empty');
+  delete note.dataset.waiting;
+  note.hidden = result.top.length > 0;
+  if (!result.top.length) note.textContent = 'This model has no classifier: only its attention is shown.';
   const where = state.backend?.kind === 'webgpu' ? 'WebGPU' : 'CPU';
   const timing = $('timing');
   timing.dataset.ms = String(result.ms);

@@ -49,8 +49,9 @@ async function launch(args) {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args });
 }
 
-async function open(browser, url, { viewport = { width: 1360, height: 860 }, serviceWorkers = 'allow' } = {}) {
+async function open(browser, url, { viewport = { width: 1360, height: 860 }, serviceWorkers = 'allow', prepare } = {}) {
   const context = await browser.newContext({ viewport, serviceWorkers });
+  await prepare?.(context);
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (err) => errors.push(err.message));
@@ -136,6 +137,59 @@ async function checkTokenMerging(browser, url, backend) {
   await context.close();
 }
 
+// A photo dropped while the model is still downloading (its weights held back here) is kept, shown
+// as waiting, and classified once the model is in: the native answer, no error. The same during a
+// switch to another model (`switchTo`, with its native answer for parachute.jpg).
+async function checkEarlyDrop(browser, url, reference, backend, switchTo) {
+  let release;
+  const hold = () => new Promise((resolve) => (release = resolve)).then(() => (held = null));
+  let held = hold();
+  const prepare = (context) =>
+    context.route(/\/model\.safetensors$/, async (route) => {
+      await held;
+      await route.continue();
+    });
+  const { context, page, errors } = await open(browser, url, { serviceWorkers: 'block', prepare });
+  const dropWhileLoading = async (image) => {
+    const photo = readFileSync(join(IMAGES, image)).toString('base64');
+    await page.evaluate(
+      ([base64, name]) => {
+        const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+        const dataTransfer = new DataTransfer();
+        dataTransfer.items.add(new File([bytes], name, { type: 'image/jpeg' }));
+        window.dispatchEvent(new DragEvent('drop', { dataTransfer, bubbles: true, cancelable: true }));
+      },
+      [photo, image],
+    );
+    await page.waitForSelector('#predictions-empty[data-waiting="true"]', { timeout: TIMEOUT });
+    assert.match(await page.textContent('#predictions-empty'), new RegExp(`Waiting for the model.*${image.replace('.', '\\.')}`));
+    assert.equal(await page.textContent('#image-name'), image, 'the photo shows while it waits');
+  };
+  const answered = async (seq, image, want, what) => {
+    assertMatchesNative(await nextResult(page, seq, image), want, what);
+    assert.ok(await page.isHidden('#message'), `no error message: ${await page.textContent('#message-text')}`);
+    assert.ok(await page.isHidden('#predictions-empty'), 'the waiting note is gone');
+  };
+
+  await dropWhileLoading('church.jpg');
+  await shot(page, `early-drop-waiting-${backend}`);
+  release();
+  await answered(0, 'church.jpg', reference, `church.jpg dropped before the model, ${backend}`);
+
+  if (switchTo) {
+    held = hold();
+    await page.selectOption('#model-select', 'custom');
+    await page.fill('#model-repo', switchTo.url);
+    await page.click('#custom-row button[type=submit]');
+    const seq = await seqOf(page);
+    await dropWhileLoading('parachute.jpg');
+    release();
+    await answered(seq, 'parachute.jpg', switchTo.reference, `parachute.jpg dropped during a model switch, ${backend}`);
+  }
+  assert.deepEqual(errors, []);
+  await context.close();
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
 }
@@ -201,6 +255,10 @@ describe('with WebGPU', () => {
 
   test('token merging (?tome= and its control) gives the native `predict --tome` answer', { timeout: TIMEOUT * 2 }, async () => {
     await checkTokenMerging(browser, `${gpuUrl(server)}&tome=3`, 'WebGPU');
+  });
+
+  test('a photo dropped before the model is ready is classified once it is in', { timeout: TIMEOUT * 2 }, async () => {
+    await checkEarlyDrop(browser, gpuUrl(server), native('church.jpg', TINY), 'webgpu');
   });
 
   // SwiftShader runs the shipped model slowly (docs/browser.md), so this test classifies one photo: the sample shown on load.
@@ -373,7 +431,7 @@ describe('with WebGPU', () => {
     await bad.context.close();
   });
 
-  test('offline: after the first visit the page works with the network off', { timeout: TIMEOUT * 3 }, async () => {
+  test('installable, and offline after the first visit: the page works with the network off', { timeout: TIMEOUT * 3 }, async () => {
     const own = await serve(DIST);
     const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });
     const page = await context.newPage();
@@ -381,6 +439,13 @@ describe('with WebGPU', () => {
     await nextResult(page, 0, 'tench.jpg');
     await page.evaluate(() => navigator.serviceWorker.ready);
     await page.waitForFunction(() => navigator.serviceWorker.controller || document.readyState === 'complete');
+    // Installable as an app: Chromium's own check of the manifest, its icons and the service worker.
+    const cdp = await context.newCDPSession(page);
+    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+    assert.deepEqual(installabilityErrors, [], 'the page is installable');
+    const { url: manifestUrl, errors: manifestErrors } = await cdp.send('Page.getAppManifest');
+    assert.match(manifestUrl, /manifest\.webmanifest$/);
+    assert.deepEqual(manifestErrors, [], 'the manifest parses without errors');
     await own.close(); // the network is gone
     await page.reload();
     await nextResult(page, 0, 'tench.jpg');
@@ -426,5 +491,10 @@ describe('without WebGPU', () => {
 
   test('token merging (?tome= and its control) gives the native `predict --tome` answer', { timeout: TIMEOUT * 2 }, async () => {
     await checkTokenMerging(browser, `${server.url}?model=/fixtures/vit/&tome=3`, 'CPU');
+  });
+
+  test('a photo dropped before the model is ready is classified once it is in', { timeout: TIMEOUT * 2 }, async () => {
+    const switchTo = { url: '/fixtures/vit/', reference: native('parachute.jpg', TINY) };
+    await checkEarlyDrop(browser, server.url, native('church.jpg'), 'cpu', switchTo);
   });
 });

@@ -1,6 +1,7 @@
 //! Times each kernel at a ViT's shapes against flex's own operation, in one run:
 //! `cargo run --release -p vitrine-kernels --example op_speed [-- batch tokens hidden heads]`
-//! (defaults: DINOv2-S/14 at 224 px, batch 1: 257 tokens, width 384, 6 heads).
+//! (defaults: DINOv2-S/14 at 224 px, batch 1: 257 tokens, width 384, 6 heads). The last rows time a
+//! forward and its backward under autodiff (training), each weighted by a fixed random gradient.
 
 use std::time::Instant;
 
@@ -71,5 +72,30 @@ fn main() {
         "attention probabilities",
         time_ms(iters, || burn::tensor::activation::softmax(q.clone().matmul(k.clone().swap_dims(2, 3)) / (dim as f64).sqrt(), 3)),
         time_ms(iters, || vitrine_kernels::attention_probs(q.clone(), k.clone())),
+    );
+
+    // Training: forward and backward, the input and the parameters tracked.
+    let device = device.autodiff();
+    let backward = |out: Tensor<3>, weights: &Tensor<3>| (out * weights.clone()).sum().backward();
+    let x = Tensor::<3>::random([batch, tokens, hidden], Distribution::Default, &device).require_grad();
+    let fc1 = LinearConfig::new(hidden, 4 * hidden).init(&device);
+    let weights = Tensor::<3>::random([batch, tokens, 4 * hidden], Distribution::Default, &device);
+    row(
+        "train: linear fc1 + gelu",
+        time_ms(iters, || backward(burn::tensor::activation::gelu(fc1.forward(x.clone())), &weights)),
+        time_ms(iters, || backward(vitrine_kernels::linear_gelu(&fc1, x.clone()), &weights)),
+    );
+    let split = |x: &Tensor<3>| x.clone().reshape([batch, tokens, heads, dim]).swap_dims(1, 2);
+    let merge = |o: Tensor<4>| o.swap_dims(1, 2).reshape([batch, tokens, hidden]);
+    let leaf = || Tensor::<3>::random([batch, tokens, hidden], Distribution::Default, &device).require_grad();
+    let (q, k, v) = (leaf(), leaf(), leaf());
+    let weights = Tensor::<3>::random([batch, tokens, hidden], Distribution::Default, &device);
+    row(
+        "train: attention",
+        time_ms(iters, || {
+            let out = burn::tensor::module::attention(split(&q), split(&k), split(&v), None, None, Default::default());
+            backward(merge(out), &weights)
+        }),
+        time_ms(iters, || backward(merge(vitrine_kernels::attention(split(&q), split(&k), split(&v))), &weights)),
     );
 }

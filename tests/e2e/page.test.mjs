@@ -431,7 +431,27 @@ describe('with WebGPU', () => {
     await bad.context.close();
   });
 
-  test('installable, and offline after the first visit: the page works with the network off', { timeout: TIMEOUT * 3 }, async () => {
+  test('installable as an app: Chromium finds no fault with the manifest, its icons or the service worker', { timeout: TIMEOUT }, async () => {
+    // A profile of its own: Chromium does not offer installation in an incognito context (playwright's default).
+    const profile = mkdtempSync(join(tmpdir(), 'vitrine-profile-'));
+    const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: WEBGPU_ARGS });
+    try {
+      const page = await context.newPage();
+      await page.goto(server.url);
+      await page.evaluate(() => navigator.serviceWorker.ready);
+      const cdp = await context.newCDPSession(page);
+      const { url, errors } = await cdp.send('Page.getAppManifest');
+      assert.match(url, /manifest\.webmanifest$/);
+      assert.deepEqual(errors, [], 'the manifest parses without errors');
+      const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+      assert.deepEqual(installabilityErrors, [], 'the page is installable');
+    } finally {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    }
+  });
+
+  test('offline: after the first visit the page works with the network off', { timeout: TIMEOUT * 3 }, async () => {
     const own = await serve(DIST);
     const context = await browser.newContext({ viewport: { width: 1360, height: 860 } });
     const page = await context.newPage();
@@ -439,13 +459,6 @@ describe('with WebGPU', () => {
     await nextResult(page, 0, 'tench.jpg');
     await page.evaluate(() => navigator.serviceWorker.ready);
     await page.waitForFunction(() => navigator.serviceWorker.controller || document.readyState === 'complete');
-    // Installable as an app: Chromium's own check of the manifest, its icons and the service worker.
-    const cdp = await context.newCDPSession(page);
-    const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
-    assert.deepEqual(installabilityErrors, [], 'the page is installable');
-    const { url: manifestUrl, errors: manifestErrors } = await cdp.send('Page.getAppManifest');
-    assert.match(manifestUrl, /manifest\.webmanifest$/);
-    assert.deepEqual(manifestErrors, [], 'the manifest parses without errors');
     await own.close(); // the network is gone
     await page.reload();
     await nextResult(page, 0, 'tench.jpg');

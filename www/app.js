@@ -400,7 +400,16 @@ async function classifyBlob(blob, name, { keepMessage = false } = {}) {
   const input = { kind: 'blob', blob, name };
   state.input = input;
   showBitmap(bitmap, name);
+  if (!keepMessage) bringStageIntoView();
   if (await untilModelReady(input)) await classifyInput();
+}
+
+// On a phone the inputs sit below the results: show the photo just picked, and its answer below it.
+function bringStageIntoView() {
+  const card = $('stage').closest('section');
+  if (matchMedia('(max-width: 700px)').matches && card.getBoundingClientRect().top < 0) {
+    card.scrollIntoView({ behavior: 'smooth', block: 'start' });
+  }
 }
 
 // Decodes without applying EXIF rotation, as the model's decoder does, so the overlay lines up.

@@ -506,6 +506,28 @@ describe('without WebGPU', () => {
     await checkTokenMerging(browser, `${server.url}?model=/fixtures/vit/&tome=3`, 'CPU');
   });
 
+  test('on a phone (360 x 740, touch): nothing overflows, a tapped-in photo gets the native answer', { timeout: TIMEOUT * 2 }, async () => {
+    const context = await browser.newContext({ viewport: { width: 360, height: 740 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    const page = await context.newPage();
+    const errors = [];
+    page.on('pageerror', (err) => errors.push(err.message));
+    await page.goto(server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    const width = await page.evaluate(() => document.scrollingElement.scrollWidth);
+    assert.ok(width <= 360, `the page is ${width} px wide on a 360 px screen`);
+    assert.ok(await page.isHidden('.drop-hint'), 'no drop-or-paste hint on a touch screen');
+    const seq = await seqOf(page);
+    await page.tap('.drop'); // opens the file chooser on a phone
+    await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
+    assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg'), 'church.jpg on a phone');
+    // The photo just picked is brought into view, with its answer below it.
+    await page.waitForFunction(() => Math.abs(document.querySelector('.stage-card').getBoundingClientRect().top) < 40);
+    await shot(page, 'phone');
+    await page.screenshot({ path: join(ARTIFACTS, 'phone-full.png'), fullPage: true });
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
   test('a photo dropped before the model is ready is classified once it is in', { timeout: TIMEOUT * 2 }, async () => {
     const switchTo = { url: '/fixtures/vit/', reference: native('parachute.jpg', TINY) };
     await checkEarlyDrop(browser, server.url, native('church.jpg'), 'cpu', switchTo);

@@ -29,7 +29,9 @@ const state = {
   prediction: null,
   token: 0, // the latest classification asked for; older answers are dropped
   camera: null, // MediaStream
+  cameraId: null, // the deviceId of the camera in use (or picked last)
   live: false,
+  liveRun: 0, // which live loop is current: an older one, still waiting for a frame, stops
   frozen: false,
 };
 
@@ -310,6 +312,7 @@ function bindInputs() {
   });
 
   $('camera').addEventListener('click', () => (state.camera ? stopCamera() : startCamera()));
+  $('camera-device').addEventListener('change', (e) => switchCamera(e.target.value));
   $('snapshot').addEventListener('click', snapshot);
   $('live').addEventListener('click', () => setLive(!state.live));
 
@@ -500,21 +503,10 @@ async function startCamera() {
     showMessage('This browser offers no camera access here (it needs a secure page: https or localhost).');
     return;
   }
-  try {
-    state.camera = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: false });
-  } catch (err) {
-    const reason = {
-      NotAllowedError: 'Camera permission was refused. Allow the camera for this site in the browser settings, then try again.',
-      NotFoundError: 'No camera was found on this device.',
-      NotReadableError: 'The camera is in use by another application.',
-    }[err.name] ?? `The camera could not be opened: ${err.message}`;
-    showMessage(reason);
-    return;
-  }
+  const stream = await openCamera(state.cameraId);
+  if (!stream) return;
   hideMessage();
-  const video = $('video');
-  video.srcObject = state.camera;
-  await video.play().catch(() => {});
+  await showCamera(stream);
   state.frozen = false;
   state.input = null;
   state.bitmap = null;
@@ -525,6 +517,51 @@ async function startCamera() {
   $('live').disabled = false;
   $('snapshot').textContent = 'Snapshot';
   $('image-name').textContent = 'Camera';
+  await listCameras();
+}
+
+// A stream from the camera `deviceId` (or the default one), or null with the reason shown.
+async function openCamera(deviceId) {
+  const video = { width: { ideal: 1280 }, height: { ideal: 720 }, ...(deviceId ? { deviceId: { exact: deviceId } } : {}) };
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video, audio: false });
+  } catch (err) {
+    const reason = {
+      NotAllowedError: 'Camera permission was refused. Allow the camera for this site in the browser settings, then try again.',
+      NotFoundError: 'No camera was found on this device.',
+      NotReadableError: 'The camera is in use by another application.',
+      OverconstrainedError: 'That camera is no longer available.',
+    }[err.name] ?? `The camera could not be opened: ${err.message}`;
+    showMessage(reason);
+    return null;
+  }
+}
+
+async function showCamera(stream) {
+  state.camera = stream;
+  state.cameraId = stream.getVideoTracks()[0]?.getSettings().deviceId ?? null;
+  const video = $('video');
+  video.srcObject = stream;
+  await video.play().catch(() => {});
+}
+
+// The camera picker, once the permission gives the cameras' names: shown when there is a choice.
+async function listCameras() {
+  const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput');
+  const select = $('camera-device');
+  select.replaceChildren(...cameras.map((c, i) => el('option', { value: c.deviceId }, c.label || `Camera ${i + 1}`)));
+  if (state.cameraId) select.value = state.cameraId;
+  $('camera-choice').hidden = cameras.length < 2;
+}
+
+// Another camera, in place: live mode carries on with its frames.
+async function switchCamera(deviceId) {
+  if (!state.camera || deviceId === state.cameraId) return;
+  const stream = await openCamera(deviceId);
+  if (!stream) return;
+  state.camera.getTracks().forEach((t) => t.stop());
+  await showCamera(stream);
+  if (state.frozen) snapshot(); // back to the preview of the new camera
 }
 
 function stopCamera() {
@@ -536,6 +573,7 @@ function stopCamera() {
   $('camera').setAttribute('aria-pressed', 'false');
   $('snapshot').disabled = true;
   $('live').disabled = true;
+  $('camera-choice').hidden = true;
 }
 
 async function snapshot() {
@@ -573,11 +611,15 @@ async function setLive(on) {
   state.input = null;
   $('image-name').textContent = 'Camera (live)';
   const video = $('video');
-  let frames = 0;
-  const started = performance.now();
-  // One frame at a time: the next is taken when the answer for this one arrives, so the rate is
-  // whatever the device sustains.
-  while (state.live && state.camera) {
+  let fps = 0;
+  let last = performance.now();
+  // One frame at a time: the next is the first new frame after this one's answer arrives, so
+  // frames never queue and the rate is whatever the device sustains.
+  const run = ++state.liveRun;
+  const current = () => state.live && state.camera && run === state.liveRun;
+  while (current()) {
+    await nextVideoFrame(video);
+    if (!current()) break;
     if (!video.videoWidth) {
       await new Promise((r) => setTimeout(r, 50));
       continue;
@@ -590,9 +632,12 @@ async function setLive(on) {
     const token = ++state.token;
     try {
       const result = await classifyPixels(video, 640);
-      if (!state.live || token !== state.token) break;
-      frames++;
-      showResult(result, 'Camera (live)', frames / ((performance.now() - started) / 1000));
+      if (!current() || token !== state.token) break;
+      const now = performance.now();
+      const rate = 1000 / Math.max(now - last, 1);
+      fps = fps ? 0.8 * fps + 0.2 * rate : rate; // smoothed over the last few frames
+      last = now;
+      showResult(result, 'Camera (live)', fps);
     } catch (err) {
       state.live = false;
       $('live').setAttribute('aria-pressed', 'false');
@@ -600,6 +645,15 @@ async function setLive(on) {
       break;
     }
   }
+}
+
+// Resolves on the next frame the video presents (requestVideoFrameCallback), or after 250 ms at
+// most (a stalled or paused camera presents none).
+function nextVideoFrame(video) {
+  return new Promise((resolve) => {
+    video.requestVideoFrameCallback?.(() => resolve());
+    setTimeout(resolve, video.requestVideoFrameCallback ? 250 : 16);
+  });
 }
 
 function showVideo(on) {

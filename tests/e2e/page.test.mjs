@@ -31,7 +31,8 @@ const TIMEOUT = 120_000;
 const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/vitrine/target');
 const VITRINE = process.env.VITRINE_BIN ?? join(targetDir, 'release/vitrine');
 
-const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'];
+// Two fake cameras, so that the page offers a choice.
+const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream'];
 const WEBGPU_ARGS = [...BASE_ARGS, '--enable-unsafe-webgpu'];
 const NO_WEBGPU_ARGS = [...BASE_ARGS, '--disable-features=WebGPU'];
 // The page prefers the CPU over a software adapter such as SwiftShader (all this machine has), unless asked.
@@ -307,7 +308,7 @@ describe('with WebGPU', () => {
     await context.close();
   });
 
-  test('webcam: snapshot and live mode with the fake camera', { timeout: TIMEOUT * 2 }, async () => {
+  test('webcam: snapshot, live mode paced by the video frames, and the choice of camera (fake devices)', { timeout: TIMEOUT * 2 }, async () => {
     const { context, page, errors } = await open(browser, gpuUrl(server));
     await nextResult(page, 0, 'tench.jpg');
     await page.click('#camera');
@@ -321,9 +322,21 @@ describe('with WebGPU', () => {
     await page.click('#live');
     seq = await seqOf(page);
     await page.waitForFunction((seq) => Number(document.querySelector('#predictions').dataset.seq) >= seq + 3, seq, { timeout: TIMEOUT });
-    assert.match(await page.textContent('#timing'), /fps/);
+    assert.match(await page.textContent('#timing'), /\d+(\.\d)? fps/);
     assert.equal(await page.getAttribute('#predictions', 'data-image'), 'Camera (live)');
     await shot(page, 'webcam-live');
+
+    // The other camera, picked while live: the frames keep coming, from it.
+    assert.ok(await page.isVisible('#camera-choice'), 'a choice of camera is offered');
+    const cameras = await page.$$eval('#camera-device option', (options) => options.map((o) => o.value));
+    assert.equal(cameras.length, 2, 'both fake cameras are listed');
+    const before = await page.inputValue('#camera-device');
+    const pick = before === cameras[0] ? cameras[1] : cameras[0];
+    await page.selectOption('#camera-device', pick);
+    await page.waitForFunction((id) => document.querySelector('#video').srcObject?.getVideoTracks()[0]?.getSettings().deviceId === id, pick, { timeout: TIMEOUT });
+    seq = await seqOf(page);
+    await page.waitForFunction((seq) => Number(document.querySelector('#predictions').dataset.seq) >= seq + 2, seq, { timeout: TIMEOUT });
+    assert.equal(await page.getAttribute('#live', 'aria-pressed'), 'true', 'live mode carries on');
     await page.click('#live');
     await page.click('#camera');
     assert.deepEqual(errors, []);

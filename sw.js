@@ -1,12 +1,13 @@
 // vitrine's service worker: keeps the site's files so that the page works offline after the first visit.
 // Pages and code go to the network first (a new deployment shows at once) and fall back to the cache;
 // model files are cached by the page's worker itself (www/worker.js), with download progress.
-const SHELL = 'vitrine-shell-v1';
+const SHELL = 'vitrine-shell-v2';
 const CORE = [
   './',
   'index.html',
   'www/app.js',
   'www/worker.js',
+  'www/model-cache.js',
   'www/style.css',
   'www/icon.svg',
   'www/manifest.webmanifest',

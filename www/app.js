@@ -1,6 +1,8 @@
 // The page: inputs (file, drop, paste, camera, samples), the model picker, and drawing the results.
 // The model itself runs in a Web Worker (worker.js), so the page never freezes.
 
+import { cachedModels, forgetModel } from './model-cache.js';
+
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const TOP_K = 5;
@@ -31,6 +33,7 @@ const state = {
   camera: null, // MediaStream
   cameraId: null, // the deviceId of the camera in use (or picked last)
   live: false,
+  persistAsked: false, // navigator.storage.persist() is asked for once, when a model is kept
   liveRun: 0, // which live loop is current: an older one, still waiting for a frame, stops
   frozen: false,
 };
@@ -161,18 +164,26 @@ function defaultSource() {
   return { kind: 'url', base: DEFAULT_BUNDLE, label: 'Bundled model' };
 }
 
-// `org/name`, `hf:org/name`, a huggingface.co repository URL, or the URL of a bundle folder
+// `org/name`, `hf:org/name`, either pinned to a revision with `@revision` (a branch, tag or commit),
+// a huggingface.co repository URL (`.../tree/<revision>` too), or the URL of a bundle folder
 // (relative ones start with `./` or `/`).
 function sourceFromText(text) {
   const trimmed = text.trim();
-  const hub = trimmed.match(/^(?:hf:|https:\/\/huggingface\.co\/)?([\w-][\w.-]*\/[\w.-]+?)(?:\/(?:tree|resolve|blob)\/main)?\/?$/);
+  const hub = trimmed.match(/^(?:hf:|https:\/\/huggingface\.co\/)?([\w-][\w.-]*\/[\w.-]+?)(?:@([\w.-]+)|\/(?:tree|resolve|blob)\/([\w.-]+))?\/?$/);
   if (hub && (!/^https?:/.test(trimmed) || trimmed.startsWith('https://huggingface.co/'))) {
-    return { kind: 'url', base: `https://huggingface.co/${hub[1]}/resolve/main/`, label: hub[1] };
+    const [, repo, pinned, inUrl] = hub;
+    const revision = pinned ?? inUrl ?? 'main';
+    return hubSource(repo, revision);
   }
   const url = new URL(trimmed, location.href);
   url.pathname = url.pathname.replace(/(config\.json|model\.safetensors)$/, '');
   if (!url.pathname.endsWith('/')) url.pathname += '/';
   return { kind: 'url', base: url.href, label: url.href };
+}
+
+function hubSource(repo, revision = 'main') {
+  const label = revision === 'main' ? repo : `${repo}@${revision}`;
+  return { kind: 'url', base: `https://huggingface.co/${repo}/resolve/${encodeURIComponent(revision)}/`, label };
 }
 
 async function loadModel(source, { keepMessage = false } = {}) {
@@ -190,6 +201,8 @@ async function loadModel(source, { keepMessage = false } = {}) {
     $('progress-row').hidden = true;
     if (!keepMessage) hideMessage();
     syncModelSelect();
+    if (source.kind === 'url') keepModels();
+    renderCachedModels();
     return true;
   } catch (err) {
     $('progress-row').hidden = true;
@@ -252,6 +265,60 @@ function fillHeads() {
   const previous = Number(head.value) || 0;
   head.replaceChildren(...Array.from({ length: count }, (_, i) => el('option', { value: i }, String(i + 1))));
   head.value = String(Math.min(previous, Math.max(count - 1, 0)));
+}
+
+// ---------------------------------------------------------------- models on this device
+
+// A downloaded model is kept: ask the browser (once) not to clear the store when space runs low.
+async function keepModels() {
+  if (state.persistAsked || !navigator.storage?.persist) return;
+  state.persistAsked = true;
+  if (!(await navigator.storage.persisted())) await navigator.storage.persist().catch(() => false);
+  renderCachedModels();
+}
+
+async function renderCachedModels() {
+  let models;
+  try {
+    models = await cachedModels();
+  } catch {
+    $('cache-list').replaceChildren(el('li', {}, 'This browser keeps no models here (no Cache API).'));
+    return;
+  }
+  const list = $('cache-list');
+  list.replaceChildren(
+    ...models.map(({ base, bytes }) => {
+      const { label, origin } = describeBase(base);
+      const inUse = state.source?.kind === 'url' && state.source.base === base;
+      const li = el('li', { 'data-base': base, 'data-bytes': String(bytes) });
+      const name = el('span', { class: 'name' }, label);
+      name.append(el('span', { class: 'meta' }, `${mb(bytes)} · ${origin}${inUse ? ' · in use' : ''}`));
+      const use = el('button', { class: 'button ghost', type: 'button', 'data-action': 'use' }, 'Use');
+      use.disabled = inUse;
+      use.addEventListener('click', () => switchModel({ kind: 'url', base, label }));
+      const remove = el('button', { class: 'button ghost', type: 'button', 'data-action': 'delete', title: `Delete ${label} from this device` }, 'Delete');
+      remove.addEventListener('click', async () => {
+        await forgetModel(base);
+        await renderCachedModels();
+      });
+      li.append(name, use, remove);
+      return li;
+    }),
+  );
+  if (!models.length) list.append(el('li', {}, 'None yet: models are kept here once downloaded.'));
+  const storage = navigator.storage;
+  const [estimate, persisted] = await Promise.all([storage?.estimate?.().catch(() => null), storage?.persisted?.().catch(() => false)]);
+  const used = estimate?.usage ? `${mb(estimate.usage)} used of ${mb(estimate.quota)} this browser allows. ` : '';
+  $('storage-state').textContent = used + (persisted ? 'Kept until you delete them.' : 'The browser may clear them when space runs low.');
+}
+
+// A bundle folder as a person names it: the repository (and pinned revision), or the page's own.
+function describeBase(base) {
+  if (base === DEFAULT_BUNDLE) return { label: 'Bundled model', origin: 'this site' };
+  const hub = base.match(/^https:\/\/huggingface\.co\/(.+?)\/resolve\/([^/]+)\/$/);
+  if (hub) return { label: hubSource(hub[1], decodeURIComponent(hub[2])).label, origin: 'huggingface.co' };
+  const url = new URL(base);
+  return { label: url.origin === location.origin ? url.pathname : base, origin: url.origin === location.origin ? 'this site' : url.host };
 }
 
 function syncModelSelect() {
@@ -365,6 +432,7 @@ function bindInputs() {
   });
 
   $('message-close').addEventListener('click', hideMessage);
+  $('cache-panel').addEventListener('toggle', () => $('cache-panel').open && renderCachedModels());
   new ResizeObserver(() => redraw()).observe($('stage'));
 }
 

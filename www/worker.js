@@ -1,8 +1,7 @@
 // The model's thread: loads the wasm, picks the backend, fetches and caches model bundles, classifies.
 // The page talks to it with messages (see app.js); nothing here touches the DOM.
 import init, { Backend, Classifier } from './pkg/vitrine_web.js';
-
-const MODEL_CACHE = 'vitrine-models-v1';
+import { MODEL_CACHE } from './model-cache.js';
 
 let backend = null;
 let classifier = null;

@@ -356,16 +356,18 @@ describe('with WebGPU', () => {
     await context.close();
   });
 
-  test('a bundle from disk, and a Hugging Face repository with progress, then from the cache', { timeout: TIMEOUT * 3 }, async () => {
+  test('a bundle from disk, a Hugging Face repository with progress, then from the cache, the models on this device, a pinned revision', { timeout: TIMEOUT * 3 }, async () => {
     // Requests to huggingface.co are answered here from the fixtures (this machine has no internet).
     const { context, page, errors } = await open(browser, server.url, { serviceWorkers: 'block' });
     let hits = 0;
+    const revisions = new Set();
     await context.route('https://huggingface.co/**', async (route) => {
       const cors = { 'access-control-allow-origin': '*' };
-      const match = new URL(route.request().url()).pathname.match(/^\/vitrine-test\/tiny-dinov2\/resolve\/main\/([\w.]+)$/);
-      const file = match && join(ROOT, 'tests/fixtures/dinov2', match[1]);
+      const match = new URL(route.request().url()).pathname.match(/^\/vitrine-test\/tiny-dinov2\/resolve\/([\w.]+)\/([\w.]+)$/);
+      const file = match && join(ROOT, 'tests/fixtures/dinov2', match[2]);
       if (!file || !existsSync(file)) return route.fulfill({ status: 404, headers: cors, body: 'not found' });
       hits++;
+      revisions.add(match[1]);
       const body = readFileSync(file);
       await route.fulfill({ status: 200, headers: { ...cors, 'content-type': 'application/octet-stream', 'content-length': String(body.length) }, body });
     });
@@ -399,6 +401,37 @@ describe('with WebGPU', () => {
     await nextResult(page, seq, 'tench.jpg');
     assert.equal(await page.getAttribute('#model-info', 'data-model-type'), 'dinov2');
     assert.equal(hits, 3, 'the second load made no request');
+
+    // The models on this device: the bundled one and the repository, with their sizes; delete one.
+    await page.click('#cache-panel summary');
+    const listed = () => page.$$eval('#cache-list li[data-base]', (rows) => rows.map((r) => ({ name: r.querySelector('.name').firstChild.textContent, bytes: Number(r.dataset.bytes), text: r.textContent })));
+    await page.waitForFunction(() => document.querySelectorAll('#cache-list li[data-base]').length === 2);
+    let models = await listed();
+    const hub = models.find((m) => m.name === 'vitrine-test/tiny-dinov2');
+    const weights = ['config.json', 'model.safetensors', 'preprocessor_config.json'].reduce((a, f) => a + readFileSync(join(ROOT, 'tests/fixtures/dinov2', f)).length, 0);
+    assert.equal(hub?.bytes, weights, `the repository's three files are listed with their size: ${JSON.stringify(models)}`);
+    assert.match(hub.text, /huggingface\.co · in use/);
+    assert.ok(models.some((m) => m.name === 'Bundled model' && /this site/.test(m.text)), JSON.stringify(models));
+    assert.match(await page.textContent('#storage-state'), /used of .* allows\./);
+    await shot(page, 'models-on-device');
+    await page.click('#cache-list li:has-text("vitrine-test/tiny-dinov2") [data-action=delete]');
+    await page.waitForFunction(() => document.querySelectorAll('#cache-list li[data-base]').length === 1);
+    const stored = await page.evaluate(async () => (await (await caches.open('vitrine-models-v1')).keys()).map((r) => r.url));
+    assert.ok(!stored.some((u) => u.includes('huggingface.co')), `deleted from the Cache API: ${stored}`);
+
+    // Pinned to a revision: fetched from that revision (again, since deleted), listed under it.
+    seq = await seqOf(page);
+    await page.fill('#model-repo', 'vitrine-test/tiny-dinov2@v1.0');
+    await page.click('#custom-row button[type=submit]');
+    await nextResult(page, seq, 'tench.jpg');
+    assert.equal(hits, 6, 'downloaded again');
+    assert.deepEqual([...revisions].sort(), ['main', 'v1.0']);
+    await page.waitForFunction(() => [...document.querySelectorAll('#cache-list .name')].some((n) => n.textContent.startsWith('vitrine-test/tiny-dinov2@v1.0')));
+    // And "Use" on the bundled model brings it back.
+    seq = await seqOf(page);
+    await page.click('#cache-list li:has-text("Bundled model") [data-action=use]');
+    await nextResult(page, seq, 'tench.jpg');
+    assert.equal(await page.inputValue('#model-select'), 'default');
     assert.deepEqual(errors, []);
     await context.close();
   });

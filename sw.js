@@ -8,6 +8,7 @@ const CORE = [
   'www/app.js',
   'www/worker.js',
   'www/model-cache.js',
+  'www/evaluate.js',
   'www/style.css',
   'www/icon.svg',
   'www/manifest.webmanifest',

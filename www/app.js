@@ -2,6 +2,7 @@
 // The model itself runs in a Web Worker (worker.js), so the page never freezes.
 
 import { cachedModels, forgetModel } from './model-cache.js';
+import { collectImages, evaluate, filesOfEntries, renderReport, reportCsv, reportJson } from './evaluate.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -33,6 +34,7 @@ const state = {
   camera: null, // MediaStream
   cameraId: null, // the deviceId of the camera in use (or picked last)
   live: false,
+  evaluation: null, // the folder evaluation under way or shown: { cancelled, report, name }
   persistAsked: false, // navigator.storage.persist() is asked for once, when a model is kept
   liveRun: 0, // which live loop is current: an older one, still waiting for a frame, stops
   frozen: false,
@@ -365,9 +367,30 @@ function bindInputs() {
   window.addEventListener('drop', (e) => {
     e.preventDefault();
     drop.classList.remove('dragging');
-    const file = [...(e.dataTransfer?.files ?? [])][0];
-    if (file) classifyBlob(file, file.name);
+    // A dropped folder, or several files at once, is evaluated; one file is classified.
+    const entries = [...(e.dataTransfer?.items ?? [])].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
+    const files = [...(e.dataTransfer?.files ?? [])];
+    if (entries.some((entry) => entry.isDirectory)) {
+      filesOfEntries(entries).then((found) => evaluateFiles(found, entries.find((entry) => entry.isDirectory).name));
+    } else if (files.length > 1) {
+      evaluateFiles(files.map((file) => ({ file, path: `dropped/${file.name}` })), `${files.length} photos`);
+    } else if (files[0]) {
+      classifyBlob(files[0], files[0].name);
+    }
   });
+
+  $('folder').addEventListener('change', (e) => {
+    const files = [...e.target.files].map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+    e.target.value = '';
+    if (files.length) evaluateFiles(files, files[0].path.split('/')[0]);
+  });
+  $('eval-stop').addEventListener('click', () => {
+    if (state.evaluation) state.evaluation.cancelled = true;
+  });
+  $('share').addEventListener('click', () => shareResult().catch((err) => showMessage(`Could not share the result: ${err.message}`)));
+  $('copy').addEventListener('click', () => copyResult().catch((err) => showMessage(`Could not copy the result: ${err.message}`)));
+  $('eval-csv').addEventListener('click', () => downloadReport('csv'));
+  $('eval-json').addEventListener('click', () => downloadReport('json'));
 
   document.addEventListener('paste', (e) => {
     if (e.target instanceof HTMLInputElement && e.target.type === 'text') return;
@@ -564,6 +587,61 @@ async function reclassify() {
   if (state.input) await classifyInput();
 }
 
+// ---------------------------------------------------------------- folder evaluation
+
+async function evaluateFiles(files, name) {
+  const set = collectImages(files);
+  if (!set.items.length) {
+    showMessage(`“${name}” has no photos (JPEG, PNG, WebP, GIF or BMP) to evaluate.`);
+    return;
+  }
+  if (state.evaluation && !state.evaluation.report) state.evaluation.cancelled = true;
+  const run = { cancelled: false, report: null, name };
+  state.evaluation = run;
+  const card = $('eval-card');
+  card.hidden = false;
+  $('eval-name').textContent = set.classes ? `${name}: ${set.classes.length} class folders` : name;
+  $('eval-report').replaceChildren();
+  $('eval-csv').disabled = $('eval-json').disabled = true;
+  $('eval-stop').hidden = false;
+  const progress = $('eval-progress');
+  const onProgress = (done, total) => {
+    progress.max = total;
+    progress.value = done;
+    $('eval-progress-text').textContent = `${done} of ${total} photos`;
+  };
+  onProgress(0, set.items.length);
+  card.scrollIntoView({ behavior: 'smooth', block: 'start' });
+  while (state.loading) await state.loading.catch(() => {});
+  try {
+    const report = await evaluate(set, {
+      classify: (file, columns) => call({ type: 'classify', file, topK: TOP_K, columns }, [file]),
+      matchLabels: async (classes) => (await call({ type: 'labels', classes })).columns,
+      onProgress,
+      isCancelled: () => run.cancelled || state.evaluation !== run,
+    });
+    if (state.evaluation !== run) return;
+    run.report = report;
+    renderReport(report, $('eval-report'), el);
+    $('eval-progress-text').textContent = run.cancelled ? `stopped after ${report.n} of ${set.items.length} photos` : `${report.n} photos`;
+    $('eval-csv').disabled = $('eval-json').disabled = false;
+  } catch (err) {
+    if (state.evaluation === run) $('eval-report').replaceChildren(el('p', { class: 'subtle' }, `Could not evaluate “${name}”: ${err.message}`));
+  } finally {
+    if (state.evaluation === run) $('eval-stop').hidden = true;
+  }
+}
+
+function downloadReport(kind) {
+  const run = state.evaluation;
+  if (!run?.report) return;
+  const [text, type] = kind === 'csv' ? [reportCsv(run.report), 'text/csv'] : [reportJson(run.report), 'application/json'];
+  const link = el('a', { href: URL.createObjectURL(new Blob([text], { type })), download: `vitrine-eval-${run.name.replace(/[^\w.-]+/g, '_')}.${kind}` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
 // ---------------------------------------------------------------- camera
 
 async function startCamera() {
@@ -737,6 +815,7 @@ function showVideo(on) {
 function showBitmap(bitmap, name) {
   state.bitmap = bitmap;
   state.prediction = null;
+  $('share').disabled = $('copy').disabled = true;
   $('stage').dataset.empty = 'false';
   $('image').hidden = false;
   $('image-name').textContent = name;
@@ -745,6 +824,7 @@ function showBitmap(bitmap, name) {
 
 function showResult(result, name, fps = null) {
   state.prediction = result;
+  $('share').disabled = $('copy').disabled = !result.top.length;
   if (!stats.firstResult) {
     stats.firstResult = performance.now();
     stats.firstResultMs = result.ms;
@@ -776,6 +856,84 @@ function showResult(result, name, fps = null) {
   const ms = result.ms < 100 ? result.ms.toFixed(1) : Math.round(result.ms);
   timing.textContent = fps ? `${ms} ms/image · ${fps.toFixed(1)} fps · ${where}` : `${ms} ms/image · ${where}`;
   drawOverlay();
+}
+
+// ---------------------------------------------------------------- sharing a result
+
+// The result as a 1200 x 630 PNG card: the photo with the map as drawn on the stage, and the top 5.
+async function resultCard() {
+  const [W, H, side] = [1200, 630, 570];
+  const canvas = new OffscreenCanvas(W, H);
+  const ctx = canvas.getContext('2d');
+  const css = getComputedStyle(document.documentElement);
+  const color = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+  ctx.fillStyle = color('--card', '#ffffff');
+  ctx.fillRect(0, 0, W, H);
+  // The stage as drawn (the photo, or the camera's frame, then the map), fitted into the left square.
+  const image = $('image');
+  const stage = new OffscreenCanvas(image.width, image.height);
+  const sctx = stage.getContext('2d');
+  if (state.bitmap) {
+    sctx.drawImage(image, 0, 0);
+  } else {
+    const video = $('video');
+    const r = containRect(video.videoWidth, video.videoHeight, stage.width, stage.height);
+    sctx.drawImage(video, r.x, r.y, r.w, r.h);
+  }
+  sctx.drawImage($('overlay'), 0, 0);
+  const fit = containRect(stage.width, stage.height, side, side);
+  ctx.drawImage(stage, 30 + fit.x, 30 + fit.y, fit.w, fit.h);
+  const x = 30 + side + 40;
+  const text = color('--text', '#111111');
+  ctx.fillStyle = text;
+  ctx.font = '600 34px system-ui, sans-serif';
+  ctx.fillText($('predictions').dataset.image ?? '', x, 84, W - x - 30);
+  ctx.font = '22px system-ui, sans-serif';
+  ctx.fillStyle = color('--muted', '#666666');
+  ctx.fillText(`${state.source?.label ?? ''} · vitrine`, x, 120, W - x - 30);
+  state.prediction.top.forEach(({ label, prob }, i) => {
+    const y = 190 + i * 82;
+    ctx.fillStyle = text;
+    ctx.font = `${i === 0 ? 700 : 500} 28px system-ui, sans-serif`;
+    ctx.fillText(label, x, y, W - x - 150);
+    ctx.textAlign = 'right';
+    ctx.fillText(percent(prob), W - 30, y);
+    ctx.textAlign = 'left';
+    ctx.fillStyle = color('--line', '#dddddd');
+    ctx.fillRect(x, y + 16, W - x - 30, 10);
+    ctx.fillStyle = color('--accent', '#5b4cf0');
+    ctx.fillRect(x, y + 16, Math.max((W - x - 30) * prob, 4), 10);
+  });
+  return canvas.convertToBlob({ type: 'image/png' });
+}
+
+function cardName() {
+  const name = ($('predictions').dataset.image ?? 'result').replace(/\.\w+$/, '').replace(/[^\w.-]+/g, '_');
+  return `vitrine-${name}.png`;
+}
+
+// The Web Share API where the browser offers it for files (phones), a download otherwise.
+async function shareResult() {
+  if (!state.prediction) return;
+  const file = new File([await resultCard()], cardName(), { type: 'image/png' });
+  if (navigator.canShare?.({ files: [file] })) {
+    const top = state.prediction.top[0];
+    await navigator.share({ files: [file], title: 'vitrine', text: top ? `${top.label}: ${percent(top.prob)}` : undefined }).catch((err) => {
+      if (err.name !== 'AbortError') throw err;
+    });
+    return;
+  }
+  const link = el('a', { href: URL.createObjectURL(file), download: file.name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+async function copyResult() {
+  if (!state.prediction) return;
+  if (!navigator.clipboard?.write || typeof ClipboardItem === 'undefined') throw new Error('this browser cannot copy images');
+  await navigator.clipboard.write([new ClipboardItem({ 'image/png': resultCard() })]);
+  showNotice('The result is on the clipboard, as an image.');
 }
 
 function redraw() {

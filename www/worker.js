@@ -54,12 +54,18 @@ const handlers = {
     post({ type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started, bytes: files.weights.byteLength });
   },
 
+  async labels({ id, classes }) {
+    if (!classifier) throw new Error('no model is loaded yet');
+    post({ type: 'labels', id, columns: [...classifier.matchLabels(classes)] });
+  },
+
   async tome({ id, r }) {
     classifier?.setTokenMerging(r);
     post({ type: 'tome', id, r });
   },
 
-  async classify({ id, file, rgba, width, height, topK }) {
+  // `columns` (a labelled folder's classes, from `labels`): also the probabilities over them alone.
+  async classify({ id, file, rgba, width, height, topK, columns }) {
     if (!classifier) throw new Error('no model is loaded yet');
     const started = performance.now();
     const prediction = file
@@ -74,6 +80,7 @@ const handlers = {
     const result = {
       type: 'result', id, ms, top, maps, rows: prediction.rows, cols: prediction.cols,
       region: Array.from(prediction.region), width: prediction.width, height: prediction.height,
+      over: columns ? Array.from(prediction.probsOver(columns)) : undefined,
     };
     prediction.free();
     post(result, [maps.buffer]);

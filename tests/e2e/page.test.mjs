@@ -9,7 +9,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -542,6 +542,14 @@ describe('without WebGPU', () => {
     assert.match(await page.textContent('#timing'), /ms\/image · CPU/);
     assertNonUniform(await overlayStats(page), 'CPU rollout');
     await shot(page, 'cpu-fallback');
+
+    // The result as a PNG card: downloaded where the browser has no Web Share for files (here).
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#share')]);
+    assert.equal(download.suggestedFilename(), 'vitrine-parachute.png');
+    const card = readFileSync(await download.path());
+    assert.equal(card.subarray(1, 4).toString(), 'PNG', 'a PNG file');
+    assert.deepEqual([card.readUInt32BE(16), card.readUInt32BE(20)], [1200, 630], 'a 1200 x 630 card');
+    copyFileSync(await download.path(), join(ARTIFACTS, 'share-card.png'));
     await page.setViewportSize({ width: 420, height: 900 });
     await shot(page, 'cpu-fallback-narrow');
     assert.deepEqual(errors, []);
@@ -572,6 +580,49 @@ describe('without WebGPU', () => {
     await page.screenshot({ path: join(ARTIFACTS, 'phone-full.png'), fullPage: true });
     assert.deepEqual(errors, []);
     await context.close();
+  });
+
+  test('folder evaluation: the per-photo answers of `vitrine predict` and the metrics of `vitrine eval`, CSV and JSON', { timeout: TIMEOUT * 3 }, async () => {
+    // A labelled folder of real photos, some in the wrong class folder, so that there are misses.
+    const root = mkdtempSync(join(tmpdir(), 'vitrine-eval-'));
+    const folder = join(root, 'photos');
+    const layout = { church: ['church.jpg'], parachute: ['parachute.jpg'], tench: ['tench.jpg', 'cmyk.jpg'], golf_ball: ['wide.png'] };
+    for (const [name, images] of Object.entries(layout)) {
+      mkdirSync(join(folder, name), { recursive: true });
+      for (const image of images) writeFileSync(join(folder, name, image), readFileSync(join(IMAGES, image)));
+    }
+    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8' }));
+
+    const { context, page, errors } = await open(browser, server.url);
+    await nextResult(page, 0, 'tench.jpg');
+    await page.setInputFiles('#folder', folder);
+    await page.waitForSelector('.eval-summary', { timeout: TIMEOUT * 2 });
+    const summary = await page.$eval('.eval-summary', (p) => ({ n: Number(p.dataset.n), top1: Number(p.dataset.top1), top5: Number(p.dataset.top5) }));
+    assert.equal(summary.n, reference.n, 'every photo evaluated');
+    assert.ok(Math.abs(summary.top1 - reference.top1) < 1e-9, `top-1 ${summary.top1} vs vitrine eval's ${reference.top1}`);
+    assert.ok(Math.abs(summary.top5 - reference.top5) < 1e-9, `top-5 ${summary.top5} vs vitrine eval's ${reference.top5}`);
+    const confusion = await page.$$eval('#eval-confusion tr', (rows) => rows.slice(1).map((r) => [...r.children].slice(1).map((c) => Number(c.textContent))));
+    assert.deepEqual(confusion, reference.confusion, 'the confusion matrix of vitrine eval');
+    assert.ok((await page.$$('#eval-worst figure')).length > 0, 'the misses are shown');
+    await page.locator('#eval-card').screenshot({ path: join(ARTIFACTS, 'folder-evaluation.png') });
+
+    const download = async (button) => {
+      const [file] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
+      return readFileSync(await file.path(), 'utf8');
+    };
+    const report = JSON.parse(await download('#eval-json'));
+    assert.deepEqual(report.classes, reference.classes);
+    for (const image of report.images) {
+      const photo = image.path.split('/').pop();
+      assertMatchesNative(image.top, native(photo), `${image.path} in the folder evaluation`);
+      assert.equal(image.class, image.path.split('/').at(-2));
+    }
+    const csv = (await download('#eval-csv')).trim().split('\n');
+    assert.equal(csv.length, 1 + reference.n, 'a header and a row per photo');
+    assert.match(csv[0], /^path,class,predicted,top1_label,top1_prob/);
+    assert.deepEqual(errors, []);
+    await context.close();
+    rmSync(root, { recursive: true, force: true });
   });
 
   test('a photo dropped before the model is ready is classified once it is in', { timeout: TIMEOUT * 2 }, async () => {

@@ -179,6 +179,15 @@ impl Classifier {
         lost_reason(&self.lost)
     }
 
+    /// For each class name of a labelled folder, the index of the model's label with that name, as
+    /// `vitrine eval` matches them; the error names a folder that matches no label, or several.
+    #[wasm_bindgen(js_name = matchLabels)]
+    pub fn match_labels(&self, classes: Vec<String>) -> Result<Vec<u32>, JsError> {
+        let columns = vitrine_model::classes::match_labels("the model", self.engine.labels(), &classes)
+            .map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(columns.into_iter().map(|c| c as u32).collect())
+    }
+
     /// Token merging (ToMe): `r` token pairs merged in every block, a training-free speed-up; 0 turns it off.
     #[wasm_bindgen(js_name = setTokenMerging)]
     pub fn set_token_merging(&mut self, r: usize) {
@@ -246,6 +255,14 @@ impl Prediction {
     #[wasm_bindgen(getter)]
     pub fn logits(&self) -> Vec<f32> {
         self.logits.clone()
+    }
+
+    /// Softmax over the logits of `columns` alone, in their order: a labelled folder's classes
+    /// ([`Classifier::match_labels`]), read as `vitrine eval` reads a model whose labels are more.
+    #[wasm_bindgen(js_name = probsOver)]
+    pub fn probs_over(&self, columns: Vec<u32>) -> Vec<f32> {
+        let picked: Vec<f32> = columns.iter().filter_map(|&c| self.logits.get(c as usize).copied()).collect();
+        softmax(&picked)
     }
 
     /// `(2 + heads) * rows * cols` values: rollout, last-layer head mean, then each head of each

@@ -46,30 +46,7 @@ pub fn check_labels(whose: &str, labels: &[String], classes: &[String]) -> Resul
     Ok(())
 }
 
-/// For each of the dataset's `classes`, the index of the classifier label with its name, so that a
-/// model whose labels are in another order, or a superset (a 1,000-class model on 10 folders), is
-/// evaluated on the right columns. A folder matches a label by its whole name or, failing that, by
-/// one of the label's comma-separated synonyms (ImageNet's `"tench, Tinca tinca"`), case, `_` and
-/// `-` aside; a folder that matches no label, or several, is an error.
-pub fn match_labels(whose: &str, labels: &[String], classes: &[String]) -> Result<Vec<usize>> {
-    let norm = |s: &str| s.trim().to_lowercase().replace(['_', '-'], " ");
-    let whole: Vec<String> = labels.iter().map(|l| norm(l)).collect();
-    let mut columns = Vec::with_capacity(classes.len());
-    for class in classes {
-        let name = norm(class);
-        let exact: Vec<usize> = (0..labels.len()).filter(|&i| whole[i] == name).collect();
-        let by_synonym: Vec<usize> = (0..labels.len()).filter(|&i| labels[i].split(',').any(|part| norm(part) == name)).collect();
-        match (exact.as_slice(), by_synonym.as_slice()) {
-            ([i], _) | ([], [i]) => columns.push(*i),
-            ([], []) => bail!("the dataset's class folder {class:?} matches none of {whose}'s {} labels ({})", labels.len(), vitrine_model::error::preview(labels)),
-            (_, candidates) => {
-                let names: Vec<&str> = candidates.iter().map(|&i| labels[i].as_str()).collect();
-                bail!("the dataset's class folder {class:?} matches several of {whose}'s labels: {names:?}")
-            }
-        }
-    }
-    Ok(columns)
-}
+pub use vitrine_model::classes::match_labels;
 
 /// The images an evaluation reads, and what they are.
 #[derive(Debug, Clone)]
@@ -237,20 +214,6 @@ fn stratified_split(samples: Vec<Sample>, classes: usize, seed: u64) -> (Vec<Sam
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_match_by_name_in_any_order_and_as_a_subset() {
-        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let model = strings(&["tench, Tinca tinca", "goldfish", "golf ball", "French horn, horn", "church, church building"]);
-        let folders = strings(&["church", "french_horn", "golf_ball", "tench"]);
-        assert_eq!(match_labels("the model", &model, &folders).unwrap(), [4, 3, 2, 0]);
-        let err = match_labels("the model", &model, &strings(&["tench", "zebra"])).unwrap_err().to_string();
-        assert!(err.contains("\"zebra\" matches none"), "{err}");
-        let twice = strings(&["crane", "crane, bird"]);
-        assert!(match_labels("the model", &twice, &strings(&["crane"])).is_ok(), "a whole-name match wins");
-        let err = match_labels("the model", &strings(&["crane, bird", "crane, machine"]), &strings(&["crane"])).unwrap_err().to_string();
-        assert!(err.contains("several"), "{err}");
-    }
 
     #[test]
     fn split_is_stratified_and_seeded() {

@@ -591,7 +591,7 @@ describe('without WebGPU', () => {
       mkdirSync(join(folder, name), { recursive: true });
       for (const image of images) writeFileSync(join(folder, name, image), readFileSync(join(IMAGES, image)));
     }
-    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8' }));
+    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
 
     const { context, page, errors } = await open(browser, server.url);
     await nextResult(page, 0, 'tench.jpg');

@@ -1,4 +1,4 @@
-//! Where a model comes from: a local folder, or `hf:ORG/NAME` on the Hugging Face Hub (cached).
+//! Where a model comes from: a local folder, or `hf:ORG/NAME[@REVISION]` on the Hugging Face Hub (cached).
 
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ pub struct Model {
 }
 
 /// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
-/// or `hf:ORG/NAME`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.
+/// or `hf:ORG/NAME[@REVISION]`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.
 pub fn load(model: &str, device: &Device) -> Result<Model> {
     let dir = match model.strip_prefix("hf:") {
         Some(repo) => fetch(repo)?,
@@ -28,19 +28,26 @@ pub fn load(model: &str, device: &Device) -> Result<Model> {
     Ok(Model { loaded: bundle.loaded, preprocess: bundle.preprocess, dir, weight_bytes: bundle.weight_bytes })
 }
 
-/// The snapshot folder of `repo` in the Hub cache, downloading what is missing (with a progress bar).
-/// A repository already cached loads with no network.
-fn fetch(repo: &str) -> Result<PathBuf> {
-    if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
-        bail!("hf:{repo} is not of the form hf:ORG/NAME");
+/// `ORG/NAME`, or `ORG/NAME@REVISION` pinned to a branch, tag or commit (default: main).
+fn hub_repo(spec: &str) -> Result<hf_hub::Repo> {
+    let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    if id.split('/').count() != 2 || id.split('/').any(str::is_empty) || revision.is_empty() {
+        bail!("hf:{spec} is not of the form hf:ORG/NAME or hf:ORG/NAME@REVISION");
     }
+    Ok(hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, revision.to_string()))
+}
+
+/// The snapshot folder of `repo` (`ORG/NAME[@REVISION]`) in the Hub cache, downloading what is
+/// missing (with a progress bar). A repository already cached loads with no network.
+fn fetch(repo: &str) -> Result<PathBuf> {
+    let pinned = hub_repo(repo)?;
     let cache = hf_hub::Cache::from_env();
-    let cached = cache.model(repo.to_string());
+    let cached = cache.repo(pinned.clone());
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(true)
         .build()
         .context("cannot set up the Hugging Face Hub client")?;
-    let remote = api.model(repo.to_string());
+    let remote = api.repo(pinned);
     if let (Some(config), Some(_)) = (cached.get(CONFIG), cached.get(WEIGHTS)) {
         let snapshot = config.parent().expect("a cached file has a folder").to_path_buf();
         if cached.get(PREPROCESSOR).is_none() {

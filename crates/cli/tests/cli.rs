@@ -121,6 +121,13 @@ fn hub_models_load_from_the_cache_without_network() {
     let out = vitrine(&["predict", "--model", "hf:vitrine/tiny-vit", "--json", &image], Some(home.path()));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // Pinned to a revision: the snapshot its ref names; another revision is not in the cache.
+    std::fs::write(home.path().join("hub/models--vitrine--tiny-vit/refs/v1.0"), "0123abcd").unwrap();
+    let out = vitrine(&["predict", "--model", "hf:vitrine/tiny-vit@v1.0", "--json", &image], Some(home.path()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = vitrine(&["predict", "--model", "hf:vitrine/tiny-vit@v2.0", &image], Some(home.path()));
+    assert!(text(&out.stderr).contains("cannot download config.json of hf:vitrine/tiny-vit@v2.0"), "{}", text(&out.stderr));
+
     // Not cached, and the (unreachable) hub refuses: a fast, clear error.
     let start = std::time::Instant::now();
     let out = vitrine(&["predict", "--model", "hf:vitrine/absent", &image], Some(home.path()));

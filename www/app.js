@@ -128,8 +128,10 @@ async function untilModelReady(input) {
   }
   if (state.input !== input) return false;
   setBusy(false);
+  const note = $('predictions-empty');
+  delete note.dataset.waiting;
   if (state.model !== null) return true;
-  $('predictions-empty').textContent = `No model could be loaded: “${input.name}” is classified once one is (choose one above).`;
+  note.textContent = `No model could be loaded: “${input.name}” is classified once one is (choose one above).`;
   return false;
 }
 

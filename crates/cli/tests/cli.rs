@@ -156,3 +156,19 @@ fn bench_times_each_model_and_token_merging_setting_in_one_run() {
     let refused = vitrine(&["bench", "--model", "/nonexistent/model", "--json"], None);
     assert!(!refused.status.success() && text(&refused.stderr).contains("/nonexistent/model"), "{}", text(&refused.stderr));
 }
+
+#[test]
+fn a_preprocessor_smaller_than_a_patch_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("vit").join(file), dir.path().join(file)).unwrap();
+    }
+    let image = fixtures().join("images/tench.jpg").display().to_string();
+    let model = dir.path().display().to_string();
+    for (json, says) in [(r#"{"size": 4}"#, "smaller than the model's 8 px patches"), (r#"{"size": 4294967297}"#, "each side must be 1 to 16384 pixels")] {
+        std::fs::write(dir.path().join("preprocessor_config.json"), json).unwrap();
+        let out = vitrine(&["predict", "--model", &model, &image], None);
+        assert_eq!(out.status.code(), Some(1), "{json}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{json}: {}", text(&out.stderr));
+    }
+}

@@ -164,6 +164,23 @@ impl PreprocessConfig {
         })
     }
 
+    /// Refuses a preprocessing whose images would be smaller than one of the model's patches (the
+    /// patch embedding would have nothing to read).
+    pub fn check_fits(&self, config: &VitConfig) -> Result<(), ConfigError> {
+        let smallest = match (self.crop, self.resize) {
+            (Some([height, width]), _) | (None, Some(Resize::Exact { height, width })) => height.min(width),
+            (None, Some(Resize::ShortestEdge(edge))) => edge,
+            (None, None) => return Ok(()), // the image's own size, checked when it is read
+        };
+        if (smallest as usize) < config.patch_size {
+            return Err(ConfigError::Invalid(format!(
+                "the preprocessing makes images {smallest} px on a side, smaller than the model's {} px patches",
+                config.patch_size
+            )));
+        }
+        Ok(())
+    }
+
     /// What the Hugging Face checkpoints of each family ship, for checkpoints without a preprocessor
     /// config: `google/vit-*` (exact resize to `image_size`, mean = std = 0.5) and `facebook/dinov2-*`
     /// (shortest edge 256, crop 224, ImageNet statistics, whatever `image_size` says).
@@ -320,13 +337,20 @@ impl PreprocessConfig {
 }
 
 fn parse_resize(value: &serde_json::Value) -> Result<Resize, ConfigError> {
-    let side = |key: &str| value.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
-    if let Some(side) = value.as_u64() {
-        return Ok(Resize::Exact { height: side as u32, width: side as u32 });
+    // 1 to MAX_SIDE pixels: 0 would make an empty image, and a larger integer must not wrap to a
+    // small one (4294967297 is 1 as a u32).
+    let checked = |n: u64| match u32::try_from(n) {
+        Ok(side) if (1..=MAX_SIDE).contains(&side) => Ok(side),
+        _ => Err(ConfigError::Invalid(format!("size {value}: each side must be 1 to {MAX_SIDE} pixels"))),
+    };
+    let side = |key: &str| value.get(key).and_then(|v| v.as_u64());
+    if let Some(n) = value.as_u64() {
+        let side = checked(n)?;
+        return Ok(Resize::Exact { height: side, width: side });
     }
     match (side("height"), side("width"), side("shortest_edge")) {
-        (Some(height), Some(width), _) if height > 0 && width > 0 => Ok(Resize::Exact { height, width }),
-        (_, _, Some(edge)) if edge > 0 => Ok(Resize::ShortestEdge(edge)),
+        (Some(height), Some(width), _) => Ok(Resize::Exact { height: checked(height)?, width: checked(width)? }),
+        (_, _, Some(edge)) => Ok(Resize::ShortestEdge(checked(edge)?)),
         _ => Err(ConfigError::Invalid(format!("unsupported size {value}"))),
     }
 }
@@ -386,6 +410,26 @@ pub fn rgb_from_rgba(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_out_of_range_are_refused_not_wrapped() {
+        for json in [r#"{"size": 0}"#, r#"{"size": 4294967297}"#, r#"{"size": {"height": 0, "width": 224}}"#, r#"{"crop_size": 0}"#, r#"{"size": {"shortest_edge": 99999}}"#] {
+            let err = PreprocessConfig::from_json(json).unwrap_err().to_string();
+            assert!(err.contains("each side must be 1 to 16384 pixels"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn images_smaller_than_a_patch_are_refused() {
+        let hf = crate::config::HfVitConfig::from_json(r#"{"model_type": "vit", "image_size": 32, "patch_size": 8}"#).unwrap();
+        let config = hf.to_vit_config(crate::config::Head::None).unwrap();
+        let tiny = PreprocessConfig::from_json(r#"{"size": 4}"#).unwrap();
+        let err = tiny.check_fits(&config).unwrap_err().to_string();
+        assert!(err.contains("4 px on a side, smaller than the model's 8 px patches"), "{err}");
+        let cropped = PreprocessConfig::from_json(r#"{"size": 64, "do_center_crop": true, "crop_size": 7}"#).unwrap();
+        assert!(cropped.check_fits(&config).is_err(), "the crop decides");
+        assert!(PreprocessConfig::from_json(r#"{"size": 8}"#).unwrap().check_fits(&config).is_ok(), "one patch is enough");
+    }
 
     #[test]
     fn json_round_trips_and_resizes_in_proportion() {

@@ -40,6 +40,7 @@ pub fn read(dir: &Path, device: &Device) -> Result<Bundle> {
     } else {
         PreprocessConfig::default_for(&loaded.config)
     };
+    preprocess.check_fits(&loaded.config).with_context(|| format!("invalid {}", preprocess_path.display()))?;
     Ok(Bundle { loaded, preprocess, weight_bytes: weights.len() as u64 })
 }
 

@@ -67,6 +67,7 @@ impl Engine {
             Some(json) => PreprocessConfig::from_json(json)?,
             None => PreprocessConfig::default_for(&loaded.config),
         };
+        preprocess.check_fits(&loaded.config)?;
         Ok(Self {
             model: loaded.model,
             config: loaded.config,

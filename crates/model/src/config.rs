@@ -293,9 +293,13 @@ impl HfVitConfig {
                         labels.len()
                     ))
                 })?;
-            labels[index] = Some(label.clone());
+            // "3" and "03" are one index: two names for it would leave another index without one.
+            if let Some((first, _)) = &labels[index] {
+                return Err(ConfigError::Invalid(format!("id2label keys {first:?} and {id:?} are both index {index}")));
+            }
+            labels[index] = Some((id.clone(), label.clone()));
         }
-        Ok(labels.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(labels.into_iter().map(|entry| entry.map(|(_, label)| label).unwrap_or_default()).collect())
     }
 
     /// The architecture, given which head the weights carry (the file, not `architectures`, is the truth).
@@ -398,5 +402,12 @@ mod tests {
     fn labels_come_in_index_order() {
         let hf = HfVitConfig::from_json(r#"{"model_type": "vit", "id2label": {"10": "k", "2": "c", "0": "a", "1": "b", "3": "d", "4": "e", "5": "f", "6": "g", "7": "h", "8": "i", "9": "j"}}"#).unwrap();
         assert_eq!(hf.labels().unwrap().join(""), "abcdefghijk");
+    }
+
+    #[test]
+    fn an_index_given_twice_in_id2label_is_an_error() {
+        let hf = HfVitConfig::from_json(r#"{"model_type": "vit", "id2label": {"0": "a", "3": "d", "03": "also d", "1": "b"}}"#).unwrap();
+        let err = hf.labels().unwrap_err().to_string();
+        assert!(err.contains(r#"id2label keys "03" and "3" are both index 3"#), "{err}");
     }
 }

@@ -6,6 +6,7 @@ const CORE = [
   './',
   'index.html',
   'www/app.js',
+  'www/dom.js',
   'www/worker.js',
   'www/model-cache.js',
   'www/evaluate.js',

@@ -1,6 +1,7 @@
 // The page: inputs (file, drop, paste, camera, samples), the model picker, and drawing the results.
 // The model itself runs in a Web Worker (worker.js), so the page never freezes.
 
+import { download, el } from './dom.js';
 import { cachedModels, forgetModel } from './model-cache.js';
 import { collectImages, evaluate, filesOfEntries, renderReport, reportCsv, reportJson } from './evaluate.js';
 
@@ -118,14 +119,17 @@ async function whileLoading(load) {
   }
 }
 
+// Resolves once no model load is under way (it may have failed).
+async function loadsSettled() {
+  while (state.loading) await state.loading.catch(() => {});
+}
+
 // An input that arrives while a model loads (a first visit, a switch) is kept, shown as waiting,
 // and classified once the model is in. False when no model came in, or a newer input replaced it.
 async function untilModelReady(input) {
   if (!state.loading) return true;
-  while (state.loading) {
-    showWaiting(input.name);
-    await state.loading.catch(() => {});
-  }
+  showWaiting(input.name);
+  await loadsSettled();
   if (state.input !== input) return false;
   setBusy(false);
   const note = $('predictions-empty');
@@ -281,7 +285,9 @@ async function keepModels() {
   renderCachedModels();
 }
 
+// Listed while the panel is open (opening it lists them): nothing read at start-up.
 async function renderCachedModels() {
+  if (!$('cache-panel').open) return;
   let models;
   try {
     models = await cachedModels();
@@ -614,7 +620,7 @@ async function evaluateFiles(files, name) {
   };
   onProgress(0, set.items.length);
   card.scrollIntoView({ behavior: 'smooth', block: 'start' });
-  while (state.loading) await state.loading.catch(() => {});
+  await loadsSettled();
   try {
     const report = await evaluate(set, {
       classify: (file, columns) => call({ type: 'classify', file, topK: TOP_K, columns }, [file]),
@@ -624,7 +630,7 @@ async function evaluateFiles(files, name) {
     });
     if (state.evaluation !== run) return;
     run.report = report;
-    renderReport(report, $('eval-report'), el);
+    renderReport(report, $('eval-report'));
     $('eval-progress-text').textContent = run.cancelled ? `stopped after ${report.n} of ${set.items.length} photos` : `${report.n} photos`;
     $('eval-csv').disabled = $('eval-json').disabled = false;
   } catch (err) {
@@ -638,10 +644,7 @@ function downloadReport(kind) {
   const run = state.evaluation;
   if (!run?.report) return;
   const [text, type] = kind === 'csv' ? [reportCsv(run.report), 'text/csv'] : [reportJson(run.report), 'application/json'];
-  const link = el('a', { href: URL.createObjectURL(new Blob([text], { type })), download: `vitrine-eval-${run.name.replace(/[^\w.-]+/g, '_')}.${kind}` });
-  document.body.append(link);
-  link.click();
-  link.remove();
+  download(new Blob([text], { type }), `vitrine-eval-${run.name.replace(/[^\w.-]+/g, '_')}.${kind}`);
 }
 
 // ---------------------------------------------------------------- camera
@@ -774,7 +777,7 @@ async function setLive(on) {
     }
     if (state.loading) {
       showWaiting('Camera (live)');
-      await state.loading.catch(() => {});
+      await loadsSettled();
       continue;
     }
     const token = ++state.token;
@@ -925,10 +928,7 @@ async function shareResult() {
     });
     return;
   }
-  const link = el('a', { href: URL.createObjectURL(file), download: file.name });
-  document.body.append(link);
-  link.click();
-  link.remove();
+  download(file, file.name);
 }
 
 async function copyResult() {
@@ -1080,13 +1080,6 @@ function showNotice(text) {
 
 function hideNotice() {
   $('notice').hidden = true;
-}
-
-function el(tag, attrs = {}, text) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 function percent(p) {

@@ -1,6 +1,7 @@
 // Folder evaluation, all in the page: a folder whose subfolders are class names (as `vitrine eval`
 // reads one; with train/ val/ test/ inside, its val/), or a set of photos, classified one by one in
 // the model's thread. Nothing is uploaded.
+import { el } from './dom.js';
 
 const IMAGE = /\.(jpe?g|png|webp|gif|bmp)$/i;
 const WORST_SHOWN = 8;
@@ -96,7 +97,8 @@ export async function evaluate({ classes, items }, { classify, matchLabels, onPr
 
 // The report as a person reads it: the summary, accuracy per class, the confusion matrix, the
 // photos it got most wrong.
-export function renderReport(report, root, el) {
+export function renderReport(report, root) {
+  // Accuracies down to 0.0 % (the page's own `percent` shows tiny probabilities as <0.1%).
   const percent = (x) => `${(x * 100).toFixed(1)} %`;
   const parts = [];
   const summary = report.classes

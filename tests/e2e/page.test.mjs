@@ -191,6 +191,12 @@ async function checkEarlyDrop(browser, url, reference, backend, switchTo) {
   await context.close();
 }
 
+// Clicks `selector` and waits for the download it starts: { name, path }.
+async function downloadFrom(page, selector) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click(selector)]);
+  return { name: download.suggestedFilename(), path: await download.path() };
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
 }
@@ -544,12 +550,12 @@ describe('without WebGPU', () => {
     await shot(page, 'cpu-fallback');
 
     // The result as a PNG card: downloaded where the browser has no Web Share for files (here).
-    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#share')]);
-    assert.equal(download.suggestedFilename(), 'vitrine-parachute.png');
-    const card = readFileSync(await download.path());
+    const download = await downloadFrom(page, '#share');
+    assert.equal(download.name, 'vitrine-parachute.png');
+    const card = readFileSync(download.path);
     assert.equal(card.subarray(1, 4).toString(), 'PNG', 'a PNG file');
     assert.deepEqual([card.readUInt32BE(16), card.readUInt32BE(20)], [1200, 630], 'a 1200 x 630 card');
-    copyFileSync(await download.path(), join(ARTIFACTS, 'share-card.png'));
+    copyFileSync(download.path, join(ARTIFACTS, 'share-card.png'));
     await page.setViewportSize({ width: 420, height: 900 });
     await shot(page, 'cpu-fallback-narrow');
     assert.deepEqual(errors, []);
@@ -606,10 +612,7 @@ describe('without WebGPU', () => {
     assert.ok((await page.$$('#eval-worst figure')).length > 0, 'the misses are shown');
     await page.locator('#eval-card').screenshot({ path: join(ARTIFACTS, 'folder-evaluation.png') });
 
-    const download = async (button) => {
-      const [file] = await Promise.all([page.waitForEvent('download'), page.click(button)]);
-      return readFileSync(await file.path(), 'utf8');
-    };
+    const download = async (button) => readFileSync((await downloadFrom(page, button)).path, 'utf8');
     const report = JSON.parse(await download('#eval-json'));
     assert.deepEqual(report.classes, reference.classes);
     for (const image of report.images) {

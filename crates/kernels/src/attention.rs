@@ -68,30 +68,20 @@ pub fn attention(
             }
         };
         let (qp, kp) = (q.ptr(b, h), k.ptr(b, h));
+        // S = Q K^T: a [q, dim] by [dim, kv] product (K^T read through K's strides).
+        // SAFETY (both products): operands are read within their layouts; each task writes its
+        // own scores and its own (batch, head) rows of the output.
         unsafe {
-            // S = Q K^T: a [q, dim] by [dim, kv] product (K^T read through K's strides).
-            gemm::gemm(
-                q_tokens, kv_tokens, dim,
-                scores.as_mut_ptr(), 1, kv_tokens as isize, false,
-                qp, q.strides[3], q.strides[2],
-                kp, k.strides[2], k.strides[3],
-                0.0, 1.0, false, false, false, gemm::Parallelism::None,
-            );
+            product(q_tokens, kv_tokens, dim, scores.as_mut_ptr(), kv_tokens as isize, (qp, q.strides[3], q.strides[2]), (kp, k.strides[2], k.strides[3]));
         }
         for row in scores.chunks_exact_mut(kv_tokens) {
             dispatch!(scaled_softmax(row, scale));
         }
         let (Some(out_ptr), Some(v)) = (out_ptr, v) else { return };
         let (o, vp) = (unsafe { out_ptr.at((b * q_tokens * heads + h) * value_dim) }, v.ptr(b, h));
+        // O = P V: [q, kv] by [kv, value_dim], rows of O `heads * value_dim` apart.
         unsafe {
-            // O = P V: [q, kv] by [kv, value_dim], rows of O `heads * value_dim` apart.
-            gemm::gemm(
-                q_tokens, value_dim, kv_tokens,
-                o, 1, (heads * value_dim) as isize, false,
-                scores.as_ptr(), 1, kv_tokens as isize,
-                vp, v.strides[3], v.strides[2],
-                0.0, 1.0, false, false, false, gemm::Parallelism::None,
-            );
+            product(q_tokens, value_dim, kv_tokens, o, (heads * value_dim) as isize, (scores.as_ptr(), 1, kv_tokens as isize), (vp, v.strides[3], v.strides[2]));
         }
     };
     parallel::for_each_index(batch * heads, task);

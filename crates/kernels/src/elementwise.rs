@@ -40,29 +40,25 @@ pub fn gelu_backward_in_place(x: &[f32], grad: &mut [f32]) {
 #[inline(always)]
 unsafe fn gelu_chunk<V: F32x>(x: &mut [f32]) {
     let (n, p) = (x.len(), x.as_mut_ptr());
-    let mut i = 0;
-    unsafe {
-        while i + V::LANES <= n {
-            math::gelu(V::load(p.add(i))).store(p.add(i));
-            i += V::LANES;
-        }
-        if i < n {
-            math::gelu(V::load_partial(p.add(i), n - i)).store_partial(p.add(i), n - i);
-        }
-    }
+    unsafe { gelu_values::<V>(p, p, n) }
 }
 
 #[inline(always)]
 unsafe fn gelu_copy_chunk<V: F32x>(x: &[f32], out: &mut [f32]) {
-    let (n, px, po) = (x.len(), x.as_ptr(), out.as_mut_ptr());
+    unsafe { gelu_values::<V>(x.as_ptr(), out.as_mut_ptr(), x.len()) }
+}
+
+/// `dst[i] = gelu(src[i])` for `i < n`; `src` and `dst` may be the same buffer.
+#[inline(always)]
+unsafe fn gelu_values<V: F32x>(src: *const f32, dst: *mut f32, n: usize) {
     let mut i = 0;
     unsafe {
         while i + V::LANES <= n {
-            math::gelu(V::load(px.add(i))).store(po.add(i));
+            math::gelu(V::load(src.add(i))).store(dst.add(i));
             i += V::LANES;
         }
         if i < n {
-            math::gelu(V::load_partial(px.add(i), n - i)).store_partial(po.add(i), n - i);
+            math::gelu(V::load_partial(src.add(i), n - i)).store_partial(dst.add(i), n - i);
         }
     }
 }

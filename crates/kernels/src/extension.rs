@@ -1,5 +1,6 @@
-//! The kernels as burn backend extensions: [`InferenceOps`] on flex, [`GeluOps`] on flex and under
-//! autodiff (with its own backward). Other backends never reach these traits (see `lib.rs`).
+//! The kernels as burn backend extensions: [`InferenceOps`] (attention maps) on flex, and
+//! [`LinearOps`], [`AttentionOps`] and [`GeluOps`] on flex and under autodiff, each with a backward
+//! node of its own. Other backends never reach these traits (see `lib.rs`).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -26,15 +26,19 @@ pub fn runs_on_flex(device: &Device) -> bool {
     matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
 }
 
-/// Whether the kernels without a backward pass serve `x`: f32 on flex, no gradients recorded.
+/// Whether vitrine's kernels serve `x`: an f32 tensor on flex, plain or under autodiff.
+fn kernels_serve<const D: usize>(x: &Tensor<D>) -> bool {
+    runs_on_flex(&x.device()) && x.dtype() == DType::F32
+}
+
+/// Whether the kernels without a backward pass serve `x`: as [`kernels_serve`], no gradients recorded.
 fn inference_on_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    let device = x.device();
-    runs_on_flex(&device) && !device.is_autodiff() && x.dtype() == DType::F32
+    kernels_serve(x) && !x.device().is_autodiff()
 }
 
 /// The exact (erf) GELU.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !runs_on_flex(&x.device()) || x.dtype() != DType::F32 {
+    if !kernels_serve(&x) {
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as GeluOps>::gelu(x.into_dispatch()))
@@ -54,7 +58,7 @@ pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 #[allow(clippy::result_large_err)] // the error is the input tensor, handed back unchanged
 fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) -> Result<Tensor<D>, Tensor<D>> {
     match &layer.bias {
-        Some(bias) if runs_on_flex(&x.device()) && x.dtype() == DType::F32 && layer.weight.val().dtype() == DType::F32 => {
+        Some(bias) if kernels_serve(&x) && layer.weight.val().dtype() == DType::F32 => {
             let dims = x.dims();
             let rows = dims[..D - 1].iter().product::<usize>();
             let x2 = x.reshape([rows, dims[D - 1]]);
@@ -71,7 +75,7 @@ fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) ->
 /// Scaled dot-product attention `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`,
 /// as `burn::tensor::module::attention` with no mask or bias.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    if !runs_on_flex(&q.device()) || q.dtype() != DType::F32 {
+    if !kernels_serve(&q) {
         return burn::tensor::module::attention(q, k, v, None, None, Default::default());
     }
     Tensor::from_dispatch(<Dispatch as AttentionOps>::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch()))

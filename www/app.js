@@ -54,7 +54,8 @@ function startWorker(wanted) {
     showMessage(`The model thread failed to start: ${event.message || 'the browser gave no reason'}.`);
   };
   state.worker = worker;
-  return call({ type: 'init', backend: wanted });
+  const threads = Number.parseInt(params.get('threads') ?? '', 10);
+  return call({ type: 'init', backend: wanted, threads: threads > 0 ? threads : 0 });
 }
 
 function call(message, transfer = []) {
@@ -80,6 +81,7 @@ function onWorkerMessage(data) {
 }
 
 async function boot() {
+  if (await reloadForIsolation()) return;
   registerServiceWorker();
   renderSamples();
   bindInputs();
@@ -152,15 +154,19 @@ async function initBackend(wanted) {
   const backend = await startWorker(wanted);
   state.backend = backend;
   stats.backendReady = performance.now();
+  keepOffline(backend.files);
   const badge = $('backend');
   badge.dataset.backend = backend.kind;
-  $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : 'CPU · WebAssembly SIMD';
-  badge.title = backend.kind === 'webgpu' ? `Runs on the GPU through WebGPU (${backend.adapter})` : 'Runs on the CPU (burn flex, WebAssembly SIMD)';
+  badge.dataset.threads = backend.threads ?? '';
+  const threads = backend.threads > 1 ? `${backend.threads} threads` : '1 thread';
+  $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : `CPU · WebAssembly SIMD · ${threads}`;
+  badge.title = backend.kind === 'webgpu' ? `Runs on the GPU through WebGPU (${backend.adapter})` : `Runs on the CPU (${backend.adapter})`;
+  const oneThread = backend.single ? ` on one thread, since ${backend.single}` : '';
   if (backend.fallback) {
     const slower = /software emulation/.test(backend.fallback) ? '' : ', which is slower';
-    showNotice(`WebGPU is not used here (${backend.fallback}), so the model runs on the CPU${slower}.`);
+    showNotice(`WebGPU is not used here (${backend.fallback}), so the model runs on the CPU${slower}${oneThread}.`);
   } else if (wanted === 'cpu') {
-    showNotice('Running on the CPU, as the page address asks (backend=cpu).');
+    showNotice(`Running on the CPU, as the page address asks (backend=cpu)${oneThread}.`);
   } else {
     hideNotice();
   }
@@ -1090,17 +1096,39 @@ function mb(bytes) {
   return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1e3))} kB`;
 }
 
-function registerServiceWorker() {
+// The service worker keeps the site for offline use, and gives the page cross-origin isolation
+// (wasm threads) where the host sends no such headers: it adds them, which takes one reload on the
+// first visit. Inside another site's frame isolation cannot come from here, so there is no reload.
+async function registerServiceWorker() {
   if (!('serviceWorker' in navigator)) return;
-  navigator.serviceWorker
-    .register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname })
-    .then(() => navigator.serviceWorker.ready)
-    .then(() => {
-      $('offline-state').textContent = 'Works offline after this visit.';
-    })
-    .catch(() => {
-      $('offline-state').textContent = '';
-    });
+  try {
+    await navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname });
+    await navigator.serviceWorker.ready;
+    $('offline-state').textContent = 'Works offline after this visit.';
+  } catch {
+    $('offline-state').textContent = '';
+  }
+}
+
+// True when the page reloads itself to come back isolated under its service worker.
+async function reloadForIsolation() {
+  const once = 'vitrine-isolation-reload';
+  if (self.crossOriginIsolated || !('serviceWorker' in navigator) || window.top !== window || sessionStorage.getItem(once)) return false;
+  if (!navigator.serviceWorker.controller) {
+    await navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname }).catch(() => null);
+    const claimed = new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
+    const timeout = new Promise((resolve) => setTimeout(resolve, 3000));
+    await Promise.race([claimed, timeout]);
+    if (!navigator.serviceWorker.controller) return false;
+  }
+  sessionStorage.setItem(once, '1');
+  location.reload();
+  return true;
+}
+
+// Asks the service worker to keep the build the model thread fetched (only that one of the two).
+function keepOffline(files) {
+  if (files?.length) navigator.serviceWorker?.ready.then((registration) => registration.active?.postMessage({ type: 'keep', files })).catch(() => {});
 }
 
 boot();

@@ -1,8 +1,13 @@
 // The model's thread: loads the wasm, picks the backend, fetches and caches model bundles, classifies.
 // The page talks to it with messages (see app.js); nothing here touches the DOM.
-import init, { Backend, Classifier } from './pkg/vitrine_web.js';
 import { MODEL_CACHE } from './model-cache.js';
 
+// The build of crates/web this worker runs (build.sh makes two): `pkg/` has WebGPU and a CPU path on
+// one thread; `pkg-threads/` is the CPU path alone, on a pool of Web Workers (wasm threads, which need
+// cross-origin isolation). Only the one in use is downloaded.
+const BUILDS = { webgpu: './pkg/vitrine_web.js', threads: './pkg-threads/vitrine_web.js' };
+
+let wasm = null; // the module of the build in use
 let backend = null;
 let classifier = null;
 
@@ -20,34 +25,54 @@ self.onmessage = async ({ data }) => {
 };
 
 const handlers = {
-  async init({ id, backend: wanted }) {
-    await init();
-    let fallback = null;
+  // `wanted`: 'auto', 'webgpu' or 'cpu'; `threads`: the CPU threads asked for (0: every core).
+  async init({ id, backend: wanted, threads: asked = 0 }) {
+    let fallback = null; // why WebGPU is not used
     if (wanted !== 'cpu') {
       const adapter = 'gpu' in navigator ? await navigator.gpu.requestAdapter().catch(() => null) : null;
       if (!('gpu' in navigator)) {
         fallback = 'this browser has no WebGPU';
-      } else if (adapter?.info?.isFallbackAdapter && wanted === 'auto') {
+      } else if (!adapter) {
+        fallback = 'the browser offers no WebGPU adapter';
+      } else if (adapter.info?.isFallbackAdapter && wanted === 'auto') {
         // A software rasterizer (SwiftShader, WARP) runs the model far slower than the wasm CPU path:
         // 92 s against 0.63 s per image for a ViT-S here (docs/browser.md). ?backend=webgpu forces it.
         fallback = `its only WebGPU adapter, ${adapterName(adapter.info, false)}, is a software emulation, slower than the CPU path`;
       } else {
         try {
-          backend = await Backend.webgpu();
+          wasm = await start('webgpu');
+          backend = await wasm.Backend.webgpu();
         } catch (err) {
           fallback = messageOf(err);
         }
       }
     }
-    if (!backend) backend = Backend.cpu();
+    let single = null; // why the CPU path runs on one thread
+    if (!backend) {
+      const plan = cpuThreads(asked);
+      single = plan.single;
+      if (plan.threads > 1) {
+        try {
+          wasm = await start('threads', plan.threads);
+        } catch (err) {
+          single = `the threaded build did not start (${messageOf(err)})`;
+        }
+      }
+      if (wasm?.build() !== 'threads') wasm = await start('webgpu');
+      backend = wasm.Backend.cpu();
+    }
     const adapter = backend.kind === 'webgpu' ? await describeAdapter(backend.adapter) : backend.adapter;
-    post({ type: 'backend', id, kind: backend.kind, adapter, fallback: wanted === 'cpu' ? null : fallback, wanted });
+    post({
+      type: 'backend', id, kind: backend.kind, adapter, fallback: wanted === 'cpu' ? null : fallback, wanted,
+      threads: backend.kind === 'cpu' ? wasm.threads() : null, single: backend.kind === 'cpu' ? single : null,
+      files: loadedFiles(),
+    });
   },
 
   async load({ id, source, tome = 0 }) {
     const files = source.kind === 'files' ? source.files : await fetchBundle(source.base);
     const started = performance.now();
-    const next = Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
+    const next = wasm.Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
     classifier?.free();
     classifier = next;
     classifier.setTokenMerging(tome);
@@ -167,6 +192,38 @@ async function readWithProgress(response, label) {
     offset += chunk.byteLength;
   }
   return bytes.buffer;
+}
+
+// The module of one build, instantiated (and its thread pool started, for the threaded build).
+const started = {};
+function start(build, threads = 1) {
+  started[build] ??= (async () => {
+    const module = await import(BUILDS[build]);
+    await module.default();
+    if (build === 'threads') await module.initThreadPool(threads);
+    return module;
+  })();
+  return started[build];
+}
+
+// How many threads the CPU path can have here, and why only one when so. Threads need shared
+// memory, which browsers give only to cross-origin isolated pages (COOP and COEP headers).
+function cpuThreads(asked) {
+  if (!self.crossOriginIsolated || typeof SharedArrayBuffer === 'undefined') {
+    return { threads: 1, single: 'the page is not cross-origin isolated, so the browser allows no WebAssembly threads' };
+  }
+  const cores = navigator.hardwareConcurrency || 1;
+  if (asked === 1) return { threads: 1, single: 'the page address asks for one thread (threads=1)' };
+  if (cores < 2 && !asked) return { threads: 1, single: 'the browser reports one core' };
+  return { threads: asked || cores, single: null };
+}
+
+// The site's files this worker fetched (the build in use), for the service worker to keep offline.
+function loadedFiles() {
+  return performance
+    .getEntriesByType('resource')
+    .map((entry) => entry.name)
+    .filter((url) => url.startsWith(self.location.origin) && url.includes('/pkg'));
 }
 
 // "google swiftshader (software)" where the browser gives no description.

@@ -202,7 +202,7 @@ async function shot(page, name) {
 }
 
 before(() => {
-  assert.ok(existsSync(join(DIST, 'www/pkg/vitrine_web_bg.wasm')), 'dist/ has no wasm: run ./build.sh first');
+  for (const pkg of ['pkg', 'pkg-threads']) assert.ok(existsSync(join(DIST, `www/${pkg}/vitrine_web_bg.wasm`)), `dist/www/${pkg} has no wasm: run ./build.sh first`);
   assert.ok(existsSync(VITRINE), `${VITRINE} is missing: cargo build --release -p vitrine`);
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium`);
   // The page serves dist/'s copy of the bundle and the native reference reads www/'s: they must agree.
@@ -511,6 +511,11 @@ describe('with WebGPU', () => {
     await nextResult(page, 0, 'tench.jpg');
     await page.evaluate(() => navigator.serviceWorker.ready);
     await page.waitForFunction(() => navigator.serviceWorker.controller || document.readyState === 'complete');
+    // The build the page runs (the threaded one: this server sends the isolation headers) is kept.
+    await page.waitForFunction(async () => {
+      const keys = await Promise.all((await caches.keys()).map(async (name) => (await caches.open(name)).keys()));
+      return keys.flat().some((request) => request.url.endsWith('/pkg-threads/vitrine_web_bg.wasm'));
+    }, null, { timeout: TIMEOUT });
     await own.close(); // the network is gone
     await page.reload();
     await nextResult(page, 0, 'tench.jpg');
@@ -564,6 +569,52 @@ describe('without WebGPU', () => {
 
   test('token merging (?tome= and its control) gives the native `predict --tome` answer', { timeout: TIMEOUT * 2 }, async () => {
     await checkTokenMerging(browser, `${server.url}?model=/fixtures/vit/&tome=3`, 'CPU');
+  });
+
+  test('served without isolation headers and no service worker: one thread, and the page says why; ?threads=1 too', { timeout: TIMEOUT * 2 }, async () => {
+    const plain = await serve(DIST, 0, FIXTURES, { isolate: false });
+    try {
+      const { context, page, errors } = await open(browser, plain.url, { serviceWorkers: 'block' });
+      await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+      assert.equal(await page.getAttribute('#backend', 'data-threads'), '1');
+      assert.match(await page.textContent('#notice'), /on one thread, since the page is not cross-origin isolated/);
+      await nextResult(page, 0, 'tench.jpg');
+      const seq = await seqOf(page);
+      await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
+      assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg'), 'church.jpg on one thread');
+      assert.ok(!plain.requests.some((path) => path.includes('/pkg-threads/')), 'the threaded build is not downloaded');
+      await context.close();
+      assert.deepEqual(errors, []);
+
+      const asked = await open(browser, `${server.url}?threads=1`);
+      await asked.page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+      assert.equal(await asked.page.getAttribute('#backend', 'data-threads'), '1');
+      assert.match(await asked.page.textContent('#notice'), /on one thread, since the page address asks for one thread/);
+      await asked.context.close();
+    } finally {
+      await plain.close();
+    }
+  });
+
+  test('served without isolation headers: the service worker adds them, one reload, then threads', { timeout: TIMEOUT * 2 }, async () => {
+    const plain = await serve(DIST, 0, FIXTURES, { isolate: false });
+    try {
+      const { context, page, errors } = await open(browser, plain.url);
+      await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+      assert.ok(await page.evaluate(() => self.crossOriginIsolated), 'isolated after the reload');
+      assert.ok(Number(await page.getAttribute('#backend', 'data-threads')) >= 2);
+      await nextResult(page, 0, 'tench.jpg');
+      const seq = await seqOf(page);
+      await page.setInputFiles('#file', join(IMAGES, 'parachute.jpg'));
+      assertMatchesNative(await nextResult(page, seq, 'parachute.jpg'), native('parachute.jpg'), 'parachute.jpg on threads');
+      const loads = plain.requests.filter((path) => path === '/' || path === '/index.html').length;
+      assert.equal(loads, 2, 'one reload');
+      assert.ok(!plain.requests.some((path) => path.includes('/pkg/vitrine_web_bg.wasm')), 'the one-thread build is not downloaded');
+      assert.deepEqual(errors, []);
+      await context.close();
+    } finally {
+      await plain.close();
+    }
   });
 
   test('on a phone (360 x 740, touch): nothing overflows, a tapped-in photo gets the native answer', { timeout: TIMEOUT * 2 }, async () => {

@@ -19,11 +19,20 @@ const TYPES = {
   '.safetensors': 'application/octet-stream',
 };
 
+// The headers a Hugging Face Space sends for vitrine (build.sh writes them into its README): the page
+// is cross-origin isolated, so it has wasm threads.
+const ISOLATION = {
+  'cross-origin-embedder-policy': 'require-corp',
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-resource-policy': 'cross-origin',
+};
+
 /**
  * Serves `root` on a free port of 127.0.0.1; resolves to { url, close, requests }. `mounts` maps URL
- * prefixes to other folders (the tests serve the tiny fixture models at /fixtures/).
+ * prefixes to other folders (the tests serve the tiny fixture models at /fixtures/). `isolate: false`
+ * leaves out the cross-origin isolation headers, as a plain static host does.
  */
-export function serve(root, port = 0, mounts = {}) {
+export function serve(root, port = 0, mounts = {}, { isolate = true } = {}) {
   const requests = [];
   const server = createServer((req, res) => {
     let path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
@@ -39,7 +48,8 @@ export function serve(root, port = 0, mounts = {}) {
     try {
       if (statSync(file).isDirectory()) file = join(file, 'index.html');
       const { size } = statSync(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'content-length': size, 'cache-control': 'no-cache' });
+      const type = TYPES[extname(file)] ?? 'application/octet-stream';
+      res.writeHead(200, { 'content-type': type, 'content-length': size, 'cache-control': 'no-cache', ...(isolate ? ISOLATION : {}) });
       createReadStream(file).pipe(res);
     } catch {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');

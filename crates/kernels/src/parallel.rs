@@ -1,43 +1,44 @@
-//! Work split over threads natively (rayon), run in turn in wasm, where this build has one thread.
+//! Work split over threads (rayon) where the build has them (`cfg(threads)`, see build.rs: natively, and
+//! in wasm with atomics), run in turn otherwise.
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(threads)]
 use rayon::prelude::*;
 
 /// `f` on each `chunk`-sized piece of `data`.
 pub fn for_each_chunk(data: &mut [f32], chunk: usize, f: impl Fn(&mut [f32]) + Send + Sync) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(threads)]
     data.par_chunks_mut(chunk).for_each(f);
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(threads))]
     data.chunks_mut(chunk).for_each(f);
 }
 
 /// `f` on each `chunk`-sized piece of `data` beside the same piece of `other`.
 pub fn for_each_chunk_with(data: &mut [f32], other: &[f32], chunk: usize, f: impl Fn(&mut [f32], &[f32]) + Send + Sync) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(threads)]
     data.par_chunks_mut(chunk).zip(other.par_chunks(chunk)).for_each(|(a, b)| f(a, b));
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(threads))]
     data.chunks_mut(chunk).zip(other.chunks(chunk)).for_each(|(a, b)| f(a, b));
 }
 
 /// `f(i, piece)` on each `chunk`-sized piece of `data`, the `i`-th.
 pub fn for_each_chunk_enumerated(data: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Send + Sync) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(threads)]
     data.par_chunks_mut(chunk).enumerate().for_each(|(i, piece)| f(i, piece));
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(threads))]
     data.chunks_mut(chunk).enumerate().for_each(|(i, piece)| f(i, piece));
 }
 
 /// `f(i)` for `i` in `0..n`.
 pub fn for_each_index(n: usize, f: impl Fn(usize) + Send + Sync) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(threads)]
     (0..n).into_par_iter().for_each(f);
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(not(threads))]
     (0..n).for_each(f);
 }
 
 /// Threads for one matrix product of `work` multiply-adds: all of them once it pays.
 pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(threads)]
     if work >= 1 << 17 {
         return gemm::Parallelism::Rayon(0);
     }

@@ -3,9 +3,11 @@
 //!
 //! Errors cross as `JsError` with a message for people; nothing here panics on user data.
 
+#[cfg(not(target_feature = "atomics"))]
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
+#[cfg(not(target_feature = "atomics"))]
 use burn::tensor::wgpu::WgpuInitError;
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
@@ -22,6 +24,7 @@ fn start() {
 /// Why the WebGPU device was lost, once it has been.
 type Lost = Arc<Mutex<Option<String>>>;
 
+#[cfg(not(target_feature = "atomics"))]
 thread_local! {
     /// burn registers one wgpu runtime per page (a second `init_async` is refused), so the device
     /// is acquired once and shared by every `Backend::webgpu` call.
@@ -41,6 +44,7 @@ pub struct Backend {
 impl Backend {
     /// The WebGPU adapter and device, or an error saying which of `navigator.gpu`, the adapter or the
     /// device is missing.
+    #[cfg(not(target_feature = "atomics"))]
     pub async fn webgpu() -> Result<Backend, JsError> {
         if let Some((device, adapter, lost)) = WEBGPU.with(|cell| cell.borrow().clone()) {
             return Ok(Backend { device, kind: "webgpu", adapter, lost: Some(lost) });
@@ -64,14 +68,11 @@ impl Backend {
         Ok(Backend { device, kind: "webgpu", adapter, lost: Some(lost) })
     }
 
-    /// burn's flex backend on the CPU, in this thread.
+    /// burn's flex backend on the CPU: on this thread, or on the thread pool of the threaded build.
     pub fn cpu() -> Backend {
-        Backend {
-            device: Device::flex(),
-            kind: "cpu",
-            adapter: "CPU (burn flex, wasm simd128)".to_string(),
-            lost: None,
-        }
+        let threads = threads();
+        let on = if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") };
+        Backend { device: Device::flex(), kind: "cpu", adapter: format!("CPU (burn flex, wasm simd128, {on})"), lost: None }
     }
 
     /// `"webgpu"` or `"cpu"`.
@@ -104,6 +105,7 @@ fn lost_reason(lost: &Option<Lost>) -> Option<String> {
     lost.as_ref().and_then(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
+#[cfg(not(target_feature = "atomics"))]
 /// What went wrong with WebGPU, for people.
 fn init_error(error: WgpuInitError) -> String {
     match error {
@@ -113,6 +115,7 @@ fn init_error(error: WgpuInitError) -> String {
     }
 }
 
+#[cfg(not(target_feature = "atomics"))]
 /// `navigator.gpu` in a page or a worker.
 fn has_navigator_gpu() -> bool {
     let global = js_sys::global();
@@ -121,6 +124,22 @@ fn has_navigator_gpu() -> bool {
         .filter(|n| !n.is_undefined() && !n.is_null())
         .and_then(|navigator| js_sys::Reflect::get(&navigator, &JsValue::from_str("gpu")).ok())
         .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
+}
+
+/// Threads the CPU backend runs on: the thread pool's size in the threaded build (after
+/// `initThreadPool`), otherwise 1.
+#[wasm_bindgen]
+pub fn threads() -> usize {
+    #[cfg(target_feature = "atomics")]
+    return rayon::current_num_threads();
+    #[cfg(not(target_feature = "atomics"))]
+    1
+}
+
+/// `"threads"` for the threaded CPU build (no WebGPU), `"webgpu"` for the other.
+#[wasm_bindgen]
+pub fn build() -> String {
+    if cfg!(target_feature = "atomics") { "threads" } else { "webgpu" }.to_string()
 }
 
 /// A model bundle loaded onto a backend.
@@ -171,6 +190,20 @@ impl Classifier {
         prediction.width = size[1];
         prediction.height = size[0];
         Ok(prediction)
+    }
+
+    /// The bare forward pass on `[1, channels, height, width]` pixel values (already preprocessed):
+    /// the logits, or a backbone's last hidden state, flattened. No decoding, preprocessing or
+    /// attention maps: what the browser benchmark times against onnxruntime-web.
+    pub async fn forward(&self, pixel_values: Vec<f32>, height: usize, width: usize) -> Result<Vec<f32>, JsError> {
+        let [channels, patch] = self.engine.input_channels_and_patch();
+        if pixel_values.len() != channels * height * width || height < patch || width < patch {
+            let got = pixel_values.len();
+            return Err(JsError::new(&format!("{got} pixel values for a {channels} x {height} x {width} input (patches of {patch} px)")));
+        }
+        let input = Tensor::<4>::from_data(burn::tensor::TensorData::new(pixel_values, [1, channels, height, width]), &self.device);
+        let output = self.engine.forward(input).into_data_async().await.map_err(|e| JsError::new(&format!("reading results back failed: {e:?}")))?;
+        output.try_into_vec::<f32>().map_err(|e| JsError::new(&format!("{e:?}")))
     }
 
     /// Why the WebGPU device was lost, if it was (the page then moves to the CPU).

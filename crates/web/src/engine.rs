@@ -100,6 +100,11 @@ impl Engine {
         self.model = self.model.clone().with_token_merging(r);
     }
 
+    /// The model input's channels and the patch size (the smallest side it takes).
+    pub fn input_channels_and_patch(&self) -> [usize; 2] {
+        [self.config.num_channels, self.config.patch_size]
+    }
+
     /// Class names in index order (empty for a backbone).
     pub fn labels(&self) -> &[String] {
         &self.labels
@@ -123,6 +128,17 @@ impl Engine {
     /// `[left, top, right, bottom]`: where the attention maps go ([`PreprocessConfig::visible_region`]).
     pub fn visible_region(&self, size: [u32; 2]) -> [f32; 4] {
         self.preprocess.visible_region(size)
+    }
+
+    /// The bare forward pass: logits `[batch, classes]`, or a backbone's last hidden state
+    /// `[batch, tokens, hidden]` flattened to `[batch, tokens * hidden]`. No attention maps.
+    pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        if self.model.has_head() {
+            return self.model.forward(pixel_values);
+        }
+        let features = self.model.forward_features(pixel_values);
+        let [batch, tokens, hidden] = features.dims();
+        features.reshape([batch, tokens * hidden])
     }
 
     /// Logits and attention maps for `[batch, channels, height, width]` model input.

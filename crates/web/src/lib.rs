@@ -14,6 +14,9 @@ pub mod engine;
 mod bindings;
 
 #[cfg(target_arch = "wasm32")]
-pub use bindings::{Backend, Classifier, Prediction};
+pub use bindings::{Backend, Classifier, Prediction, build, threads};
+/// `initThreadPool(n)` for the page's worker: rayon's pool of `n` Web Workers (threaded build only).
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub use wasm_bindgen_rayon::init_thread_pool;
 pub use engine::{Engine, ModelInfo, Outputs};
 pub use vitrine_model::classes::{TopClass, softmax, top_k};

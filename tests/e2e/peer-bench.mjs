@@ -1,0 +1,147 @@
+// vitrine's CPU path against onnxruntime-web (the engine of transformers.js), side by side in one
+// headless Chromium, on the same models, inputs and thread counts. Writes a Markdown report to stdout.
+//
+//   node tests/e2e/peer-bench.mjs [--runs 10] [--models dinov2-s14,vit-b16] [--threads 1,2]
+//
+// Needs the built site (./build.sh) and the benchmark's models: `python3 scripts/export_onnx.py`
+// writes them to ~/.cache/vitrine/peer-bench (VITRINE_PEER_MODELS=folder for another place): the
+// same Hugging Face model as a vitrine bundle and as ONNX. onnxruntime-web comes from npm (pinned in
+// package.json) and is served from this machine.
+//
+// Per-image time: the median of --runs after 2 warm-up runs, each engine in a fresh Web Worker:
+// - "forward": vitrine's bare forward pass (`Classifier.forward`) and onnxruntime-web's
+//   `session.run`, on the same [1, 3, 224, 224] pixel values (their outputs are compared);
+// - "page path": what the site does per photo (decode, preprocess, forward with every attention map,
+//   top-5), which the peer does not do at all.
+// vitrine on 1 thread is the site's one-thread build, on more its threaded build.
+// Cold start: a fresh browser context (empty cache), navigation to the first output on all threads;
+// for vitrine also the site itself (navigation to the first answer on screen, its sample photo).
+import { existsSync, readFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { gzipSync } from 'node:zlib';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './server.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const DIST = process.env.VITRINE_DIST ?? join(ROOT, 'dist');
+const MODELS = process.env.VITRINE_PEER_MODELS ?? join(process.env.HOME, '.cache/vitrine/peer-bench');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const ORT = join(ROOT, 'node_modules/onnxruntime-web');
+// Outputs agree within this fraction of their largest magnitude (float32, different summation orders).
+const TOLERANCE = 1e-5;
+
+const args = process.argv.slice(2);
+const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const runs = Number(option('--runs', 10));
+const models = option('--models', 'dinov2-s14,vit-b16').split(',');
+
+for (const model of models) {
+  if (!existsSync(join(MODELS, model, 'model.onnx'))) {
+    console.error(`${join(MODELS, model)} is missing: python3 scripts/export_onnx.py`);
+    process.exit(1);
+  }
+}
+for (const pkg of ['pkg', 'pkg-threads']) {
+  if (!existsSync(join(DIST, 'www', pkg, 'vitrine_web_bg.wasm'))) {
+    console.error(`dist/www/${pkg} is missing: ./build.sh`);
+    process.exit(1);
+  }
+}
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+};
+const ms = (v) => `${Math.round(v).toLocaleString('en')} ms`;
+
+// max |a - b| as a fraction of max |b|.
+function disagreement(a, b) {
+  if (a.length !== b.length) return Infinity;
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return diff / scale;
+}
+
+const server = await serve(DIST, 0, {
+  '/ort/': join(ORT, 'dist'),
+  '/bench-models/': MODELS,
+  '/bench/': join(ROOT, 'tests/e2e/peer-bench'),
+  '/photos/': join(ROOT, 'tests/fixtures/images'),
+});
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-features=WebGPU'] });
+const lines = [];
+const out = (line = '') => {
+  lines.push(line);
+  console.error(line);
+};
+
+try {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${server.url}bench/index.html`);
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  if (!(await page.evaluate(() => self.crossOriginIsolated))) throw new Error('the benchmark page is not cross-origin isolated');
+  const threadCounts = option('--threads', `1,${cores}`).split(',').map(Number);
+  const run = (job) => page.evaluate((job) => window.run(job), { warmup: 2, runs, photo: '/photos/church.jpg', ...job });
+
+  const version = JSON.parse(readFileSync(join(ORT, 'package.json'), 'utf8')).version;
+  const browserVersion = browser.version();
+  out(`CPU: ${cpus()[0].model}, ${cores} threads reported by the browser; Chromium ${browserVersion}; onnxruntime-web ${version}.`);
+  for (const pkg of ['pkg', 'pkg-threads']) {
+    const wasm = readFileSync(join(DIST, 'www', pkg, 'vitrine_web_bg.wasm'));
+    out(`vitrine ${pkg}/: ${(wasm.length / 1e6).toFixed(1)} MB wasm, ${(gzipSync(wasm, { level: 9 }).length / 1e6).toFixed(2)} MB gzip -9.`);
+  }
+  out();
+  out(`| model | threads | onnxruntime-web \`session.run\` | vitrine forward | vitrine / onnxruntime-web | vitrine page path | outputs differ by |`);
+  out('|---|---:|---:|---:|---:|---:|---:|');
+  for (const model of models) {
+    for (const threads of threadCounts) {
+      // Alternate which engine goes first, so that neither always runs on a cooler machine.
+      const order = threads % 2 ? ['ort', 'vitrine'] : ['vitrine', 'ort'];
+      const results = {};
+      for (const engine of order) results[engine] = await run({ engine, model, threads });
+      const { ort, vitrine } = results;
+      if (vitrine.threads !== threads) throw new Error(`vitrine ran on ${vitrine.threads} threads, not ${threads}`);
+      const differ = disagreement(vitrine.output, ort.output);
+      if (!(differ <= TOLERANCE)) throw new Error(`${model}: vitrine and onnxruntime-web disagree: ${differ.toExponential(2)} > ${TOLERANCE}`);
+      const [o, v] = [median(ort.times), median(vitrine.times)];
+      out(`| ${model} | ${threads} | ${ms(o)} | ${ms(v)} | ${(v / o).toFixed(2)}x | ${ms(median(vitrine.page))} | ${differ.toExponential(1)} |`);
+    }
+  }
+  await context.close();
+
+  out();
+  out(`Cold start, all ${cores} threads, a fresh browser context: navigation to the first output.`);
+  out();
+  out('| model | onnxruntime-web | vitrine | vitrine / onnxruntime-web | the vitrine site, to its first answer on screen |');
+  out('|---|---:|---:|---:|---:|');
+  for (const model of models) {
+    const cold = {};
+    for (const engine of ['ort', 'vitrine']) {
+      const fresh = await browser.newContext();
+      const tab = await fresh.newPage();
+      const job = { engine, model, threads: cores, runs: 0, warmup: 1, photo: '/photos/church.jpg' };
+      await tab.goto(`${server.url}bench/index.html?job=${encodeURIComponent(JSON.stringify(job))}`);
+      cold[engine] = (await tab.evaluate(() => window.cold)).ms;
+      await fresh.close();
+    }
+    const fresh = await browser.newContext();
+    const tab = await fresh.newPage();
+    await tab.goto(`${server.url}?backend=cpu&model=/bench-models/${model}/`);
+    await tab.waitForFunction(() => Number(document.querySelector('#predictions').dataset.seq || 0) > 0, null, { timeout: 600_000 });
+    const site = await tab.evaluate(() => window.vitrineStats.firstResult);
+    await fresh.close();
+    out(`| ${model} | ${ms(cold.ort)} | ${ms(cold.vitrine)} | ${(cold.vitrine / cold.ort).toFixed(2)}x | ${ms(site)} |`);
+  }
+} finally {
+  await browser.close();
+  await server.close();
+}
+console.log(lines.join('\n'));

@@ -1,14 +1,16 @@
 // vitrine's CPU path against onnxruntime-web (the engine of transformers.js), side by side in one
 // headless Chromium, on the same models, inputs and thread counts. Writes a Markdown report to stdout.
 //
-//   node tests/e2e/peer-bench.mjs [--runs 10] [--models dinov2-s14,vit-b16] [--threads 1,2]
+//   node tests/e2e/peer-bench.mjs [--runs 10] [--rounds 2] [--models dinov2-s14,vit-b16] [--threads 1,2]
 //
 // Needs the built site (./build.sh) and the benchmark's models: `python3 scripts/export_onnx.py`
 // writes them to ~/.cache/vitrine/peer-bench (VITRINE_PEER_MODELS=folder for another place): the
 // same Hugging Face model as a vitrine bundle and as ONNX. onnxruntime-web comes from npm (pinned in
 // package.json) and is served from this machine.
 //
-// Per-image time: the median of --runs after 2 warm-up runs, each engine in a fresh Web Worker:
+// Per-image time: the median of --rounds x --runs images per engine. Each engine runs alone in its own
+// Web Worker (an idle engine's threads may spin and slow the other), warmed up twice, --runs images,
+// then the other engine; which goes first alternates by round.
 // - "forward": vitrine's bare forward pass (`Classifier.forward`) and onnxruntime-web's
 //   `session.run`, on the same [1, 3, 224, 224] pixel values (their outputs are compared);
 // - "page path": what the site does per photo (decode, preprocess, forward with every attention map,
@@ -35,6 +37,7 @@ const TOLERANCE = 1e-5;
 const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const runs = Number(option('--runs', 10));
+const rounds = Number(option('--rounds', 2));
 const models = option('--models', 'dinov2-s14,vit-b16').split(',');
 
 for (const model of models) {
@@ -89,7 +92,31 @@ try {
   const cores = await page.evaluate(() => navigator.hardwareConcurrency);
   if (!(await page.evaluate(() => self.crossOriginIsolated))) throw new Error('the benchmark page is not cross-origin isolated');
   const threadCounts = option('--threads', `1,${cores}`).split(',').map(Number);
-  const run = (job) => page.evaluate((job) => window.run(job), { warmup: 2, runs, photo: '/photos/church.jpg', ...job });
+  const call = (name, message) => page.evaluate(([name, message]) => window.call(name, message), [name, message]);
+
+  // Both engines on `model` with `threads`: { times, output } of each, and vitrine's page path. One
+  // engine is alive at a time (an idle engine's threads may still spin and slow the other): each
+  // round loads one, warms it up twice and times --runs images, then the other; which goes first
+  // alternates by round.
+  async function sideBySide(model, threads) {
+    const times = { ort: [], vitrine: [] };
+    const output = {};
+    let pagePath = [];
+    for (let round = 0; round < rounds; round++) {
+      for (const engine of round % 2 ? ['vitrine', 'ort'] : ['ort', 'vitrine']) {
+        await page.evaluate((name) => window.start(name), engine);
+        const loaded = await call(engine, { type: 'load', engine, model, threads });
+        if (loaded.threads !== threads) throw new Error(`${engine} runs on ${loaded.threads} threads, not ${threads}`);
+        await call(engine, { type: 'forward', runs: 2 });
+        const result = await call(engine, { type: 'forward', runs });
+        times[engine].push(...result.times);
+        output[engine] = result.output;
+        if (engine === 'vitrine') pagePath.push(...(await call(engine, { type: 'page', runs, photo: '/photos/church.jpg' })).times);
+        await page.evaluate((name) => window.stop(name), engine);
+      }
+    }
+    return { times, output, pagePath };
+  }
 
   const version = JSON.parse(readFileSync(join(ORT, 'package.json'), 'utf8')).version;
   const browserVersion = browser.version();
@@ -103,16 +130,11 @@ try {
   out('|---|---:|---:|---:|---:|---:|---:|');
   for (const model of models) {
     for (const threads of threadCounts) {
-      // Alternate which engine goes first, so that neither always runs on a cooler machine.
-      const order = threads % 2 ? ['ort', 'vitrine'] : ['vitrine', 'ort'];
-      const results = {};
-      for (const engine of order) results[engine] = await run({ engine, model, threads });
-      const { ort, vitrine } = results;
-      if (vitrine.threads !== threads) throw new Error(`vitrine ran on ${vitrine.threads} threads, not ${threads}`);
-      const differ = disagreement(vitrine.output, ort.output);
+      const { times, output, pagePath } = await sideBySide(model, threads);
+      const differ = disagreement(output.vitrine, output.ort);
       if (!(differ <= TOLERANCE)) throw new Error(`${model}: vitrine and onnxruntime-web disagree: ${differ.toExponential(2)} > ${TOLERANCE}`);
-      const [o, v] = [median(ort.times), median(vitrine.times)];
-      out(`| ${model} | ${threads} | ${ms(o)} | ${ms(v)} | ${(v / o).toFixed(2)}x | ${ms(median(vitrine.page))} | ${differ.toExponential(1)} |`);
+      const [o, v] = [median(times.ort), median(times.vitrine)];
+      out(`| ${model} | ${threads} | ${ms(o)} | ${ms(v)} | ${(v / o).toFixed(2)}x | ${ms(median(pagePath))} | ${differ.toExponential(1)} |`);
     }
   }
   await context.close();
@@ -127,9 +149,9 @@ try {
     for (const engine of ['ort', 'vitrine']) {
       const fresh = await browser.newContext();
       const tab = await fresh.newPage();
-      const job = { engine, model, threads: cores, runs: 0, warmup: 1, photo: '/photos/church.jpg' };
-      await tab.goto(`${server.url}bench/index.html?job=${encodeURIComponent(JSON.stringify(job))}`);
-      cold[engine] = (await tab.evaluate(() => window.cold)).ms;
+      const load = { type: 'load', engine, model, threads: cores };
+      await tab.goto(`${server.url}bench/index.html?cold=${encodeURIComponent(JSON.stringify(load))}`);
+      cold[engine] = await tab.evaluate(() => window.cold);
       await fresh.close();
     }
     const fresh = await browser.newContext();

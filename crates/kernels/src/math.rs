@@ -53,7 +53,10 @@ pub unsafe fn normal_cdf<V: F32x>(x: V) -> V {
 /// The exact (erf) GELU: `x Phi(x)`.
 #[inline(always)]
 pub unsafe fn gelu<V: F32x>(x: V) -> V {
-    unsafe { x.mul(normal_cdf(x)) }
+    // Below x = -13, |x Phi(x)| < 8e-38 falls to subnormal floats, which the next matrix product would
+    // multiply on the CPU's slow path (no flush-to-zero in wasm): the output is 0 there instead.
+    const SUBNORMAL_BELOW: f32 = -13.0;
+    unsafe { x.sub(V::splat(SUBNORMAL_BELOW)).select_negative(V::zero(), x.mul(normal_cdf(x))) }
 }
 
 /// `d gelu / dx = Phi(x) + x phi(x)`, with phi the normal density.

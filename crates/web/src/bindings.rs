@@ -126,6 +126,17 @@ fn has_navigator_gpu() -> bool {
         .is_some_and(|gpu| !gpu.is_undefined() && !gpu.is_null())
 }
 
+/// Runs `work` on the CPU thread pool in the threaded build, so that the model's parallel parts split
+/// among the pool's threads at once: called from this worker's own thread, each of them would be handed
+/// over to the pool and waited for, and the pool's threads would spin against the serial parts. Elsewhere
+/// it runs `work` here. (flex computes eagerly: a tensor returned from here is computed.)
+fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    #[cfg(target_feature = "atomics")]
+    return rayon::scope(|_| work());
+    #[cfg(not(target_feature = "atomics"))]
+    work()
+}
+
 /// Threads the CPU backend runs on: the thread pool's size in the threaded build (after
 /// `initThreadPool`), otherwise 1.
 #[wasm_bindgen]
@@ -173,7 +184,7 @@ impl Classifier {
 
     /// Top-k and attention maps for RGBA pixels (`ImageData.data`).
     pub async fn classify(&self, rgba: Vec<u8>, width: u32, height: u32, top_k: usize) -> Result<Prediction, JsError> {
-        let pixels = self.engine.pixels_from_rgba(&rgba, width, height, &self.device).map_err(|e| JsError::new(&e.to_string()))?;
+        let pixels = on_pool(|| self.engine.pixels_from_rgba(&rgba, width, height, &self.device)).map_err(|e| JsError::new(&e.to_string()))?;
         let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
         prediction.region = self.engine.visible_region([height, width]);
         prediction.width = width;
@@ -184,7 +195,7 @@ impl Classifier {
     /// Top-k and attention maps for an image file's bytes, decoded as the `vitrine` CLI decodes them.
     #[wasm_bindgen(js_name = classifyFile)]
     pub async fn classify_file(&self, bytes: Vec<u8>, top_k: usize) -> Result<Prediction, JsError> {
-        let (pixels, size) = self.engine.pixels_from_file(&bytes, &self.device).map_err(|e| JsError::new(&e.to_string()))?;
+        let (pixels, size) = on_pool(|| self.engine.pixels_from_file(&bytes, &self.device)).map_err(|e| JsError::new(&e.to_string()))?;
         let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
         prediction.region = self.engine.visible_region(size);
         prediction.width = size[1];
@@ -202,7 +213,7 @@ impl Classifier {
             return Err(JsError::new(&format!("{got} pixel values for a {channels} x {height} x {width} input (patches of {patch} px)")));
         }
         let input = Tensor::<4>::from_data(burn::tensor::TensorData::new(pixel_values, [1, channels, height, width]), &self.device);
-        let output = self.engine.forward(input).into_data_async().await.map_err(|e| JsError::new(&format!("reading results back failed: {e:?}")))?;
+        let output = on_pool(|| self.engine.forward(input)).into_data_async().await.map_err(|e| JsError::new(&format!("reading results back failed: {e:?}")))?;
         output.try_into_vec::<f32>().map_err(|e| JsError::new(&format!("{e:?}")))
     }
 
@@ -239,7 +250,7 @@ impl Classifier {
         if let Some(reason) = lost_reason(&self.lost) {
             return Err(format!("the WebGPU device was lost ({reason})"));
         }
-        let out = self.engine.run(pixel_values);
+        let out = on_pool(|| self.engine.run(pixel_values));
         let read = |e| format!("reading results back failed: {e:?}");
         let maps = out.maps.into_data_async().await.map_err(read)?.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;
         let logits = match out.logits {

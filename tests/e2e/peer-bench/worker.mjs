@@ -1,18 +1,35 @@
-// One engine on one model in this Web Worker, for tests/e2e/peer-bench.mjs: loads it, runs the same
-// input `runs` times after `warmup` runs, and answers with the times and the output.
-//   { engine: 'vitrine' | 'ort', model, threads, runs, warmup }  ->  { times, output, page?, loadMs }
+// One engine on one model in this Web Worker, for tests/e2e/peer-bench.mjs. Messages:
+//   { type: 'load', engine: 'vitrine' | 'ort', model, threads }  ->  { loadMs, threads }
+//   { type: 'forward', runs }  ->  { times, output }   (the bare forward pass, `runs` times)
+//   { type: 'page', runs, photo }  ->  { times }      (vitrine only: the site's whole path per photo)
 // vitrine on 1 thread is the site's one-thread build (pkg/), on more the threaded one (pkg-threads/);
 // onnxruntime-web (its files at /ort/) runs its own wasm threads. Both get the same pixel values.
 
 const SIZE = 224;
 
+let engine = null; // { forward(), page?(bytes), threads }
+
 self.onmessage = async ({ data }) => {
   try {
-    self.postMessage(await (data.engine === 'ort' ? ort : vitrine)(data));
+    self.postMessage(await handle(data));
   } catch (err) {
     self.postMessage({ error: err?.message ?? String(err) });
   }
 };
+
+async function handle(message) {
+  if (message.type === 'load') {
+    const started = performance.now();
+    engine = await (message.engine === 'ort' ? ort : vitrine)(message);
+    return { loadMs: performance.now() - started, threads: engine.threads };
+  }
+  if (message.type === 'forward') return timed(message.runs, () => engine.forward());
+  if (message.type === 'page') {
+    const bytes = new Uint8Array(await fetch(message.photo).then((r) => r.arrayBuffer()));
+    return { times: (await timed(message.runs, () => engine.page(bytes))).times };
+  }
+  throw new Error(`unknown message ${message.type}`);
+}
 
 // The same `[1, 3, 224, 224]` pixel values for both engines: uniform in [-2, 2), seeded.
 function pixels() {
@@ -26,20 +43,18 @@ function pixels() {
   return Float32Array.from({ length: 3 * SIZE * SIZE }, () => next() * 4 - 2);
 }
 
-async function timed(runs, warmup, run) {
+async function timed(runs, run) {
   let output;
-  for (let i = 0; i < warmup; i++) output = await run();
   const times = [];
   for (let i = 0; i < runs; i++) {
     const started = performance.now();
     output = await run();
     times.push(performance.now() - started);
   }
-  return { times, output };
+  return { times, output: output && Array.from(output) };
 }
 
-async function vitrine({ model, threads, runs, warmup, photo }) {
-  const started = performance.now();
+async function vitrine({ model, threads }) {
   const wasm = await import(threads > 1 ? '/www/pkg-threads/vitrine_web.js' : '/www/pkg/vitrine_web.js');
   await wasm.default();
   if (threads > 1) await wasm.initThreadPool(threads);
@@ -49,17 +64,16 @@ async function vitrine({ model, threads, runs, warmup, photo }) {
     fetch(base + 'model.safetensors').then((r) => r.arrayBuffer()),
   ]);
   const classifier = wasm.Classifier.load(wasm.Backend.cpu(), new Uint8Array(weights), config, undefined);
-  const loadMs = performance.now() - started;
   const input = pixels();
-  const bare = await timed(runs, warmup, () => classifier.forward(input, SIZE, SIZE));
-  // The page's path: decode the photo, preprocess, forward pass with every attention map, top-5.
-  const bytes = new Uint8Array(await fetch(photo).then((r) => r.arrayBuffer()));
-  const page = await timed(runs, warmup, async () => (await classifier.classifyFile(bytes, 5)).free());
-  return { times: bare.times, output: Array.from(bare.output), page: page.times, loadMs, threads: wasm.threads() };
+  return {
+    threads: wasm.threads(),
+    forward: () => classifier.forward(input, SIZE, SIZE),
+    // The site's path: decode the photo, preprocess, forward pass with every attention map, top-5.
+    page: async (bytes) => (await classifier.classifyFile(bytes, 5)).free(),
+  };
 }
 
-async function ort({ model, threads, runs, warmup }) {
-  const started = performance.now();
+async function ort({ model, threads }) {
   const ort = await import('/ort/ort.wasm.min.mjs');
   ort.env.wasm.wasmPaths = '/ort/';
   ort.env.wasm.numThreads = threads;
@@ -67,9 +81,7 @@ async function ort({ model, threads, runs, warmup }) {
     executionProviders: ['wasm'],
     graphOptimizationLevel: 'all',
   });
-  const loadMs = performance.now() - started;
   const feeds = { pixel_values: new ort.Tensor('float32', pixels(), [1, 3, SIZE, SIZE]) };
   const name = session.outputNames[0];
-  const bare = await timed(runs, warmup, async () => (await session.run(feeds))[name].data);
-  return { times: bare.times, output: Array.from(bare.output), loadMs, threads };
+  return { threads, forward: async () => (await session.run(feeds))[name].data };
 }

@@ -12,10 +12,10 @@ pub mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use burn::tensor::DType;
-use burn::tensor::Device;
-use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
-use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{DType, Device, Tensor};
+use burn_store::burn_pack::{Bytes, Error as PackError, Tensor as PackTensor};
+use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot, PyTorchToBurnAdapter};
 use safetensors::{Dtype, SafeTensors};
 
 pub use names::{Family, Mapped, to_canonical, to_hf};
@@ -71,12 +71,7 @@ pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) 
 
 /// Loads every tensor of `file` into `model`, strictly.
 fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), LoadError> {
-    // The model's parameters in PyTorch layout and names: what the file must provide.
-    let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
-        .into_iter()
-        .map(|t| (t.name.clone(), t.shape.to_vec()))
-        .collect();
+    let expected = expected_shapes(model);
     let file_name = |canonical: &str| match family {
         Family::Hf(model_type) => {
             to_hf(model_type, canonical, model.has_head(), model.distillation_classifier.is_some())
@@ -163,6 +158,47 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
     Ok(())
 }
 
+/// The model's parameters in PyTorch layout and names: what a file must provide.
+///
+/// Read from the parameters' shapes alone: `config.init` leaves them uninitialized (burn's lazy
+/// parameters) until the file's values replace them, while collecting them would first fill every
+/// one with random values (a third of a ViT-B's load natively, more in wasm).
+fn expected_shapes(model: &Vit) -> BTreeMap<String, Vec<usize>> {
+    let mut shapes = ExpectedShapes::default();
+    model.visit(&mut shapes);
+    shapes.found
+}
+
+/// [`expected_shapes`]' walk: each parameter's path and lazy shape, through the same adapter as
+/// a save, on a placeholder whose bytes are never read.
+#[derive(Default)]
+struct ExpectedShapes {
+    path: Vec<String>,
+    containers: Vec<String>,
+    found: BTreeMap<String, Vec<usize>>,
+}
+
+impl ModuleVisitor for ExpectedShapes {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.lazy_shape();
+        let bytes = shape.num_elements() * DType::F32.size();
+        let unread = || Err(PackError::ValidationError("a placeholder for its name and shape".to_string()));
+        let placeholder = PackTensor::deferred(self.path.join("."), DType::F32, shape, None, bytes, unread);
+        let adapted = BurnToPyTorchAdapter.adapt(placeholder, ModuleContext::new(&self.containers));
+        self.found.insert(adapted.name, adapted.shape.to_vec());
+    }
+}
+
 /// f32 bytes of the int8 matrix `name` times its per-row scales `<name>_scale`.
 fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> Result<Vec<u8>, LoadError> {
     let scale_name = format!("{name}{}", storage::SCALE_SUFFIX);
@@ -236,4 +272,49 @@ pub fn save_safetensors_as(model: &Vit, model_type: ModelType, storage: Storage)
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
     safetensors::serialize(views, metadata).map_err(|e| LoadError::Safetensors(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// How many float parameters have their values yet.
+    #[derive(Default)]
+    struct Initialized {
+        yes: usize,
+        no: usize,
+    }
+
+    impl ModuleVisitor for Initialized {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_initialized() { self.yes += 1 } else { self.no += 1 }
+        }
+    }
+
+    #[test]
+    fn expected_shapes_are_what_a_save_collects_and_initialize_nothing() {
+        let device = Device::flex();
+        for name in ["vit", "deit", "dinov2", "dinov2_backbone", "vit_timm"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+            let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+            let loaded = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
+            let collected: BTreeMap<String, Vec<usize>> = loaded
+                .model
+                .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+                .into_iter()
+                .map(|t| (t.name.clone(), t.shape.to_vec()))
+                .collect();
+            assert_eq!(expected_shapes(&loaded.model), collected, "{name}");
+
+            let fresh = loaded.config.init(&device);
+            let mut before = Initialized::default();
+            fresh.visit(&mut before);
+            assert!(before.no > 0, "{name}: the parameters of a new model are lazy");
+            let _ = expected_shapes(&fresh);
+            let mut after = Initialized::default();
+            fresh.visit(&mut after);
+            assert_eq!((after.yes, after.no), (before.yes, before.no), "{name}: reading the shapes initialized parameters");
+        }
+    }
 }

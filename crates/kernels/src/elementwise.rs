@@ -5,7 +5,7 @@ use crate::parallel;
 use crate::simd::{F32x, dispatch};
 
 /// Elements per thread task: large enough to hide the scheduling, small enough to balance.
-pub const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 14;
 
 /// `x <- gelu(x)` (the exact erf GELU).
 pub fn gelu_in_place(x: &mut [f32]) {
@@ -19,14 +19,16 @@ pub fn gelu_into(x: &[f32], out: &mut [f32]) {
     parallel::for_each_chunk_with(out, x, CHUNK, |out, x| dispatch!(gelu_copy_chunk(x, out)));
 }
 
-/// `rows[i] <- rows[i] + bias`, then GELU when `gelu`: a Linear layer's epilogue, in one pass, on
-/// this thread (each thread finishes its own block of a product's rows, see [`crate::linear`]).
-pub fn add_bias_rows(rows: &mut [f32], bias: &[f32], gelu: bool) {
+/// `rows[i] <- rows[i] + bias`, then GELU when `gelu`: a Linear layer's epilogue, in one pass.
+pub fn add_bias_in_place(rows: &mut [f32], bias: &[f32], gelu: bool) {
     let width = bias.len();
     assert_eq!(rows.len() % width.max(1), 0, "add_bias: rows of {} values against a bias of {width}", rows.len());
-    for row in rows.chunks_exact_mut(width) {
-        dispatch!(bias_row(row, bias, gelu));
-    }
+    let rows_per_task = CHUNK.div_ceil(width.max(1));
+    parallel::for_each_chunk(rows, rows_per_task * width.max(1), |chunk| {
+        for row in chunk.chunks_exact_mut(width) {
+            dispatch!(bias_row(row, bias, gelu));
+        }
+    });
 }
 
 /// `grad <- grad * gelu'(x)`: the backward of [`gelu_in_place`].
@@ -160,9 +162,9 @@ mod tests {
         let x: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.37).sin() * 4.0).collect();
         let bias: Vec<f32> = (0..width).map(|j| j as f32 * 0.1 - 1.0).collect();
         let mut plain = x.clone();
-        add_bias_rows(&mut plain, &bias, false);
+        add_bias_in_place(&mut plain, &bias, false);
         let mut fused = x.clone();
-        add_bias_rows(&mut fused, &bias, true);
+        add_bias_in_place(&mut fused, &bias, true);
         for i in 0..rows * width {
             let want = x[i] + bias[i % width];
             assert_eq!(plain[i], want);

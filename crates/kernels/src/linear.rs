@@ -27,61 +27,29 @@ impl Matrix<'_> {
 
 /// `a [m, k] @ b [k, n]`, row-major.
 pub fn product(a: Matrix, b: Matrix, m: usize, k: usize, n: usize) -> Vec<f32> {
-    product_then(a, b, m, k, n, |_| {})
-}
-
-/// `x [rows, in] @ weight [in, out] + bias`, then the exact GELU when `gelu`.
-pub fn forward(x: Matrix, weight: Matrix, bias: &[f32], rows: usize, d_in: usize, gelu: bool) -> Vec<f32> {
-    product_then(x, weight, rows, d_in, bias.len(), |block| elementwise::add_bias_rows(block, bias, gelu))
-}
-
-/// `a [m, k] @ b [k, n]`, then `finish` on blocks of whole rows of the result.
-///
-/// A large product with rows enough is split into one block of rows per thread, each a
-/// single-threaded `gemm` that its thread then finishes while the block is in its cache: the
-/// threads get equal work, where gemm's own split of a ViT's shapes kept them waiting on each other
-/// (2 threads in the browser: 13-15 % idle each). Otherwise gemm splits the product itself.
-fn product_then(a: Matrix, b: Matrix, m: usize, k: usize, n: usize, finish: impl Fn(&mut [f32]) + Send + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
     if m * n * k == 0 {
         return out;
     }
-    let work = m * n * k;
-    match parallel::row_blocks(m, work) {
-        1 => {
-            // SAFETY: `a` and `b` are read within the m x k and k x n windows their strides
-            // describe; `out` is m x n, row-major.
-            unsafe { gemm_rows(&mut out, a, b, 0, k, n, parallel::gemm_parallelism(work)) };
-            parallel::for_each_chunk(&mut out, elementwise::CHUNK.div_ceil(n) * n, &finish);
-        }
-        blocks => {
-            let rows_per_block = m.div_ceil(blocks);
-            parallel::for_each_chunk_enumerated(&mut out, rows_per_block * n, |i, block| {
-                // SAFETY: as above, for rows `i * rows_per_block..` of `a` and of the result.
-                unsafe { gemm_rows(block, a, b, i * rows_per_block, k, n, gemm::Parallelism::None) };
-                finish(block);
-            });
-        }
+    // SAFETY: `a` and `b` are read within the m x k and k x n windows their strides describe;
+    // `out` is m x n, row-major.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            out.as_mut_ptr(), 1, n as isize, false,
+            a.data.as_ptr().add(a.offset), a.cols, a.rows,
+            b.data.as_ptr().add(b.offset), b.cols, b.rows,
+            0.0, 1.0, false, false, false, parallel::gemm_parallelism(m * n * k),
+        );
     }
     out
 }
 
-/// `out = a[first.., :] @ b` for the `out.len() / n` rows of `a` from `first` on.
-///
-/// # Safety
-/// `a` must hold those rows (k columns each) and `b` a k x n matrix, within the windows their
-/// strides describe.
-unsafe fn gemm_rows(out: &mut [f32], a: Matrix, b: Matrix, first: usize, k: usize, n: usize, threads: gemm::Parallelism) {
-    let rows = out.len() / n;
-    unsafe {
-        gemm::gemm(
-            rows, n, k,
-            out.as_mut_ptr(), 1, n as isize, false,
-            a.data.as_ptr().add(a.offset).offset(first as isize * a.rows), a.cols, a.rows,
-            b.data.as_ptr().add(b.offset), b.cols, b.rows,
-            0.0, 1.0, false, false, false, threads,
-        );
-    }
+/// `x [rows, in] @ weight [in, out] + bias`, then the exact GELU when `gelu`.
+pub fn forward(x: Matrix, weight: Matrix, bias: &[f32], rows: usize, d_in: usize, gelu: bool) -> Vec<f32> {
+    let mut out = product(x, weight, rows, d_in, bias.len());
+    elementwise::add_bias_in_place(&mut out, bias, gelu);
+    out
 }
 
 /// The sum of each column of a row-major `[rows, width]` buffer: the bias gradient.
@@ -134,29 +102,6 @@ mod tests {
         // a^T a, with a read transposed in place.
         let ata = product(dense(&a, 3).t(), dense(&a, 3), 3, 2, 3);
         assert_eq!(ata, [17.0, 22.0, 27.0, 22.0, 29.0, 36.0, 27.0, 36.0, 45.0]);
-    }
-
-    /// Large enough to be split into a block of rows per thread (when there are several), with a
-    /// last block shorter than the others, and a transposed, offset left operand.
-    #[test]
-    fn split_products_and_their_epilogue_match_a_float64_reference() {
-        let (m, k, n) = (203, 96, 40);
-        let a: Vec<f32> = (0..m * k + 5).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 53) % 89) as f32 / 44.0 - 1.0).collect();
-        let bias: Vec<f32> = (0..n).map(|j| j as f32 / 10.0 - 2.0).collect();
-        // `a` read as the transpose of a [k, m] matrix stored from offset 5.
-        let at = Matrix { data: &a, offset: 5, rows: 1, cols: m as isize };
-        let want = |i: usize, j: usize| (0..k).map(|p| a[5 + p * m + i] as f64 * b[p * n + j] as f64).sum::<f64>();
-        let plain = product(at, dense(&b, n), m, k, n);
-        let fused = forward(at, dense(&b, n), &bias, m, k, true);
-        for i in 0..m {
-            for j in 0..n {
-                let (x, y) = (want(i, j), want(i, j) + bias[j] as f64);
-                assert!((plain[i * n + j] as f64 - x).abs() <= 1e-4 * x.abs().max(1.0), "({i}, {j}): {} vs {x}", plain[i * n + j]);
-                let gelu = 0.5 * y * (1.0 + libm::erf(y / core::f64::consts::SQRT_2));
-                assert!((fused[i * n + j] as f64 - gelu).abs() <= 1e-4 * gelu.abs().max(1.0), "({i}, {j}) fused");
-            }
-        }
     }
 
     #[test]

@@ -36,20 +36,6 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Send + Sync) {
     (0..n).for_each(f);
 }
 
-/// Blocks of rows to split a product of `m` rows and `work` multiply-adds into, one per thread
-/// ([`crate::linear`]): once the product is worth threads and each gets 32 rows or more; else 1.
-pub fn row_blocks(m: usize, work: usize) -> usize {
-    #[cfg(threads)]
-    {
-        let threads = rayon::current_num_threads();
-        if work >= 1 << 17 && threads > 1 && m >= 32 * threads {
-            return threads;
-        }
-    }
-    let _ = (m, work);
-    1
-}
-
 /// Threads for one matrix product of `work` multiply-adds: all of them once it pays.
 pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
     #[cfg(threads)]

@@ -1102,7 +1102,7 @@ function mb(bytes) {
 async function registerServiceWorker() {
   if (!('serviceWorker' in navigator)) return;
   try {
-    await navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname });
+    await registerSiteWorker();
     await navigator.serviceWorker.ready;
     $('offline-state').textContent = 'Works offline after this visit.';
   } catch {
@@ -1110,12 +1110,17 @@ async function registerServiceWorker() {
   }
 }
 
+// sw.js, over the whole site (it lives above www/).
+function registerSiteWorker() {
+  return navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname });
+}
+
 // True when the page reloads itself to come back isolated under its service worker.
 async function reloadForIsolation() {
   const once = 'vitrine-isolation-reload';
   if (self.crossOriginIsolated || !('serviceWorker' in navigator) || window.top !== window || sessionStorage.getItem(once)) return false;
   if (!navigator.serviceWorker.controller) {
-    await navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname }).catch(() => null);
+    await registerSiteWorker().catch(() => null);
     const claimed = new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
     const timeout = new Promise((resolve) => setTimeout(resolve, 3000));
     await Promise.race([claimed, timeout]);

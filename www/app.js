@@ -73,7 +73,7 @@ function onWorkerMessage(data) {
   state.pending.delete(data.id);
   if (data.type === 'error') {
     const error = new Error(data.message);
-    Object.assign(error, { stage: data.stage, fatal: data.fatal, lost: data.lost });
+    Object.assign(error, { stage: data.stage, kind: data.kind, fatal: data.fatal, lost: data.lost });
     pending.reject(error);
   } else {
     pending.resolve(data);
@@ -142,11 +142,8 @@ async function untilModelReady(input) {
 }
 
 function showWaiting(name) {
-  $('predictions').replaceChildren();
-  const note = $('predictions-empty');
-  note.hidden = false;
-  note.dataset.waiting = 'true';
-  note.textContent = `Waiting for the model to load: “${name}” is classified as soon as it is in.`;
+  clearPredictions(`Waiting for the model to load: “${name}” is classified as soon as it is in.`);
+  $('predictions-empty').dataset.waiting = 'true';
   setBusy(true);
 }
 
@@ -214,6 +211,7 @@ async function loadModel(source, { keepMessage = false } = {}) {
     renderModelInfo(loaded);
     $('progress-row').hidden = true;
     if (!keepMessage) hideMessage();
+    syncTokenMerging(loaded);
     syncModelSelect();
     if (source.kind === 'url') keepModels();
     renderCachedModels();
@@ -234,9 +232,25 @@ function tokenMerging() {
   return Number($('tome').value) || 0;
 }
 
+// A setting the model refuses (more pairs than its patches allow) is reported, and the control goes
+// back to the one in effect.
 async function setTokenMerging() {
-  await call({ type: 'tome', r: tokenMerging() });
+  const select = $('tome');
+  try {
+    await call({ type: 'tome', r: tokenMerging() });
+  } catch (err) {
+    select.value = select.dataset.inEffect ?? '0';
+    throw err;
+  }
+  select.dataset.inEffect = select.value;
   await reclassify();
+}
+
+// After a load: the control shows the merging in effect, and why the one asked for was refused.
+function syncTokenMerging({ tome, tomeError }) {
+  const select = $('tome');
+  select.value = select.dataset.inEffect = String(tome);
+  if (tomeError) showMessage(`Token merging is off for this model: ${tomeError}.`);
 }
 
 function showProgress({ label, loaded, total, cached }) {
@@ -520,14 +534,9 @@ function bringStageIntoView() {
   }
 }
 
-// Decodes without applying EXIF rotation, as the model's decoder does, so the overlay lines up.
-async function decodeForDisplay(blob) {
-  try {
-    return await createImageBitmap(blob, { imageOrientation: 'none' });
-  } catch (err) {
-    if (err?.name !== 'TypeError') throw err;
-    return createImageBitmap(blob);
-  }
+// Decodes upright (EXIF orientation applied), as the model's decoder does, so the overlay lines up.
+function decodeForDisplay(blob) {
+  return createImageBitmap(blob, { imageOrientation: 'from-image' });
 }
 
 async function classifyInput() {
@@ -543,8 +552,10 @@ async function classifyInput() {
       try {
         result = await call({ type: 'classify', file: bytes, topK: TOP_K }, [bytes]);
       } catch (err) {
-        if (!/decode/i.test(err.message)) throw err;
-        result = await classifyPixels(state.bitmap); // the browser reads what the Rust decoder does not
+        // The browser reads formats the Rust decoder does not; a file it refuses for anything else
+        // (cut short, too large) is refused here too.
+        if (err.kind !== 'UnsupportedImage') throw err;
+        result = await classifyPixels(state.bitmap);
       }
     } else {
       result = await classifyPixels(input.bitmap ?? state.bitmap);
@@ -577,8 +588,20 @@ async function handleClassifyError(err, name) {
     await recoverOnCpu(err);
     return;
   }
-  const what = /decode|image is|pixels/i.test(err.message) ? `Could not read “${name}”` : `Could not classify “${name}”`;
+  const what = ['ImageError', 'UnsupportedImage'].includes(err.kind) ? `Could not read “${name}”` : `Could not classify “${name}”`;
   showMessage(`${what}: ${err.message}`);
+  clearPredictions(`No answer for “${name}”: see the message above.`);
+}
+
+// Empties the top classes and the overlay (an answer for another image must not stay beside this one).
+function clearPredictions(note) {
+  state.prediction = null;
+  $('predictions').replaceChildren();
+  $('timing').textContent = '';
+  const empty = $('predictions-empty');
+  empty.hidden = false;
+  empty.textContent = note;
+  redraw();
 }
 
 // WebGPU died (device lost, or a crash in the model thread): start again on the CPU.

@@ -1,6 +1,6 @@
 // The model's thread: loads the wasm, picks the backend, fetches and caches model bundles, classifies.
 // The page talks to it with messages (see app.js); nothing here touches the DOM.
-import { MODEL_CACHE } from './model-cache.js';
+import { MODEL_CACHE, forgetModel } from './model-cache.js';
 
 // The build of crates/web this worker runs (build.sh makes two): `pkg/` has WebGPU and a CPU path on
 // one thread; `pkg-threads/` is the CPU path alone, on a pool of Web Workers (wasm threads, which need
@@ -20,7 +20,8 @@ self.onmessage = async ({ data }) => {
     // A Rust panic surfaces as a WebAssembly RuntimeError: the module may be unusable after it.
     const fatal = err instanceof WebAssembly.RuntimeError;
     const lost = classifier?.lostReason?.() ?? backend?.lostReason?.() ?? null;
-    post({ type: 'error', id: data.id, stage: data.type, message: messageOf(err), fatal, lost });
+    // `kind`: the Rust error's name where it has one (ImageError, UnsupportedImage: see bindings.rs).
+    post({ type: 'error', id: data.id, stage: data.type, message: messageOf(err), kind: err?.name, fatal, lost });
   }
 };
 
@@ -69,14 +70,34 @@ const handlers = {
     });
   },
 
+  // `tome`: token pairs merged per block; one the model cannot take is reported and left off.
   async load({ id, source, tome = 0 }) {
-    const files = source.kind === 'files' ? source.files : await fetchBundle(source.base);
+    let files = source.kind === 'files' ? source.files : await fetchBundle(source.base);
     const started = performance.now();
-    const next = wasm.Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
+    const build = () => wasm.Classifier.load(backend, new Uint8Array(files.weights), files.config, files.preprocessor ?? undefined);
+    let next;
+    try {
+      next = build();
+    } catch (err) {
+      if (!files.fromCache) throw err;
+      // A stored copy that no longer loads (stored by an older page, or damaged): fetch it again.
+      await forgetModel(source.base);
+      files = await fetchBundle(source.base);
+      next = build();
+    }
+    await files.keep?.(); // only a bundle that loaded is stored
     classifier?.free();
     classifier = next;
-    classifier.setTokenMerging(tome);
-    post({ type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started, bytes: files.weights.byteLength });
+    let tomeError = null;
+    try {
+      classifier.setTokenMerging(tome);
+    } catch (err) {
+      tomeError = messageOf(err);
+    }
+    post({
+      type: 'model', id, info: JSON.parse(classifier.info), label: source.label, ms: performance.now() - started,
+      bytes: files.weights.byteLength, tome: tomeError ? 0 : tome, tomeError,
+    });
   },
 
   async labels({ id, classes }) {
@@ -84,8 +105,10 @@ const handlers = {
     post({ type: 'labels', id, columns: [...classifier.matchLabels(classes)] });
   },
 
+  // Replies with the merging in effect; a setting the model cannot take is refused, with why.
   async tome({ id, r }) {
-    classifier?.setTokenMerging(r);
+    if (!classifier) throw new Error('no model is loaded yet');
+    classifier.setTokenMerging(r);
     post({ type: 'tome', id, r });
   },
 
@@ -113,43 +136,55 @@ const handlers = {
 };
 
 // The bundle at `base` (a folder URL ending in '/'): config.json and model.safetensors, and
-// preprocessor_config.json when there is one.
+// preprocessor_config.json when there is one. `keep()` stores what was downloaded, once the bundle
+// has loaded: a download that fails to load (cut short, or an error page) is never stored.
 async function fetchBundle(base) {
-  const config = await fetchCached(base + 'config.json', { label: 'config.json' }).then(asText);
+  const config = await fetchCached(base + 'config.json', { label: 'config.json' });
   // Absent (404): the family's default preprocessing applies. Any other failure is an error, not a
   // silent fall-back to a default that may not be the model's.
-  const preprocessor = await fetchCached(base + 'preprocessor_config.json', { label: 'preprocessor_config.json', optional: true })
-    .then((b) => (b ? asText(b) : null));
+  const preprocessor = await fetchCached(base + 'preprocessor_config.json', { label: 'preprocessor_config.json', optional: true });
   const weights = await fetchCached(base + 'model.safetensors', { label: 'model.safetensors', progress: true });
-  return { config, preprocessor, weights };
+  const files = [config, preprocessor, weights].filter(Boolean);
+  return {
+    config: asText(config.bytes),
+    preprocessor: preprocessor ? asText(preprocessor.bytes) : null,
+    weights: weights.bytes,
+    fromCache: files.some((f) => f.fromCache),
+    keep: () => Promise.all(files.map((f) => f.store?.())),
+  };
 }
 
-// Same-origin files (the bundled model) go to the network first, so that a new deployment is picked up,
-// and fall back to the cache offline. Other origins (Hugging Face) are served from the cache once stored.
+// One file of a bundle: `{ bytes, fromCache, store }`, where `store()` puts a download into the Cache
+// API. Same-origin files (the bundled model) go to the network first, so that a new deployment is
+// picked up, and fall back to the cache offline. Other origins (Hugging Face) are served from the
+// cache once stored.
 async function fetchCached(url, { label, progress = false, optional = false }) {
   const absolute = new URL(url, self.location.href);
   const sameOrigin = absolute.origin === self.location.origin;
   const cache = await caches.open(MODEL_CACHE).catch(() => null);
   const cached = async () => {
     const hit = await cache?.match(absolute.href);
-    return hit ? hit.arrayBuffer() : null;
+    return hit ? { bytes: await hit.arrayBuffer(), fromCache: true } : null;
   };
   if (!sameOrigin) {
     const hit = await cached();
     if (hit) {
-      if (progress) post({ type: 'progress', label, loaded: hit.byteLength, total: hit.byteLength, cached: true });
+      if (progress) post({ type: 'progress', label, loaded: hit.bytes.byteLength, total: hit.bytes.byteLength, cached: true });
       return hit;
     }
   }
   let response;
+  const patience = new Patience(absolute.host);
   try {
-    response = await fetch(absolute.href);
+    response = await fetch(absolute.href, { signal: patience.signal });
   } catch (err) {
+    patience.done();
     const hit = await cached();
     if (hit) return hit;
     throw new Error(`could not download ${label} (${messageOf(err)}); the network may be off, and this model is not cached yet`);
   }
   if (!response.ok) {
+    patience.done();
     if (optional && response.status === 404) return null;
     const hit = sameOrigin ? await cached() : null;
     if (hit) return hit;
@@ -158,17 +193,45 @@ async function fetchCached(url, { label, progress = false, optional = false }) {
       : response.status === 401 || response.status === 403 ? ' (a private or gated repository?)' : '';
     throw new Error(`${label}: HTTP ${response.status} from ${absolute.href}${hint}`);
   }
-  const bytes = await readWithProgress(response, progress ? label : null);
-  if (cache) {
-    const headers = { 'content-type': response.headers.get('content-type') ?? 'application/octet-stream', 'content-length': String(bytes.byteLength) };
-    await cache.put(absolute.href, new Response(bytes, { headers })).catch(() => {});
+  let bytes;
+  try {
+    bytes = await readWithProgress(response, progress ? label : null, patience);
+  } catch (err) {
+    throw new Error(`could not download ${label} (${messageOf(err)})`);
+  } finally {
+    patience.done();
   }
-  return bytes;
+  const type = response.headers.get('content-type') ?? 'application/octet-stream';
+  const store = () => {
+    const headers = { 'content-type': type, 'content-length': String(bytes.byteLength) };
+    return cache?.put(absolute.href, new Response(bytes, { headers })).catch(() => {});
+  };
+  return { bytes, fromCache: false, store };
 }
 
-async function readWithProgress(response, label) {
+// Aborts a download when its host sends nothing for STALL_MS (a host that never answers would
+// otherwise leave the page loading forever); each chunk that arrives restarts the wait.
+const STALL_MS = 30_000;
+class Patience {
+  constructor(host) {
+    this.host = host;
+    this.controller = new AbortController();
+    this.signal = this.controller.signal;
+    this.renew();
+  }
+  renew() {
+    clearTimeout(this.timer);
+    const why = new Error(`${this.host} sent nothing for ${STALL_MS / 1000} s`);
+    this.timer = setTimeout(() => this.controller.abort(why), STALL_MS);
+  }
+  done() {
+    clearTimeout(this.timer);
+  }
+}
+
+async function readWithProgress(response, label, patience) {
   const total = Number(response.headers.get('content-length')) || 0;
-  if (!label || !response.body) return response.arrayBuffer();
+  if (!response.body) return response.arrayBuffer();
   const reader = response.body.getReader();
   const chunks = [];
   let loaded = 0;
@@ -176,15 +239,16 @@ async function readWithProgress(response, label) {
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
+    patience.renew();
     chunks.push(value);
     loaded += value.byteLength;
     const now = performance.now();
-    if (now - lastPost > 80) {
+    if (label && now - lastPost > 80) {
       post({ type: 'progress', label, loaded, total });
       lastPost = now;
     }
   }
-  post({ type: 'progress', label, loaded, total: Math.max(total, loaded) });
+  if (label) post({ type: 'progress', label, loaded, total: Math.max(total, loaded) });
   const bytes = new Uint8Array(loaded);
   let offset = 0;
   for (const chunk of chunks) {

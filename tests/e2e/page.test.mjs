@@ -680,6 +680,102 @@ describe('without WebGPU', () => {
     rmSync(root, { recursive: true, force: true });
   });
 
+  test('photos the decoder refuses clear the old answer; a photo stored rotated is read upright', { timeout: TIMEOUT * 3 }, async () => {
+    const { context, page, errors } = await open(browser, server.url, { serviceWorkers: 'block' });
+    await nextResult(page, 0, 'tench.jpg');
+    // A 20000 x 1 PNG: the browser shows it, vitrine refuses it (16384 px a side at most).
+    const sliver = await page.evaluate(async () => {
+      const canvas = new OffscreenCanvas(20000, 1);
+      canvas.getContext('2d').fillRect(0, 0, 20000, 1);
+      return [...new Uint8Array(await (await canvas.convertToBlob({ type: 'image/png' })).arrayBuffer())];
+    });
+    await page.setInputFiles('#file', { name: 'sliver.png', mimeType: 'image/png', buffer: Buffer.from(sliver) });
+    await page.waitForSelector('#message:not([hidden])', { timeout: TIMEOUT });
+    assert.match(await page.textContent('#message-text'), /Could not read “sliver\.png”: image is 20000x1 pixels, more than vitrine accepts/);
+    assert.deepEqual(await readPredictions(page), [], 'no answer for another photo stays beside this one');
+    assert.match(await page.textContent('#predictions-empty'), /No answer for “sliver\.png”/);
+    assert.equal(await page.textContent('#image-name'), 'sliver.png');
+
+    // tench.jpg's pixels stored turned a quarter left, with EXIF orientation 6 ("turn right to view").
+    const rotated = await page.evaluate(async (base64) => {
+      const photo = await createImageBitmap(new Blob([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))]));
+      const canvas = new OffscreenCanvas(photo.height, photo.width);
+      const ctx = canvas.getContext('2d');
+      ctx.translate(0, photo.width);
+      ctx.rotate(-Math.PI / 2);
+      ctx.drawImage(photo, 0, 0);
+      const jpeg = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.95 })).arrayBuffer());
+      const tiff = [0x4d, 0x4d, 0, 0x2a, 0, 0, 0, 8, 0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0];
+      const exif = [0x45, 0x78, 0x69, 0x66, 0, 0, ...tiff];
+      const app1 = [0xff, 0xe1, (exif.length + 2) >> 8, (exif.length + 2) & 255, ...exif];
+      return [...jpeg.slice(0, 2), ...app1, ...jpeg.slice(2)];
+    }, readFileSync(join(IMAGES, 'tench.jpg')).toString('base64'));
+    const dir = mkdtempSync(join(tmpdir(), 'vitrine-rotated-'));
+    const file = join(dir, 'rotated.jpg');
+    writeFileSync(file, Buffer.from(rotated));
+    const seq = await seqOf(page);
+    await page.setInputFiles('#file', file);
+    const rows = await nextResult(page, seq, 'rotated.jpg');
+    const reference = JSON.parse(execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', file], { encoding: 'utf8' }))[0].top;
+    assertMatchesNative(rows, reference, 'rotated.jpg (EXIF orientation 6)');
+    assert.equal(rows[0].label, native('tench.jpg')[0].label, 'read upright, it is the upright photo\'s class');
+    assert.ok(await page.isHidden('#message'), 'no error');
+    rmSync(dir, { recursive: true, force: true });
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('?tome= beyond what the model allows is reported and left off', { timeout: TIMEOUT * 2 }, async () => {
+    const { context, page, errors } = await open(browser, `${server.url}?model=/fixtures/vit/&tome=99999`, { serviceWorkers: 'block' });
+    const rows = await nextResult(page, 0, 'tench.jpg');
+    assertMatchesNative(rows, native('tench.jpg', TINY, 0), 'tench.jpg, merging left off');
+    assert.equal(await page.inputValue('#tome'), '0');
+    assert.match(await page.textContent('#message-text'), /Token merging is off for this model: token merging of 99999 pairs .* at most 7/);
+    // The control's own 16 pairs are too many for this model too: refused, and the control goes back.
+    await page.selectOption('#tome', '16');
+    await page.waitForFunction(() => document.querySelector('#tome').value === '0');
+    assert.match(await page.textContent('#message-text'), /token merging of 16 pairs/);
+    assert.deepEqual(errors, []);
+    await context.close();
+  });
+
+  test('a Hugging Face download that fails to load is not kept, and one that never answers is reported', { timeout: TIMEOUT * 3 }, async () => {
+    const { context, page } = await open(browser, server.url, { serviceWorkers: 'block' });
+    let broken = true;
+    await context.route('https://huggingface.co/**', async (route) => {
+      const cors = { 'access-control-allow-origin': '*' };
+      const match = new URL(route.request().url()).pathname.match(/^\/vitrine-test\/(tiny-vit|silent)\/resolve\/main\/([\w.]+)$/);
+      if (match?.[1] === 'silent') return; // never answered
+      const file = match && join(TINY, match[2]);
+      if (!file || !existsSync(file)) return route.fulfill({ status: 404, headers: cors, body: 'not found' });
+      let body = readFileSync(file);
+      if (broken && match[2] === 'model.safetensors') body = body.subarray(0, body.length >> 1); // a server serving half a file
+      await route.fulfill({ status: 200, headers: { ...cors, 'content-type': 'application/octet-stream', 'content-length': String(body.length) }, body });
+    });
+    await nextResult(page, 0, 'tench.jpg');
+    const loadRepo = async (repo) => {
+      await page.selectOption('#model-select', 'custom');
+      await page.fill('#model-repo', repo);
+      await page.click('#custom-row button[type=submit]');
+    };
+    const stored = () => page.evaluate(async () => (await (await caches.open('vitrine-models-v1')).keys()).map((r) => r.url).filter((u) => u.includes('huggingface.co')));
+    await loadRepo('vitrine-test/tiny-vit');
+    await page.waitForFunction(() => /Could not load the model/.test(document.querySelector('#message-text').textContent), null, { timeout: TIMEOUT });
+    assert.match(await page.textContent('#message-text'), /not a valid safetensors file/);
+    assert.deepEqual(await stored(), [], 'nothing of a bundle that failed to load is stored');
+    broken = false; // the server is fixed: the same repository now loads
+    const seq = await seqOf(page);
+    await loadRepo('vitrine-test/tiny-vit');
+    assertMatchesNative(await nextResult(page, seq, 'tench.jpg'), native('tench.jpg', TINY), 'tench.jpg once the server is fixed');
+    assert.equal((await stored()).length, 3, 'the bundle that loaded is stored');
+
+    await loadRepo('vitrine-test/silent');
+    await page.waitForFunction(() => /sent nothing for 30 s/.test(document.querySelector('#message-text').textContent), null, { timeout: 60_000 });
+    assert.match(await page.textContent('#message-text'), /Could not load the model vitrine-test\/silent: could not download config\.json \(huggingface\.co sent nothing for 30 s\)/);
+    assert.ok(await page.isHidden('#progress-row'), 'no "Loading…" left showing');
+    await context.close();
+  });
+
   test('a photo dropped before the model is ready is classified once it is in', { timeout: TIMEOUT * 2 }, async () => {
     const switchTo = { url: '/fixtures/vit/', reference: native('parachute.jpg', TINY) };
     await checkEarlyDrop(browser, server.url, native('church.jpg'), 'cpu', switchTo);

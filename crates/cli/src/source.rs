@@ -17,6 +17,16 @@ pub struct Model {
     pub weight_bytes: u64,
 }
 
+impl Model {
+    /// Turns on token merging (ToMe) with `r` pairs per block (0: off), within what the model's
+    /// inputs allow ([`vitrine_model::tome::check_pairs`]).
+    pub fn merge_tokens(&mut self, r: usize) -> Result<()> {
+        vitrine_model::tome::check_pairs(r, &self.loaded.config, &self.preprocess).context("--tome")?;
+        self.loaded.model = self.loaded.model.clone().with_token_merging(r);
+        Ok(())
+    }
+}
+
 /// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
 /// or `hf:ORG/NAME[@REVISION]`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.
 pub fn load(model: &str, device: &Device) -> Result<Model> {

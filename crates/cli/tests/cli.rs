@@ -29,6 +29,9 @@ fn image_zoo(dir: &Path) -> Vec<(String, bool)> {
     let tench = std::fs::read(fixtures().join("images/tench.jpg")).unwrap();
     std::fs::write(path("truncated.jpg"), &tench[..tench.len() / 3]).unwrap();
     std::fs::write(path("notes.txt"), "hello").unwrap();
+    std::fs::create_dir(path("folder.jpg")).unwrap();
+    let made = Command::new("mkfifo").arg(path("pipe.jpg")).status().unwrap();
+    assert!(made.success());
     vec![
         (fixtures().join("images/tench.jpg").display().to_string(), true),
         (path("corrupt.jpg"), false),
@@ -38,6 +41,9 @@ fn image_zoo(dir: &Path) -> Vec<(String, bool)> {
         (path("dot.png"), true),
         (path("notes.txt"), false),
         (path("missing.png"), false),
+        (path("truncated.jpg"), false),
+        (path("pipe.jpg"), false), // opening it would wait for a writer forever
+        (path("folder.jpg"), false),
     ]
 }
 
@@ -67,7 +73,9 @@ fn predict_answers_for_good_images_and_names_bad_ones() {
             assert!(stderr.contains(&format!("error: {path}: ")), "stderr names {path}: {stderr}");
         }
     }
-    assert!(stderr.contains("3 of 8 images could not be classified"), "{stderr}");
+    assert!(stderr.contains("6 of 11 images could not be classified"), "{stderr}");
+    assert!(stderr.contains("truncated.jpg: the JPEG file is cut short"), "{stderr}");
+    assert!(stderr.contains("pipe.jpg: not a regular file"), "{stderr}");
 }
 
 #[test]
@@ -171,4 +179,95 @@ fn a_preprocessor_smaller_than_a_patch_is_a_clear_error_not_a_panic() {
         assert_eq!(out.status.code(), Some(1), "{json}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(says), "{json}: {}", text(&out.stderr));
     }
+}
+
+#[test]
+fn a_photo_stored_rotated_is_classified_upright() {
+    let dir = tempfile::tempdir().unwrap();
+    // tench.jpg's pixels stored turned a quarter left, with EXIF orientation 6 ("turn right to view").
+    let upright = image::open(fixtures().join("images/tench.jpg")).unwrap().into_rgb8();
+    let stored = image::imageops::rotate270(&upright);
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 95).encode_image(&stored).unwrap();
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01".to_vec();
+    exif.extend([0x01, 0x12, 0x00, 0x03, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0]); // orientation = 6; no next IFD
+    let mut rotated = plain[..2].to_vec();
+    rotated.extend([0xFF, 0xE1]);
+    rotated.extend(((exif.len() + 2) as u16).to_be_bytes());
+    rotated.extend(&exif);
+    rotated.extend(&plain[2..]);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("rotated.jpg"), &rotated).unwrap();
+    // The reference: the same decoded pixels, turned upright by hand, stored losslessly.
+    let decoded = image::load_from_memory(&plain).unwrap().into_rgb8();
+    image::imageops::rotate90(&decoded).save(path("upright.png")).unwrap();
+    let model = fixtures().join("vit").display().to_string();
+    let probs = |image: &str| -> Vec<f64> {
+        let out = vitrine(&["predict", "--model", &model, "--json", "--top-k", "5", image], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut top: Vec<(u64, f64)> = json[0]["top"].as_array().unwrap().iter().map(|c| (c["index"].as_u64().unwrap(), c["prob"].as_f64().unwrap())).collect();
+        top.sort_by_key(|c| c.0);
+        top.into_iter().map(|c| c.1).collect()
+    };
+    assert_eq!(probs(&path("rotated.jpg")), probs(&path("upright.png")));
+    std::fs::write(path("sideways.jpg"), &plain).unwrap();
+    assert_ne!(probs(&path("sideways.jpg")), probs(&path("upright.png")), "the check can tell the two apart");
+}
+
+#[test]
+fn token_merging_beyond_the_patches_is_refused() {
+    let model = fixtures().join("vit").display().to_string();
+    let image = fixtures().join("images/tench.jpg").display().to_string();
+    let out = vitrine(&["predict", "--model", &model, "--tome", "99999", &image], None);
+    assert_eq!(out.status.code(), Some(1));
+    // 32 px inputs, 8 px patches: 16 patches over 2 blocks.
+    assert!(text(&out.stderr).contains("token merging of 99999 pairs in each of 2 blocks needs more than the 16 patches of a 32x32 input: at most 7"), "{}", text(&out.stderr));
+    assert!(vitrine(&["predict", "--model", &model, "--tome", "7", &image], None).status.success());
+}
+
+#[test]
+fn a_folder_of_decompression_bombs_costs_one_bomb_of_memory_at_a_time() {
+    // PNGs of 11000 x 11000 grey pixels (under the 128 M pixel limit): 100 KB each on disk, 480 MB
+    // each decoded (grey, then RGB). Four threads would hold four at once without the bound.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let side = 11_000;
+    let bomb = {
+        let mut png = Vec::new();
+        let zeros = vec![0u8; side * side];
+        image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::NoFilter)
+            .write_image(&zeros, side as u32, side as u32, image::ExtendedColorType::L8)
+            .unwrap();
+        png
+    };
+    for (class, n) in [("tench", 0), ("tench", 1), ("church", 2), ("church", 3)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        std::fs::write(data.join(class).join(format!("{n}.png")), &bomb).unwrap();
+    }
+    let model = fixtures().join("vit").display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .args(["eval", "--model", &model, "--data", &data.display().to_string(), "--batch-size", "4"])
+        .env("RAYON_NUM_THREADS", "4")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (status, peak) = wait_with_peak_rss(child.id());
+    let stderr = std::io::read_to_string(stderr).unwrap();
+    assert!(status == 0, "{stderr}");
+    let one_bomb = (side * side * 4) as u64;
+    assert!(peak < one_bomb + one_bomb / 2, "peak RSS {} MB: more than one bomb ({} MB) decoded at once", peak >> 20, one_bomb >> 20);
+    assert!(peak > one_bomb / 2, "peak RSS {} MB: the bomb was not decoded (the check would not see it)", peak >> 20);
+}
+
+/// Waits for child `pid`; its exit status and peak resident memory in bytes (Linux's `wait4`).
+fn wait_with_peak_rss(pid: u32) -> (i32, u64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a child of this process, waited for once; both pointers are to locals.
+    let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid as libc::pid_t);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
 }

@@ -23,6 +23,20 @@ fn train_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// Every path under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
 fn checkpoint_name(run: &Path) -> Option<String> {
     std::fs::read_to_string(run.join("checkpoints/latest")).ok()
 }
@@ -115,8 +129,9 @@ fn bad_datasets_and_folders_get_clear_errors() {
         assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
     };
 
-    // Missing dataset folder.
+    // Missing dataset folder; a failed start leaves no output folder behind.
     fails_with(&root.join("nowhere"), &out("r1"), "does not exist");
+    assert!(!root.join("r1").exists(), "a failed start left its output folder");
 
     // A single class.
     let single = root.join("single/train/only");
@@ -137,10 +152,19 @@ fn bad_datasets_and_folders_get_clear_errors() {
     std::fs::write(root.join("file"), "x").unwrap();
     fails_with(&data, &root.join("file/run").display().to_string(), "cannot create the output folder");
 
+    // An output folder that is the dataset, or inside it (through `..` too): refused, the dataset untouched.
+    let listing = |dir: &Path| walk(dir);
+    let before = listing(&data);
+    for run in [data.clone(), data.join("runs/first"), data.join("train/../val/run")] {
+        fails_with(&data, &run.display().to_string(), "is inside the dataset");
+    }
+    assert_eq!(listing(&data), before, "the dataset was written to");
+
     // Non-image files and corrupt images are skipped with a count, and training goes on.
     let messy = root.join("messy");
     vitrine_train::toy::write_shapes(&messy, 6, 3, 3).unwrap();
     std::fs::write(messy.join("train/disc/notes.txt"), "not an image").unwrap();
+    std::fs::create_dir_all(messy.join("train/disc/more")).unwrap();
     std::fs::write(messy.join("train/square/broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
     std::fs::write(messy.join("val/bar/cut.jpg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
     let (messy_arg, run_arg) = (messy.display().to_string(), out("r4"));
@@ -149,9 +173,10 @@ fn bad_datasets_and_folders_get_clear_errors() {
     let output = vitrine(&args);
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("skipped 1 non-image files"), "{stderr}");
-    assert!(stderr.contains("skipping 1 unreadable images in train"), "{stderr}");
-    assert!(stderr.contains("skipping 1 unreadable images in val"), "{stderr}");
+    assert!(stderr.contains("skipped 1 files that are not images"), "{stderr}");
+    assert!(stderr.contains("skipped 1 folders inside class folders"), "{stderr}");
+    assert!(stderr.contains("skipping 1 unreadable images in train/"), "{stderr}");
+    assert!(stderr.contains("skipping 1 unreadable images in val/"), "{stderr}");
 
     // A model whose labels differ from the data's classes.
     let eval = vitrine(&["eval", "--model", &model(), "--data", &data.display().to_string()]);
@@ -163,11 +188,12 @@ fn bad_datasets_and_folders_get_clear_errors() {
 }
 
 #[test]
-fn a_nan_loss_stops_with_a_message_and_keeps_the_checkpoint() {
+fn nan_weights_are_refused_and_a_nan_loss_stops_with_a_message_and_keeps_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     vitrine_train::toy::write_shapes(&data, 6, 3, 4).unwrap();
-    // The fixture with one weight set to NaN: the first loss is NaN.
+    let data = data.display().to_string();
+    // The fixture with one weight set to NaN: refused when it loads, not blamed on --lr later.
     let poisoned = tmp.path().join("poisoned");
     std::fs::create_dir_all(&poisoned).unwrap();
     for name in ["config.json", "preprocessor_config.json"] {
@@ -184,16 +210,25 @@ fn a_nan_loss_stops_with_a_message_and_keeps_the_checkpoint() {
         .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
         .collect();
     std::fs::write(poisoned.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let run = tmp.path().join("run").display().to_string();
+    let args = |model: &str, lr: &str| -> Vec<String> {
+        ["train", "--model", model, "--data", &data, "--out", &run, "--epochs", "1", "--batch-size", "4", "--image-size", "32", "--lr", lr, "--backbone-lr", lr]
+            .map(String::from)
+            .to_vec()
+    };
+    let run_with = |args: Vec<String>| vitrine(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let output = run_with(args(&poisoned.display().to_string(), "1e-3"));
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(r#"tensor "vit.encoder.layer.1.output.dense.weight": holds 1 NaN or infinite values"#), "{stderr}");
+    assert!(!Path::new(&run).exists(), "a refused model left a run folder");
 
-    let run = tmp.path().join("run");
-    let output = vitrine(&[
-        "train", "--model", &poisoned.display().to_string(), "--data", &data.display().to_string(), "--out",
-        &run.display().to_string(), "--epochs", "1", "--batch-size", "4", "--image-size", "32",
-    ]);
+    // A rate no model survives: the weights overflow after the first step, and the loss with them.
+    let output = run_with(args(&model(), "1e38"));
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("the loss became NaN") && stderr.contains("last good checkpoint"), "{stderr}");
-    assert!(checkpoint_name(&run).unwrap().starts_with("step-0000000"));
+    assert!(stderr.contains("the loss became") && stderr.contains("last good checkpoint"), "{stderr}");
+    assert!(checkpoint_name(Path::new(&run)).unwrap().starts_with("step-0000000"));
 }
 
 #[test]
@@ -290,4 +325,55 @@ fn eval_reads_every_image_of_a_flat_folder_and_matches_labels_by_name() {
     let json = eval(&reordered.display().to_string(), &flat, None);
     assert_eq!(json["n"], 18, "{json}");
     assert_eq!(json["per_class"]["square"], original["per_class"]["bar"], "column 0 now reads as square: {json} {original}");
+}
+
+#[test]
+fn a_start_killed_at_any_moment_either_starts_again_or_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    vitrine_train::toy::write_shapes(&data, 6, 3, 7).unwrap();
+    let data = data.display().to_string();
+    let killed_once = |run: &str, first_file: &str| {
+        let mut args = train_args(&data, run);
+        args[8] = "1"; // one epoch
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let started = Instant::now();
+        while !Path::new(run).join(first_file).exists() {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before {first_file} appeared");
+            assert!(started.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        args
+    };
+    // Killed as soon as the folder holds its first file: no run yet, and a new start succeeds.
+    let first = tmp.path().join("first").display().to_string();
+    let args = killed_once(&first, "model_config.json");
+    let again = vitrine(&args);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    // Killed as soon as recipe.json appears: the run exists, with a checkpoint to resume from.
+    let second = tmp.path().join("second").display().to_string();
+    killed_once(&second, "recipe.json");
+    let resumed = vitrine(&["train", "--resume", &second]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+}
+
+#[test]
+fn broken_run_files_are_named_in_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    vitrine_train::toy::write_shapes(&data, 6, 3, 8).unwrap();
+    let run = tmp.path().join("run");
+    let (data, run_arg) = (data.display().to_string(), run.display().to_string());
+    let mut args = train_args(&data, &run_arg);
+    args[8] = "1";
+    assert!(vitrine(&args).status.success());
+    let state = run.join("checkpoints").join(checkpoint_name(&run).unwrap()).join("state.json");
+    for (file, needle) in [(state, "state.json is not valid"), (run.join("recipe.json"), "recipe.json is not valid")] {
+        std::fs::write(&file, "{ torn").unwrap();
+        let output = vitrine(&["train", "--resume", &run_arg, "--epochs", "2"]);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(needle), "{stderr}");
+    }
 }

@@ -55,8 +55,10 @@ pub fn preview(names: &[String]) -> String {
 pub enum ImageError {
     #[error("cannot decode image: {0}")]
     Decode(String),
-    #[error("image is {width}x{height} pixels, larger than the {max}-pixel side vitrine accepts")]
-    TooLarge { width: u32, height: u32, max: u32 },
+    #[error("image is {width}x{height} pixels, more than vitrine accepts ({max_side} pixels a side, {max_pixels} pixels in all)")]
+    TooLarge { width: u32, height: u32, max_side: u32, max_pixels: u64 },
+    #[error("the {format} file is cut short (its data end before the image does): a partial download or copy?")]
+    Truncated { format: &'static str },
     #[error("image is empty ({width}x{height})")]
     Empty { width: u32, height: u32 },
     #[error("{len} bytes of RGBA pixels do not make a {width}x{height} image")]

@@ -7,6 +7,7 @@ pub mod attention;
 pub mod attention_map;
 pub mod classes;
 pub mod config;
+pub mod decode;
 pub mod embeddings;
 pub mod error;
 pub mod interpolate;

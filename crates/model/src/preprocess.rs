@@ -6,20 +6,19 @@
 //! stretched when shrinking, rounding after each pass), with SIMD natively and in wasm; the parity
 //! tests measure how far its pixels and the resulting probabilities are from PIL's.
 
-use std::io::Cursor;
-
 use burn::tensor::{Tensor, TensorData};
 use burn::tensor::Device;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
-use image::{ImageReader, Limits, RgbImage};
+use image::RgbImage;
 use serde::Deserialize;
 
 use crate::config::{ModelType, VitConfig};
+use crate::decode::MAX_SIDE;
 use crate::error::{ConfigError, ImageError};
 
-/// Largest image side accepted (PIL's decompression-bomb limit is about 89 M pixels; this is 268 M
-/// at most, refused before any pixel is decoded).
-pub const MAX_SIDE: u32 = 16_384;
+/// Most patches (tokens) a model input may have: a 1,400 px square at DINOv2's 14 px patches, a
+/// 1,600 px one at 16. Attention's time and memory grow with the square of this.
+pub const MAX_TOKENS: usize = 10_000;
 
 /// Most pixels a resize may produce before cropping (an image 1 pixel tall would otherwise ask
 /// for a 256 x 4 M intermediate).
@@ -165,20 +164,34 @@ impl PreprocessConfig {
     }
 
     /// Refuses a preprocessing whose images would be smaller than one of the model's patches (the
-    /// patch embedding would have nothing to read).
+    /// patch embedding would have nothing to read), or give more than [`MAX_TOKENS`] patches.
     pub fn check_fits(&self, config: &VitConfig) -> Result<(), ConfigError> {
-        let smallest = match (self.crop, self.resize) {
-            (Some([height, width]), _) | (None, Some(Resize::Exact { height, width })) => height.min(width),
-            (None, Some(Resize::ShortestEdge(edge))) => edge,
-            (None, None) => return Ok(()), // the image's own size, checked when it is read
-        };
-        if (smallest as usize) < config.patch_size {
+        let Some([height, width]) = self.smallest_output() else { return Ok(()) };
+        let patch = config.patch_size;
+        if (height.min(width) as usize) < patch {
             return Err(ConfigError::Invalid(format!(
-                "the preprocessing makes images {smallest} px on a side, smaller than the model's {} px patches",
-                config.patch_size
+                "the preprocessing makes images {} px on a side, smaller than the model's {patch} px patches",
+                height.min(width)
+            )));
+        }
+        let tokens = (height as usize / patch) * (width as usize / patch);
+        if tokens > MAX_TOKENS {
+            return Err(ConfigError::Invalid(format!(
+                "the preprocessing makes {height}x{width} px inputs, {tokens} patches of {patch} px: more than the {MAX_TOKENS} vitrine runs"
             )));
         }
         Ok(())
+    }
+
+    /// `[height, width]` of the smallest input this recipe makes, if it is known before an image is
+    /// read: the crop, an exact resize, or the square of a shortest edge kept without a crop.
+    pub fn smallest_output(&self) -> Option<[u32; 2]> {
+        match (self.crop, self.resize) {
+            (Some(size), _) => Some(size),
+            (None, Some(Resize::Exact { height, width })) => Some([height, width]),
+            (None, Some(Resize::ShortestEdge(edge))) => Some([edge, edge]),
+            (None, None) => None, // the image's own size
+        }
     }
 
     /// What the Hugging Face checkpoints of each family ship, for checkpoints without a preprocessor
@@ -318,10 +331,11 @@ impl PreprocessConfig {
     }
 
     /// A `[batch, 3, height, width]` tensor from images that all give the same output size.
-    pub fn batch(&self, images: &[RgbImage], device: &Device) -> Result<Tensor<4>, ImageError> {
+    pub fn batch<I: std::borrow::Borrow<RgbImage>>(&self, images: &[I], device: &Device) -> Result<Tensor<4>, ImageError> {
         let mut values = Vec::new();
         let mut size = None;
         for image in images {
+            let image = image.borrow();
             let (w, h) = image.dimensions();
             let out = self.output_size([h, w]);
             let first = *size.get_or_insert(out);
@@ -372,41 +386,6 @@ fn resized_size(resize: Resize, [height, width]: [u32; 2]) -> [u32; 2] {
     }
 }
 
-/// Decodes an image file's bytes (PNG, JPEG, WebP, GIF, BMP) to 8-bit RGB: alpha is dropped,
-/// 16-bit and greyscale are converted, as PIL's `convert("RGB")` does. Sizes are checked from the
-/// header before any pixel is decoded.
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| ImageError::Decode(e.to_string()))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
-    if width > MAX_SIDE || height > MAX_SIDE {
-        return Err(ImageError::TooLarge { width, height, max: MAX_SIDE });
-    }
-    if width == 0 || height == 0 {
-        return Err(ImageError::Empty { width, height });
-    }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    let mut reader = reader()?;
-    reader.limits(limits);
-    let image = reader.decode().map_err(|e| ImageError::Decode(e.to_string()))?;
-    Ok(image.to_rgb8())
-}
-
-/// An RGB image from the page's RGBA pixels (`ImageData.data`), alpha dropped.
-pub fn rgb_from_rgba(rgba: &[u8], width: u32, height: u32) -> Result<RgbImage, ImageError> {
-    let expected = 4 * width as usize * height as usize;
-    if rgba.len() != expected || width == 0 || height == 0 {
-        return Err(ImageError::PixelCount { len: rgba.len(), width, height });
-    }
-    let rgb = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-    Ok(RgbImage::from_raw(width, height, rgb).expect("length checked above"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +408,10 @@ mod tests {
         let cropped = PreprocessConfig::from_json(r#"{"size": 64, "do_center_crop": true, "crop_size": 7}"#).unwrap();
         assert!(cropped.check_fits(&config).is_err(), "the crop decides");
         assert!(PreprocessConfig::from_json(r#"{"size": 8}"#).unwrap().check_fits(&config).is_ok(), "one patch is enough");
+        let huge = PreprocessConfig::from_json(r#"{"size": 4000, "do_center_crop": true, "crop_size": 4000}"#).unwrap();
+        let err = huge.check_fits(&config).unwrap_err().to_string();
+        assert!(err.contains("4000x4000 px inputs, 250000 patches of 8 px: more than the 10000"), "{err}");
+        assert!(PreprocessConfig::from_json(r#"{"size": 800}"#).unwrap().check_fits(&config).is_ok(), "100 x 100 patches");
     }
 
     #[test]
@@ -479,45 +462,5 @@ mod tests {
         let pixels = config.pixels(&RgbImage::from_pixel(2, 2, image::Rgb([9, 9, 9]))).unwrap();
         assert_eq!(&pixels[..4], &[0.0, 0.0, 0.0, 0.0]);
         assert_eq!(&pixels[4..8], &[0.0, 9.0, 9.0, 0.0]);
-    }
-
-    #[test]
-    fn rgba_length_is_checked() {
-        assert!(rgb_from_rgba(&[0; 15], 2, 2).is_err());
-        assert_eq!(rgb_from_rgba(&[1, 2, 3, 4], 1, 1).unwrap().get_pixel(0, 0).0, [1, 2, 3]);
-    }
-
-    #[test]
-    fn headers_claiming_huge_images_are_refused_before_decoding() {
-        // A PNG whose header (IHDR) claims 100000 x 100000 pixels, followed by an empty IDAT.
-        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = Vec::new();
-        ihdr.extend(100_000u32.to_be_bytes());
-        ihdr.extend(100_000u32.to_be_bytes());
-        ihdr.extend([8, 2, 0, 0, 0]);
-        png_chunk(&mut png, b"IHDR", &ihdr);
-        png_chunk(&mut png, b"IDAT", &[]);
-        let err = decode_image(&png).unwrap_err().to_string();
-        assert!(err.contains("100000x100000"), "{err}");
-    }
-
-    fn png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        png.extend((data.len() as u32).to_be_bytes());
-        let start = png.len();
-        png.extend(kind);
-        png.extend(data);
-        let crc = crc32(&png[start..]);
-        png.extend(crc.to_be_bytes());
-    }
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
     }
 }

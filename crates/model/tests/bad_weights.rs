@@ -154,3 +154,55 @@ fn save_then_load_gives_identical_logits() {
     let b = reloaded.model.forward(x).into_data();
     assert_eq!(a, b);
 }
+
+#[test]
+fn non_finite_weights_are_refused() {
+    let (config, weights) = vit();
+    let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> =
+            file.tensors().into_iter().map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec())).collect();
+        let (_, _, data) = owned.iter_mut().find(|(name, _, _)| name == "vit.encoder.layer.1.output.dense.weight").unwrap();
+        data[8..12].copy_from_slice(&bad.to_le_bytes());
+        let views: Vec<_> = owned
+            .iter()
+            .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+            .collect();
+        let err = error(&config, &safetensors::serialize(views, None).unwrap());
+        assert_eq!(
+            err,
+            "tensor \"vit.encoder.layer.1.output.dense.weight\": holds 1 NaN or infinite values (the checkpoint is damaged, or training diverged)"
+        );
+    }
+}
+
+#[test]
+fn a_config_larger_than_its_weights_is_refused_before_the_model_is_built() {
+    let (config, weights) = vit();
+    // Built first, these would allocate gigabytes (a million blocks; 39 M position embeddings).
+    let err = error(&config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000"), &weights);
+    assert_eq!(err, "invalid configuration: config.json has num_hidden_layers 1000000, the weights hold 2 blocks");
+    let err = error(&config.replace("\"image_size\": 32", "\"image_size\": 100000"), &weights);
+    assert_eq!(
+        err,
+        "invalid configuration: config.json's image_size 100000 and patch_size 8 make 156250001 positions, the weights' position table is [1, 17, 32]"
+    );
+}
+
+#[test]
+fn files_that_are_not_safetensors_say_what_they_are() {
+    let (config, weights) = vit();
+    let err = error(&config, b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>...</body></html>");
+    assert!(err.contains("an HTML page, not weights"), "{err}");
+    let err = error(&config, b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n");
+    assert!(err.contains("Git LFS pointer"), "{err}");
+    // The same tensor twice in the header (its second copy pointing elsewhere).
+    let len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&weights[8..8 + len]).unwrap();
+    let twice = header.replacen('{', r#"{"classifier.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"#, 1);
+    let mut hostile = (twice.len() as u64).to_le_bytes().to_vec();
+    hostile.extend(twice.as_bytes());
+    hostile.extend(&weights[8 + len..]);
+    let err = error(&config, &hostile);
+    assert!(err.contains(r#"names tensor "classifier.bias" twice"#), "{err}");
+}

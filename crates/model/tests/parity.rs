@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData, activation::softmax};
 use safetensors::SafeTensors;
-use vitrine_model::preprocess::decode_image;
+use vitrine_model::decode::decode_image;
 use vitrine_model::{PreprocessConfig, load_safetensors};
 
 fn fixtures() -> PathBuf {

@@ -191,7 +191,7 @@ fn mean_over_val(data: &Path, preprocess: &PreprocessConfig, device: &Device, di
     let transform = vitrine_train::data::loader::Transform::Eval(preprocess.clone());
     let mut total = 0.0;
     for sample in &folder.val {
-        let image = vitrine_model::preprocess::decode_image(&std::fs::read(&sample.path).unwrap()).unwrap();
+        let image = vitrine_model::decode::decode_image(&std::fs::read(&sample.path).unwrap()).unwrap();
         let (pixels, [h, w]) = transform.pixels(&image, 0).unwrap();
         total += distance(Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, h, w]), device));
     }

@@ -12,6 +12,7 @@ use burn::tensor::wgpu::WgpuInitError;
 use burn::tensor::{Device, Tensor};
 use wasm_bindgen::prelude::*;
 
+use vitrine_model::ImageError;
 use vitrine_model::classes::{TopClass, softmax, top_k};
 
 use crate::engine::Engine;
@@ -183,8 +184,8 @@ impl Classifier {
     }
 
     /// Top-k and attention maps for RGBA pixels (`ImageData.data`).
-    pub async fn classify(&self, rgba: Vec<u8>, width: u32, height: u32, top_k: usize) -> Result<Prediction, JsError> {
-        let pixels = on_pool(|| self.engine.pixels_from_rgba(&rgba, width, height, &self.device)).map_err(|e| JsError::new(&e.to_string()))?;
+    pub async fn classify(&self, rgba: Vec<u8>, width: u32, height: u32, top_k: usize) -> Result<Prediction, JsValue> {
+        let pixels = on_pool(|| self.engine.pixels_from_rgba(&rgba, width, height, &self.device)).map_err(image_error)?;
         let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
         prediction.region = self.engine.visible_region([height, width]);
         prediction.width = width;
@@ -194,8 +195,8 @@ impl Classifier {
 
     /// Top-k and attention maps for an image file's bytes, decoded as the `vitrine` CLI decodes them.
     #[wasm_bindgen(js_name = classifyFile)]
-    pub async fn classify_file(&self, bytes: Vec<u8>, top_k: usize) -> Result<Prediction, JsError> {
-        let (pixels, size) = on_pool(|| self.engine.pixels_from_file(&bytes, &self.device)).map_err(|e| JsError::new(&e.to_string()))?;
+    pub async fn classify_file(&self, bytes: Vec<u8>, top_k: usize) -> Result<Prediction, JsValue> {
+        let (pixels, size) = on_pool(|| self.engine.pixels_from_file(&bytes, &self.device)).map_err(image_error)?;
         let mut prediction = self.predict(pixels, top_k).await.map_err(|e| JsError::new(&e))?;
         prediction.region = self.engine.visible_region(size);
         prediction.width = size[1];
@@ -234,8 +235,8 @@ impl Classifier {
 
     /// Token merging (ToMe): `r` token pairs merged in every block, a training-free speed-up; 0 turns it off.
     #[wasm_bindgen(js_name = setTokenMerging)]
-    pub fn set_token_merging(&mut self, r: usize) {
-        self.engine.set_token_merging(r);
+    pub fn set_token_merging(&mut self, r: usize) -> Result<(), JsError> {
+        self.engine.set_token_merging(r).map_err(|e| JsError::new(&e.to_string()))
     }
 }
 
@@ -342,4 +343,14 @@ impl Prediction {
     pub fn height(&self) -> u32 {
         self.height
     }
+}
+
+/// An image that cannot become the model's input, as a JS `Error` named for what the page does
+/// with it: `UnsupportedImage` (a format the decoder does not read: the page then gives the
+/// browser's own pixels) or `ImageError` (cut short, too large, ...: refused, as natively).
+fn image_error(error: ImageError) -> JsValue {
+    let name = if matches!(error, ImageError::Decode(_)) { "UnsupportedImage" } else { "ImageError" };
+    let value = JsValue::from(JsError::new(&error.to_string()));
+    let _ = js_sys::Reflect::set(&value, &JsValue::from_str("name"), &JsValue::from_str(name));
+    value
 }

@@ -8,9 +8,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 use vitrine_model::attention_map::{AttentionMap, attention_map};
-use vitrine_model::preprocess::{decode_image, rgb_from_rgba};
+use vitrine_model::decode::{decode_image, rgb_from_rgba};
 use vitrine_model::weights::Family;
-use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
+use vitrine_model::{ConfigError, ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
 
 /// A loaded model bundle and the recipe that turns images into its input.
 #[derive(Debug)]
@@ -96,8 +96,10 @@ impl Engine {
     }
 
     /// Token merging (ToMe): `r` token pairs merged in every block, 0 to turn it off.
-    pub fn set_token_merging(&mut self, r: usize) {
+    pub fn set_token_merging(&mut self, r: usize) -> Result<(), ConfigError> {
+        vitrine_model::tome::check_pairs(r, &self.config, &self.preprocess)?;
         self.model = self.model.clone().with_token_merging(r);
+        Ok(())
     }
 
     /// The model input's channels and the patch size (the smallest side it takes).

@@ -177,7 +177,7 @@ async fn photos_agree_on_both_backends_and_with_the_pipeline() {
 #[wasm_bindgen_test]
 async fn rgba_pixels_and_files_agree() {
     let classifier = load(&Backend::cpu(), &fixture!("vit"));
-    let rgb = vitrine_model::preprocess::decode_image(PHOTOS[0].1).unwrap();
+    let rgb = vitrine_model::decode::decode_image(PHOTOS[0].1).unwrap();
     let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     let from_pixels = classifier.classify(rgba, rgb.width(), rgb.height(), 3).await.map_err(JsValue::from).unwrap();
     let from_file = classify(&classifier, PHOTOS[0].1).await;

@@ -74,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
     let settings: Vec<(&String, usize)> = args.model.iter().flat_map(|m| args.tome.iter().map(move |&r| (m, r))).collect();
     for (name, tome) in settings {
         let mut model = source::load(name, &device)?;
-        model.loaded.model = model.loaded.model.with_token_merging(tome);
+        model.merge_tokens(tome)?;
         let [h, w] = match args.image_size {
             Some(side) => [side, side],
             None => model.preprocess.output_size([model.loaded.config.image_size as u32; 2]),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use vitrine_model::Storage;
 use vitrine_train::data::{ImageFolder, check_labels};
-use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::data::loader::Transform;
 use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::report::svg;
 use vitrine_train::recipe::Recipe;
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<()> {
         step("prune", &dir("prune"), || {
             let ad_device = device.clone().autodiff();
             let student = source::load(&last.display().to_string(), &ad_device)?;
-            let (train, _) = drop_unreadable(data.train.clone());
+            let train = data.train.clone();
             let transform = Arc::new(Transform::Eval(student.preprocess.clone()));
             let progress = trainer::bar(512.min(train.len()) as u64, "head importance");
             let scores = importance::measure(&student.loaded.model, Arc::new(train), transform, 16, 512, &ad_device, &progress)?;
@@ -221,7 +221,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
     steps.push(("int8 (final)".to_string(), args.out.join("final"), 0));
     // Token merging: a training-free speed-up of the final bundle, beside the trained ones.
     steps.extend(args.tome.iter().filter(|&&r| r > 0).map(|&r| (format!("final + ToMe r={r}"), args.out.join("final"), r)));
-    let (val, _) = drop_unreadable(data.val.clone());
+    let val = data.val.clone();
     let val = Arc::new(val);
     // Each bundle is timed in a process of its own (as it would run, and for its own peak memory),
     // in rounds over all of them, so that a slow spell of the shared machine falls on every one.
@@ -243,7 +243,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
             }
             None => {
                 let mut model = source::load(&path, device)?;
-                model.loaded.model = model.loaded.model.with_token_merging(*tome);
+                model.merge_tokens(*tome)?;
                 let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
                 let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), Columns::All(data.classes.len()), 32, device, &progress)?;
                 progress.finish_and_clear();

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use vitrine_model::prune::{Keep, prune, resize_positions, select_layers};
 use vitrine_model::Loaded;
 use vitrine_train::data::{ImageFolder, check_labels};
-use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::data::loader::Transform;
 use vitrine_train::distill::DistillRecipe;
 use vitrine_train::recipe::Recipe;
 use vitrine_train::{importance, trainer};
@@ -134,7 +134,7 @@ pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, d
         Keep::all(config)
     } else {
         let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
-        let (train, _) = drop_unreadable(data.train.clone());
+        let train = data.train.clone();
         let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
         let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
         progress.finish_and_clear();

@@ -43,7 +43,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let mut model = source::load(&args.model, &device)?;
-    model.loaded.model = model.loaded.model.with_token_merging(args.tome);
+    model.merge_tokens(args.tome)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use vitrine_model::classes::{TopClass, softmax, top_k};
-use vitrine_model::preprocess::decode_image;
+use vitrine_train::data::image_file::read_image;
 
 use crate::device::DeviceKind;
 use crate::source;
@@ -44,17 +44,14 @@ struct Prediction {
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let mut model = source::load(&args.model, &device)?;
-    model.loaded.model = model.loaded.model.with_token_merging(args.tome);
+    model.merge_tokens(args.tome)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier: fine-tune a head first", args.model);
     }
     let mut results = Vec::new();
     for path in &args.images {
         let image = path.display().to_string();
-        let outcome = std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| decode_image(&bytes).map_err(|e| e.to_string()))
-            .and_then(|rgb| model.preprocess.batch(&[rgb], &device).map_err(|e| e.to_string()));
+        let outcome = read_image(path).and_then(|rgb| model.preprocess.batch(&[&*rgb], &device).map_err(|e| e.to_string()));
         results.push(match outcome {
             Ok(pixels) => {
                 let logits = model.loaded.model.forward(pixels).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits");

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use vitrine_model::prune::prune;
 use vitrine_train::data::{ImageFolder, check_labels};
-use vitrine_train::data::loader::{Transform, drop_unreadable};
+use vitrine_train::data::loader::Transform;
 use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::importance::{self, Importance};
 use vitrine_train::report::svg::{self, Series};
@@ -81,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
 
     let transform = Arc::new(Transform::Eval(model.preprocess.clone()));
-    let (train, _) = drop_unreadable(data.train.clone());
+    let train = data.train.clone();
     let progress = bar(args.images.min(train.len()) as u64, "measuring importance");
     let scores: Importance =
         importance::measure(&model.loaded.model, Arc::new(train), transform.clone(), args.batch_size, args.images, &ad_device, &progress)?;
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
     std::fs::write(args.out.join("importance.json"), serde_json::to_string_pretty(&scores)?)?;
 
     let inference = model.loaded.model.valid();
-    let (val, _) = drop_unreadable(data.val.clone());
+    let val = data.val.clone();
     let val = Arc::new(val);
     let side = model.preprocess.output_size([224, 224]);
     let shape = [8, 3, side[0] as usize, side[1] as usize];

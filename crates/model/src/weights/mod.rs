@@ -42,7 +42,7 @@ pub struct Loaded {
 pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) -> Result<Loaded, LoadError> {
     let hf_config = HfVitConfig::from_json(config_json)?;
     let model_type = hf_config.model_type()?;
-    let file = SafeTensors::deserialize(safetensors).map_err(|e| LoadError::Safetensors(e.to_string()))?;
+    let file = SafeTensors::deserialize(safetensors).map_err(|e| LoadError::Safetensors(diagnose(safetensors, e)))?;
     let names: BTreeSet<String> = file.names().into_iter().map(str::to_string).collect();
 
     let family = if names.contains("pos_embed") || names.iter().any(|n| n.starts_with("blocks.")) {
@@ -63,10 +63,96 @@ pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) 
         (false, _) => Head::None,
     };
     let config = hf_config.to_vit_config(head)?;
+    check_size_against_file(&config, &file, family)?;
     let labels = if head == Head::None { Vec::new() } else { hf_config.labels()? };
     let mut model = config.init(device);
     load_into(&mut model, &file, family)?;
     Ok(Loaded { model, config, hf_config, labels, family })
+}
+
+/// Refuses a config whose model is not the file's, before any of it is built: the number of blocks
+/// and the position table (which fixes `image_size`) are compared with the file's tensors, so that
+/// a `config.json` of a million layers or 100000 px images is an error, not a huge allocation.
+/// Everything else is checked, tensor by tensor, as the weights load.
+fn check_size_against_file(config: &VitConfig, file: &SafeTensors, family: Family) -> Result<(), LoadError> {
+    let mut layers = BTreeSet::new();
+    let mut positions = None;
+    for (name, view) in file.tensors() {
+        let canonical = match to_canonical(family, &name) {
+            Mapped::To(canonical) => canonical,
+            Mapped::SplitQkv { prefix, .. } => prefix,
+            Mapped::Ignored | Mapped::Unknown => continue,
+        };
+        if let Some(index) = canonical.strip_prefix("vit.encoder.layer.").and_then(|rest| rest.split('.').next()) {
+            layers.insert(index.to_string());
+        } else if canonical == "vit.embeddings.position_embeddings" {
+            positions = Some(view.shape().to_vec());
+        }
+    }
+    let invalid = |message: String| LoadError::Config(crate::ConfigError::Invalid(message));
+    if layers.len() != config.num_hidden_layers {
+        return Err(invalid(format!(
+            "config.json has num_hidden_layers {}, the weights hold {} blocks",
+            config.num_hidden_layers,
+            layers.len()
+        )));
+    }
+    let grid = config.grid_size();
+    let expected = grid.checked_mul(grid).and_then(|n| n.checked_add(config.num_prefix_tokens()));
+    if let Some(shape) = positions
+        && shape.get(1).copied() != expected
+    {
+        return Err(invalid(format!(
+            "config.json's image_size {} and patch_size {} make {} positions, the weights' position table is {shape:?}",
+            config.image_size,
+            config.patch_size,
+            expected.map_or("too many".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(())
+}
+
+/// What a file that is not safetensors is, where that is recognisable (a web page or a Git LFS
+/// pointer saved in its place, a header naming a tensor twice), else `error` as it is.
+fn diagnose(bytes: &[u8], error: safetensors::SafeTensorError) -> String {
+    let start = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).trim_start().to_ascii_lowercase();
+    if start.starts_with("<!doctype html") || start.starts_with("<html") || start.starts_with('<') {
+        return "the file is an HTML page, not weights (a login or error page saved in place of the download?)".into();
+    }
+    if start.starts_with("version https://git-lfs") {
+        return "the file is a Git LFS pointer, not the weights (fetch them with `git lfs pull`)".into();
+    }
+    if let Some(name) = duplicated_tensor(bytes) {
+        return format!("the header names tensor {name:?} twice");
+    }
+    error.to_string()
+}
+
+/// A tensor name that the safetensors header (JSON) holds more than once; its parser keeps the
+/// last, and then reports the overlap as an invalid offset of another tensor.
+fn duplicated_tensor(bytes: &[u8]) -> Option<String> {
+    struct FirstDuplicate(Option<String>);
+    impl<'de> serde::de::Visitor<'de> for &mut FirstDuplicate {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = BTreeSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) && self.0.is_none() {
+                    self.0 = Some(key);
+                }
+            }
+            Ok(())
+        }
+    }
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    let mut found = FirstDuplicate(None);
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(header), &mut found).ok()?;
+    found.0
 }
 
 /// Loads every tensor of `file` into `model`, strictly.
@@ -126,6 +212,11 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
                 Dtype::I8 => dequantize(file, &name, &shape, view.data())?,
                 dtype => to_f32_bytes(&name, dtype, view.data())?,
             };
+            let non_finite = values.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
+            if non_finite > 0 {
+                let message = format!("holds {non_finite} NaN or infinite values (the checkpoint is damaged, or training diverged)");
+                return Err(LoadError::Tensor { name, message });
+            }
             let block = values.len() / parts;
             let bytes = values[part * block..(part + 1) * block].to_vec();
             tensors.push(PackTensor::new(canonical, DType::F32, part_shape, None, Bytes::from_bytes_vec(bytes)));

@@ -10,10 +10,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use vitrine_model::PreprocessConfig;
-use vitrine_model::preprocess::decode_image;
 
 use super::Sample;
 use super::augment::Augment;
+use super::image_file::read_image;
 
 /// How images become pixels.
 #[derive(Debug, Clone)]
@@ -107,10 +107,7 @@ pub fn batches(
                 .par_iter()
                 .map(|&i| {
                     let sample = &samples[i];
-                    let pixels = std::fs::read(&sample.path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|bytes| decode_image(&bytes).map_err(|e| e.to_string()))
-                        .and_then(|image| transform.pixels(&image, sample_seed(seed, view, i)));
+                    let pixels = read_image(&sample.path).and_then(|image| transform.pixels(&image, sample_seed(seed, view, i)));
                     (i, pixels)
                 })
                 .collect();
@@ -141,12 +138,12 @@ pub fn batches(
     receiver
 }
 
-/// Warns once about the images [`drop_unreadable`] left out of `split` (a few named, with why).
-pub fn warn_unreadable(bad: &[(Sample, String)], split: &str) {
+/// Warns once about the images [`drop_unreadable`] left out of `what` (a few named, with why).
+pub fn warn_unreadable(bad: &[(Sample, String)], what: &str) {
     if bad.is_empty() {
         return;
     }
-    eprintln!("warning: skipping {} unreadable images in {split}:", bad.len());
+    eprintln!("warning: skipping {} unreadable images in {what}:", bad.len());
     for (sample, error) in bad.iter().take(5) {
         eprintln!("  {}: {error}", sample.path.display());
     }
@@ -158,10 +155,7 @@ pub fn drop_unreadable(samples: Vec<Sample>) -> (Vec<Sample>, Vec<(Sample, Strin
     let checked: Vec<(Sample, Option<String>)> = samples
         .into_par_iter()
         .map(|sample| {
-            let error = std::fs::read(&sample.path)
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| decode_image(&bytes).map(|_| ()).map_err(|e| e.to_string()))
-                .err();
+            let error = read_image(&sample.path).err();
             (sample, error)
         })
         .collect();

@@ -2,6 +2,7 @@
 //! a seeded, stratified draw. Classes are the sorted folder names, the same for every split.
 
 pub mod augment;
+pub mod image_file;
 pub mod loader;
 
 use std::path::{Path, PathBuf};
@@ -29,8 +30,6 @@ pub struct ImageFolder {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
     pub test: Vec<Sample>,
-    /// Files skipped because their extension is not an image's.
-    pub skipped_files: usize,
 }
 
 /// Fractions of a single-folder dataset that go to validation and test.
@@ -98,40 +97,45 @@ impl EvalSet {
 impl ImageFolder {
     /// Reads `root`. With `train/` present, `val/` is required and `test/` optional; otherwise the
     /// class folders sit directly under `root` and are split 70/15/15 per class with `split_seed`.
+    /// Every image is decoded once first, and only the readable ones are split and kept: the
+    /// others are named in one warning, as is a class that ends up with no image in a split.
     pub fn open(root: &Path, split_seed: u64) -> Result<Self> {
         if !root.is_dir() {
             bail!("dataset folder {} does not exist", root.display());
         }
         let train_dir = root.join("train");
-        let mut skipped_files = 0;
+        let mut skipped = Skipped::default();
+        let mut readable = |dir: &Path, classes: &[String], what: &str| -> Result<Vec<Sample>> {
+            let (samples, skipped_here) = read_split(dir, classes)?;
+            skipped.add(skipped_here);
+            let (kept, bad) = loader::drop_unreadable(samples);
+            loader::warn_unreadable(&bad, what);
+            Ok(kept)
+        };
         let (classes, train, val, test) = if train_dir.is_dir() {
             let classes = class_names(&train_dir)?;
-            let mut read = |dir: &Path, required: bool| -> Result<Vec<Sample>> {
+            let mut read = |name: &str, required: bool| -> Result<Vec<Sample>> {
+                let dir = root.join(name);
                 if !dir.is_dir() {
                     if required {
-                        bail!("{} has train/ but no {}/", root.display(), dir.file_name().unwrap().to_string_lossy());
+                        bail!("{} has train/ but no {name}/", root.display());
                     }
                     return Ok(Vec::new());
                 }
-                let (samples, skipped) = read_split(dir, &classes)?;
-                skipped_files += skipped;
-                Ok(samples)
+                readable(&dir, &classes, &format!("{name}/"))
             };
-            let train = read(&train_dir, true)?;
-            let val = read(&root.join("val"), true)?;
-            let test = read(&root.join("test"), false)?;
+            let (train, val, test) = (read("train", true)?, read("val", true)?, read("test", false)?);
             (classes, train, val, test)
         } else {
             let classes = class_names(root)?;
-            let (samples, skipped) = read_split(root, &classes)?;
-            skipped_files += skipped;
+            let samples = readable(root, &classes, &root.display().to_string())?;
             let (train, val, test) = stratified_split(samples, classes.len(), split_seed);
             (classes, train, val, test)
         };
-        if skipped_files > 0 {
-            eprintln!("warning: skipped {skipped_files} non-image files in {}", root.display());
-        }
-        Ok(Self { root: root.to_path_buf(), classes, train, val, test, skipped_files })
+        skipped.warn(root);
+        let folder = Self { root: root.to_path_buf(), classes, train, val, test };
+        folder.warn_empty_classes();
+        Ok(folder)
     }
 
     /// The split named `name` (`train`, `val` or `test`).
@@ -144,6 +148,45 @@ impl ImageFolder {
             other => bail!("unknown split {other:?} (train, val or test)"),
         }
     }
+
+    /// One warning per split in which some class has no readable image.
+    fn warn_empty_classes(&self) {
+        for (name, split) in [("train", &self.train), ("val", &self.val), ("test", &self.test)] {
+            if name == "test" && split.is_empty() {
+                continue; // no test split at all is fine
+            }
+            let empty: Vec<&str> = (0..self.classes.len())
+                .filter(|&label| !split.iter().any(|s| s.label == label))
+                .map(|label| self.classes[label].as_str())
+                .collect();
+            if !empty.is_empty() {
+                eprintln!("warning: {} has no readable {name} image of class(es) {empty:?}", self.root.display());
+            }
+        }
+    }
+}
+
+/// What a class folder held besides images: files of other types, and folders (not searched).
+#[derive(Debug, Default, Clone, Copy)]
+struct Skipped {
+    files: usize,
+    folders: usize,
+}
+
+impl Skipped {
+    fn add(&mut self, other: Skipped) {
+        self.files += other.files;
+        self.folders += other.folders;
+    }
+
+    fn warn(&self, root: &Path) {
+        if self.files > 0 {
+            eprintln!("warning: skipped {} files that are not images in {}", self.files, root.display());
+        }
+        if self.folders > 0 {
+            eprintln!("warning: skipped {} folders inside class folders of {} (images are read from <class>/ itself, not below it)", self.folders, root.display());
+        }
+    }
 }
 
 /// Sorted names of the sub-folders of `dir`: at least two, each a class.
@@ -151,7 +194,8 @@ fn class_names(dir: &Path) -> Result<Vec<String>> {
     let mut classes = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry?;
-        if entry.file_type()?.is_dir() {
+        // `metadata` follows a symbolic link: a class folder linked from elsewhere is a class.
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
             classes.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
@@ -163,10 +207,10 @@ fn class_names(dir: &Path) -> Result<Vec<String>> {
     }
 }
 
-/// The images of one split, in sorted path order, and how many non-image files were skipped.
-fn read_split(dir: &Path, classes: &[String]) -> Result<(Vec<Sample>, usize)> {
+/// The image files of one split, in sorted path order, and what else the class folders held.
+fn read_split(dir: &Path, classes: &[String]) -> Result<(Vec<Sample>, Skipped)> {
     let mut samples = Vec::new();
-    let mut skipped = 0;
+    let mut skipped = Skipped::default();
     for (label, class) in classes.iter().enumerate() {
         let class_dir = dir.join(class);
         if !class_dir.is_dir() {
@@ -179,10 +223,12 @@ fn read_split(dir: &Path, classes: &[String]) -> Result<(Vec<Sample>, usize)> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-            if path.is_file() && is_image {
-                paths.push(path);
+            if path.is_dir() {
+                skipped.folders += 1;
+            } else if is_image {
+                paths.push(path); // a pipe or device named .jpg is refused, with why, when it is read
             } else {
-                skipped += 1;
+                skipped.files += 1;
             }
         }
         if paths.is_empty() {
@@ -214,6 +260,46 @@ fn stratified_split(samples: Vec<Sample>, classes: usize, seed: u64) -> (Vec<Sam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_images(dir: &Path, n: usize) {
+        std::fs::create_dir_all(dir).unwrap();
+        for i in 0..n {
+            image::RgbImage::from_pixel(8, 8, image::Rgb([i as u8, 9, 9])).save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_class_folder_linked_from_elsewhere_is_a_class() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, elsewhere) = (tmp.path().join("data"), tmp.path().join("elsewhere/cats"));
+        write_images(&data.join("dogs"), 10);
+        write_images(&data.join("birds"), 10);
+        write_images(&elsewhere, 10);
+        std::os::unix::fs::symlink(&elsewhere, data.join("cats")).unwrap();
+        let folder = ImageFolder::open(&data, 0).unwrap();
+        assert_eq!(folder.classes, ["birds", "cats", "dogs"]);
+        assert_eq!(folder.train.iter().filter(|s| s.label == 1).count(), 7);
+    }
+
+    #[test]
+    fn only_readable_images_are_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path();
+        write_images(&data.join("full"), 20);
+        // 2 good images among 40 empty files: split first, the 2 could both land outside train.
+        write_images(&data.join("sparse"), 2);
+        for i in 0..40 {
+            std::fs::write(data.join("sparse").join(format!("empty{i}.jpg")), b"").unwrap();
+        }
+        for seed in 0..8 {
+            let folder = ImageFolder::open(data, seed).unwrap();
+            let sparse: Vec<&Sample> = folder.train.iter().filter(|s| s.label == 1).collect();
+            assert_eq!(sparse.len(), 2, "seed {seed}: both readable images train");
+            assert!(folder.val.iter().chain(&folder.test).all(|s| s.label == 0), "seed {seed}: no empty file in a split");
+            assert_eq!(folder.train.len() + folder.val.len() + folder.test.len(), 22);
+        }
+    }
 
     #[test]
     fn split_is_stratified_and_seeded() {

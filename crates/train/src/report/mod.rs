@@ -223,9 +223,8 @@ fn render(run: &RunData, others: &[RunData]) -> String {
 
 /// A small JPEG of an image file as a data URL.
 fn thumbnail(path: &str) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    let image = vitrine_model::preprocess::decode_image(&bytes).ok()?;
-    let small = image::imageops::thumbnail(&image, 128, 128);
+    let image = crate::data::image_file::read_image(std::path::Path::new(path)).ok()?;
+    let small = image::imageops::thumbnail(&*image, 128, 128);
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&small).ok()?;
     Some(format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(out)))

@@ -22,7 +22,7 @@ use vitrine_model::{HfVitConfig, Loaded, PreprocessConfig, Vit};
 use crate::bundle;
 use crate::cache::TokenCache;
 use crate::checkpoint::{self, RunState};
-use crate::data::loader::{Transform, drop_unreadable, warn_unreadable};
+use crate::data::loader::Transform;
 use crate::data::{ImageFolder, Sample};
 use crate::distill::Teacher;
 use crate::evaluate::{Columns, Evaluation, Tally, evaluate, probabilities};
@@ -70,16 +70,16 @@ pub struct Outcome {
 }
 
 /// Starts a new run in `run_dir` from a pretrained model.
+///
+/// A run folder is one with a `recipe.json`, and that file is written last, after the first
+/// checkpoint: a start killed midway leaves no run, and starting again overwrites what it left.
+/// A start that fails removes the folder it created.
 pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: PreprocessConfig, device: &Device) -> Result<Outcome> {
     let dir = RunDir(run_dir.to_path_buf());
     if dir.recipe().exists() {
         bail!("{} already holds a run; continue it with --resume {}", run_dir.display(), run_dir.display());
     }
-    std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the output folder {}", run_dir.display()))?;
-    checkpoint::write_atomic(&run_dir.join(".write-test"), b"ok")
-        .with_context(|| format!("the output folder {} is not writable", run_dir.display()))?;
-    let _ = std::fs::remove_file(run_dir.join(".write-test"));
-
+    refuse_inside(run_dir, Path::new(&recipe.data))?;
     recipe.validate(pretrained.config.num_hidden_layers, pretrained.config.patch_size)?;
     let data = open_data(&recipe)?;
     // The new head's initialisation draws from the device RNG: seed it for reproducible runs.
@@ -87,14 +87,51 @@ pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: Pre
     ad_device.seed(recipe.seed);
     let (model, spec) = setup::with_head(pretrained, &data.classes, &recipe, &ad_device)?;
     let preprocess = preprocess.at_size(recipe.image_size);
-    checkpoint::write_atomic(&dir.recipe(), serde_json::to_string_pretty(&recipe)?.as_bytes())?;
-    checkpoint::write_atomic(&dir.model_config(), bundle::config_json(&spec.hf_config)?.as_bytes())?;
-    checkpoint::write_atomic(&dir.preprocessor(), preprocess.to_json(spec.model_type).to_string().as_bytes())?;
+    let created = !run_dir.exists();
+    let first_files = || -> Result<()> {
+        std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the output folder {}", run_dir.display()))?;
+        checkpoint::write_atomic(&dir.model_config(), bundle::config_json(&spec.hf_config)?.as_bytes())
+            .with_context(|| format!("the output folder {} is not writable", run_dir.display()))?;
+        checkpoint::write_atomic(&dir.preprocessor(), preprocess.to_json(spec.model_type).to_string().as_bytes())?;
+        let state = RunState { best_top1: -1.0, ..RunState::default() };
+        checkpoint::save(run_dir, &model, &setup::optimizer(&recipe)?, &state)?;
+        checkpoint::write_atomic(&dir.recipe(), serde_json::to_string_pretty(&recipe)?.as_bytes())
+    };
+    if let Err(err) = first_files() {
+        if created {
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+        return Err(err);
+    }
     let run = Run::new(dir, recipe, spec, preprocess, data, device);
     let optimizer = setup::optimizer(&run.recipe)?;
     let state = RunState { best_top1: -1.0, ..RunState::default() };
-    checkpoint::save(&run.dir.0, &model, &optimizer, &state)?;
     run.go(model, optimizer, state)
+}
+
+/// Refuses a run folder that is the dataset or inside it: its checkpoints and bundles would
+/// become class folders and images of the next run, and the dataset a run folder.
+fn refuse_inside(run_dir: &Path, data: &Path) -> Result<()> {
+    let (Ok(data), Some(out)) = (data.canonicalize(), resolved(run_dir)) else { return Ok(()) };
+    if out.starts_with(&data) {
+        bail!("the output folder {} is inside the dataset {}: choose one outside it", run_dir.display(), data.display());
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its links resolved, for a path that may not exist yet: its nearest
+/// existing ancestor resolved, the rest appended.
+fn resolved(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?);
+        existing = existing.parent()?;
+    }
+    let mut out = existing.canonicalize().ok()?;
+    out.extend(rest.into_iter().rev());
+    Some(out)
 }
 
 /// Whether the run in `run_dir` has ended (its epochs done, or stopped early).
@@ -110,10 +147,11 @@ pub fn finished(run_dir: &Path) -> Result<bool> {
 pub fn resume(run_dir: &Path, adjust: impl FnOnce(Recipe) -> Result<Recipe>, device: &Device) -> Result<Outcome> {
     let dir = RunDir(run_dir.to_path_buf());
     let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("{} is not a run folder (no {})", run_dir.display(), p.display()));
-    let saved: Recipe = serde_json::from_str(&read(dir.recipe())?).with_context(|| format!("{} is not valid", dir.recipe().display()))?;
+    let invalid = |p: PathBuf| format!("{} is not valid", p.display());
+    let saved: Recipe = serde_json::from_str(&read(dir.recipe())?).with_context(|| invalid(dir.recipe()))?;
     let recipe = adjust(saved.clone())?;
-    let hf_config = HfVitConfig::from_json(&read(dir.model_config())?)?;
-    let preprocess = PreprocessConfig::from_json(&read(dir.preprocessor())?)?;
+    let hf_config = HfVitConfig::from_json(&read(dir.model_config())?).with_context(|| invalid(dir.model_config()))?;
+    let preprocess = PreprocessConfig::from_json(&read(dir.preprocessor())?).with_context(|| invalid(dir.preprocessor()))?;
     let model_type = hf_config.model_type()?;
     let config = vitrine_model::VitConfig {
         drop_path_rate: recipe.drop_path,
@@ -143,12 +181,7 @@ pub fn resume(run_dir: &Path, adjust: impl FnOnce(Recipe) -> Result<Recipe>, dev
 }
 
 fn open_data(recipe: &Recipe) -> Result<ImageFolder> {
-    let mut data = ImageFolder::open(Path::new(&recipe.data), recipe.seed)?;
-    for (name, split) in [("train", &mut data.train), ("val", &mut data.val)] {
-        let (kept, bad) = drop_unreadable(std::mem::take(split));
-        warn_unreadable(&bad, name);
-        *split = kept;
-    }
+    let data = ImageFolder::open(Path::new(&recipe.data), recipe.seed)?;
     if data.train.is_empty() || data.val.is_empty() {
         bail!("{} has no readable training or validation images", recipe.data);
     }

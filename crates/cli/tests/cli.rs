@@ -234,6 +234,7 @@ fn a_folder_of_decompression_bombs_costs_one_bomb_of_memory_at_a_time() {
     let data = dir.path().join("data");
     let side = 11_000;
     let bomb = {
+        use image::ImageEncoder;
         let mut png = Vec::new();
         let zeros = vec![0u8; side * side];
         image::codecs::png::PngEncoder::new_with_quality(&mut png, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::NoFilter)

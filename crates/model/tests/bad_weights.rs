@@ -196,10 +196,10 @@ fn files_that_are_not_safetensors_say_what_they_are() {
     assert!(err.contains("an HTML page, not weights"), "{err}");
     let err = error(&config, b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1234\n");
     assert!(err.contains("Git LFS pointer"), "{err}");
-    // The same tensor twice in the header (its second copy pointing elsewhere).
+    // The same tensor twice in the header, the second copy (the one a parser keeps) pointing elsewhere.
     let len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
-    let header = std::str::from_utf8(&weights[8..8 + len]).unwrap();
-    let twice = header.replacen('{', r#"{"classifier.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"#, 1);
+    let header = std::str::from_utf8(&weights[8..8 + len]).unwrap().trim_end();
+    let twice = format!(r#"{},"classifier.bias":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#, &header[..header.len() - 1]);
     let mut hostile = (twice.len() as u64).to_le_bytes().to_vec();
     hostile.extend(twice.as_bytes());
     hostile.extend(&weights[8 + len..]);

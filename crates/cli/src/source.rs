@@ -21,7 +21,7 @@ impl Model {
     /// Turns on token merging (ToMe) with `r` pairs per block (0: off), within what the model's
     /// inputs allow ([`vitrine_model::tome::check_pairs`]).
     pub fn merge_tokens(&mut self, r: usize) -> Result<()> {
-        vitrine_model::tome::check_pairs(r, &self.loaded.config, &self.preprocess).context("--tome")?;
+        vitrine_model::tome::check_pairs(r, &self.loaded.config, &self.preprocess).map_err(|e| anyhow::anyhow!("--tome: {e}"))?;
         self.loaded.model = self.loaded.model.clone().with_token_merging(r);
         Ok(())
     }

@@ -30,6 +30,8 @@ pub fn dimensions(bytes: &[u8]) -> Result<[u32; 2], ImageError> {
 /// applied, alpha dropped, 16-bit and greyscale converted, as PIL's `exif_transpose` and
 /// `convert("RGB")` do.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    // The sizes first, so that an image too large is refused as such, not as a decoder's limit.
+    let [width, height] = dimensions(bytes)?;
     let mut reader = reader(bytes)?;
     let format = reader.format();
     let mut limits = Limits::default();
@@ -38,8 +40,9 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    let (width, height) = decoder.dimensions();
-    check_size(width, height)?;
+    if decoder.dimensions() != (width, height) {
+        return Err(ImageError::Decode(format!("the header says {width}x{height}, the decoder {:?}", decoder.dimensions())));
+    }
     if format == Some(ImageFormat::Jpeg) && !jpeg_reaches_its_end(bytes) {
         return Err(ImageError::Truncated { format: "JPEG" });
     }
@@ -168,6 +171,10 @@ mod tests {
         assert!(err.contains("12000x12000") && err.contains("134217728 pixels"), "{err}");
         let err = dimensions(&png_header(100_000, 100_000)).unwrap_err().to_string();
         assert!(err.contains("100000x100000"), "{err}");
+        // A side over the limit is the same error (not the decoder's own limit, which the page
+        // would take for a format it cannot read).
+        let err = decode_image(&png_header(20_000, 1)).unwrap_err();
+        assert!(matches!(err, ImageError::TooLarge { width: 20_000, height: 1, .. }), "{err}");
     }
 
     #[test]

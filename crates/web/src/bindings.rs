@@ -236,7 +236,7 @@ impl Classifier {
     /// Token merging (ToMe): `r` token pairs merged in every block, a training-free speed-up; 0 turns it off.
     #[wasm_bindgen(js_name = setTokenMerging)]
     pub fn set_token_merging(&mut self, r: usize) -> Result<(), JsError> {
-        self.engine.set_token_merging(r).map_err(|e| JsError::new(&e.to_string()))
+        self.engine.set_token_merging(r).map_err(|e| JsError::new(&e))
     }
 }
 

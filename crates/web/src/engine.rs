@@ -10,7 +10,7 @@ use serde::Serialize;
 use vitrine_model::attention_map::{AttentionMap, attention_map};
 use vitrine_model::decode::{decode_image, rgb_from_rgba};
 use vitrine_model::weights::Family;
-use vitrine_model::{ConfigError, ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
+use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
 
 /// A loaded model bundle and the recipe that turns images into its input.
 #[derive(Debug)]
@@ -96,7 +96,7 @@ impl Engine {
     }
 
     /// Token merging (ToMe): `r` token pairs merged in every block, 0 to turn it off.
-    pub fn set_token_merging(&mut self, r: usize) -> Result<(), ConfigError> {
+    pub fn set_token_merging(&mut self, r: usize) -> Result<(), String> {
         vitrine_model::tome::check_pairs(r, &self.config, &self.preprocess)?;
         self.model = self.model.clone().with_token_merging(r);
         Ok(())

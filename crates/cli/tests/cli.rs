@@ -272,3 +272,29 @@ fn wait_with_peak_rss(pid: u32) -> (i32, u64) {
     assert_eq!(waited, pid as libc::pid_t);
     (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
 }
+
+#[test]
+fn a_config_far_larger_than_its_weights_fails_at_once_in_little_memory() {
+    let image = fixtures().join("images/tench.jpg").display().to_string();
+    let config = std::fs::read_to_string(fixtures().join("vit/config.json")).unwrap();
+    for (from, to, says) in [
+        ("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000", "num_hidden_layers 1000000, the weights hold 2 blocks"),
+        ("\"image_size\": 32", "\"image_size\": 100000", "the weights' position table is [1, 17, 32]"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config.replace(from, to)).unwrap();
+        std::fs::copy(fixtures().join("vit/model.safetensors"), dir.path().join("model.safetensors")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
+            .args(["predict", "--model", &dir.path().display().to_string(), &image])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (status, peak) = wait_with_peak_rss(child.id());
+        let stderr = std::io::read_to_string(child.stderr.unwrap()).unwrap();
+        assert_eq!(status, 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        // Built first, these models took gigabytes before failing.
+        assert!(peak < 200 << 20, "{to}: peak RSS {} MB", peak >> 20);
+    }
+}

@@ -87,14 +87,15 @@ pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: Pre
     ad_device.seed(recipe.seed);
     let (model, spec) = setup::with_head(pretrained, &data.classes, &recipe, &ad_device)?;
     let preprocess = preprocess.at_size(recipe.image_size);
+    let optimizer = setup::optimizer(&recipe)?;
+    let state = RunState { best_top1: -1.0, ..RunState::default() };
     let created = !run_dir.exists();
     let first_files = || -> Result<()> {
         std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create the output folder {}", run_dir.display()))?;
         checkpoint::write_atomic(&dir.model_config(), bundle::config_json(&spec.hf_config)?.as_bytes())
             .with_context(|| format!("the output folder {} is not writable", run_dir.display()))?;
         checkpoint::write_atomic(&dir.preprocessor(), preprocess.to_json(spec.model_type).to_string().as_bytes())?;
-        let state = RunState { best_top1: -1.0, ..RunState::default() };
-        checkpoint::save(run_dir, &model, &setup::optimizer(&recipe)?, &state)?;
+        checkpoint::save(run_dir, &model, &optimizer, &state)?;
         checkpoint::write_atomic(&dir.recipe(), serde_json::to_string_pretty(&recipe)?.as_bytes())
     };
     if let Err(err) = first_files() {
@@ -104,8 +105,6 @@ pub fn start(run_dir: &Path, recipe: Recipe, pretrained: Loaded, preprocess: Pre
         return Err(err);
     }
     let run = Run::new(dir, recipe, spec, preprocess, data, device);
-    let optimizer = setup::optimizer(&run.recipe)?;
-    let state = RunState { best_top1: -1.0, ..RunState::default() };
     run.go(model, optimizer, state)
 }
 

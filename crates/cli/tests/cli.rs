@@ -227,6 +227,7 @@ fn token_merging_beyond_the_patches_is_refused() {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // the child is reaped by `wait4` (wait_with_peak_rss)
 fn a_folder_of_decompression_bombs_costs_one_bomb_of_memory_at_a_time() {
     // PNGs of 11000 x 11000 grey pixels (under the 128 M pixel limit): 100 KB each on disk, 480 MB
     // each decoded (grey, then RGB). Four threads would hold four at once without the bound.
@@ -274,6 +275,7 @@ fn wait_with_peak_rss(pid: u32) -> (i32, u64) {
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // the child is reaped by `wait4` (wait_with_peak_rss)
 fn a_config_far_larger_than_its_weights_fails_at_once_in_little_memory() {
     let image = fixtures().join("images/tench.jpg").display().to_string();
     let config = std::fs::read_to_string(fixtures().join("vit/config.json")).unwrap();

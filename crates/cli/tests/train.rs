@@ -37,6 +37,21 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Runs `vitrine args` and kills it with SIGKILL as soon as `reached()` holds (checked every
+/// `poll`, for at most `deadline`); `what` names the moment, for the failure message if the run
+/// ends before it.
+fn kill_when(args: &[&str], [poll, deadline]: [Duration; 2], what: &str, reached: impl Fn() -> bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while !reached() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {what}");
+        assert!(started.elapsed() < deadline, "{what} not reached in {deadline:?}");
+        std::thread::sleep(poll);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn checkpoint_name(run: &Path) -> Option<String> {
     std::fs::read_to_string(run.join("checkpoints/latest")).ok()
 }
@@ -53,27 +68,13 @@ fn a_killed_run_resumes_to_exactly_the_uninterrupted_result() {
     assert!(straight.status.success(), "{}", text(&straight.stderr));
 
     // Kill the second run with SIGKILL in the middle of its second epoch.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .args(train_args(&data, &b))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
+    kill_when(&train_args(&data, &b), [Duration::from_millis(2), Duration::from_secs(120)], "its second epoch", || {
         let name = checkpoint_name(Path::new(&b)).unwrap_or_default();
         // step-SSSSSSS-batch-BBBBBB: epoch 2 has begun and is not over.
         let step: usize = name.get(5..12).and_then(|s| s.parse().ok()).unwrap_or(0);
         let batch: usize = name.get(19..25).and_then(|s| s.parse().ok()).unwrap_or(0);
-        if step > 35 && batch > 0 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+        step > 35 && batch > 0
+    });
     assert!(!Path::new(&b).join("best").exists() || Path::new(&b).join("epochs.jsonl").exists());
 
     let resumed = vitrine(&["train", "--resume", &b]);
@@ -337,15 +338,8 @@ fn a_start_killed_at_any_moment_either_starts_again_or_resumes() {
     let killed_once = |run: &str, first_file: &str| -> Vec<String> {
         let mut args: Vec<String> = train_args(&data, run).into_iter().map(String::from).collect();
         args[8] = "1".into(); // one epoch
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vitrine")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let started = Instant::now();
-        while !Path::new(run).join(first_file).exists() {
-            assert!(child.try_wait().unwrap().is_none(), "the run ended before {first_file} appeared");
-            assert!(started.elapsed() < Duration::from_secs(60));
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let borrowed: Vec<&str> = args.iter().map(String::as_str).collect();
+        kill_when(&borrowed, [Duration::from_micros(200), Duration::from_secs(60)], first_file, || Path::new(run).join(first_file).exists());
         args
     };
     // Killed as soon as the folder holds its first file: no run yet, and a new start succeeds.

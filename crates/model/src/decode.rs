@@ -30,19 +30,14 @@ pub fn dimensions(bytes: &[u8]) -> Result<[u32; 2], ImageError> {
 /// applied, alpha dropped, 16-bit and greyscale converted, as PIL's `exif_transpose` and
 /// `convert("RGB")` do.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    // The sizes first, so that an image too large is refused as such, not as a decoder's limit.
-    let [width, height] = dimensions(bytes)?;
+    // The sizes first (the decoder's own limits would refuse them as an unreadable file).
+    dimensions(bytes)?;
     let mut reader = reader(bytes)?;
     let format = reader.format();
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
-    if decoder.dimensions() != (width, height) {
-        return Err(ImageError::Decode(format!("the header says {width}x{height}, the decoder {:?}", decoder.dimensions())));
-    }
     if format == Some(ImageFormat::Jpeg) && !jpeg_reaches_its_end(bytes) {
         return Err(ImageError::Truncated { format: "JPEG" });
     }

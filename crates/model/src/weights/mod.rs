@@ -116,7 +116,7 @@ fn check_size_against_file(config: &VitConfig, file: &SafeTensors, family: Famil
 /// pointer saved in its place, a header naming a tensor twice), else `error` as it is.
 fn diagnose(bytes: &[u8], error: safetensors::SafeTensorError) -> String {
     let start = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).trim_start().to_ascii_lowercase();
-    if start.starts_with("<!doctype html") || start.starts_with("<html") || start.starts_with('<') {
+    if start.starts_with('<') {
         return "the file is an HTML page, not weights (a login or error page saved in place of the download?)".into();
     }
     if start.starts_with("version https://git-lfs") {
@@ -192,6 +192,7 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             }
         };
         let shape = view.shape().to_vec();
+        let mut values = None; // converted once, after the first part's shape is checked
         for (canonical, part, parts) in targets {
             let Some(want) = expected.get(&canonical) else {
                 unexpected.push(name.clone());
@@ -208,15 +209,10 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             if &part_shape != want {
                 return Err(LoadError::Shape { name: name.clone(), expected: want.clone(), found: shape });
             }
-            let values = match view.dtype() {
-                Dtype::I8 => dequantize(file, &name, &shape, view.data())?,
-                dtype => to_f32_bytes(&name, dtype, view.data())?,
-            };
-            let non_finite = values.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
-            if non_finite > 0 {
-                let message = format!("holds {non_finite} NaN or infinite values (the checkpoint is damaged, or training diverged)");
-                return Err(LoadError::Tensor { name, message });
+            if values.is_none() {
+                values = Some(finite_f32_bytes(file, &name, &view)?);
             }
+            let values = values.as_deref().expect("converted above");
             let block = values.len() / parts;
             let bytes = values[part * block..(part + 1) * block].to_vec();
             tensors.push(PackTensor::new(canonical, DType::F32, part_shape, None, Bytes::from_bytes_vec(bytes)));
@@ -288,6 +284,21 @@ impl ModuleVisitor for ExpectedShapes {
         let adapted = BurnToPyTorchAdapter.adapt(placeholder, ModuleContext::new(&self.containers));
         self.found.insert(adapted.name, adapted.shape.to_vec());
     }
+}
+
+/// Little-endian f32 bytes of tensor `name` (converted from its dtype, int8 dequantized), refused
+/// if any value is NaN or infinite.
+fn finite_f32_bytes(file: &SafeTensors, name: &str, view: &safetensors::tensor::TensorView) -> Result<Vec<u8>, LoadError> {
+    let values = match view.dtype() {
+        Dtype::I8 => dequantize(file, name, view.shape(), view.data())?,
+        dtype => to_f32_bytes(name, dtype, view.data())?,
+    };
+    let non_finite = values.chunks_exact(4).filter(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()).count();
+    if non_finite > 0 {
+        let message = format!("holds {non_finite} NaN or infinite values (the checkpoint is damaged, or training diverged)");
+        return Err(LoadError::Tensor { name: name.to_string(), message });
+    }
+    Ok(values)
 }
 
 /// f32 bytes of the int8 matrix `name` times its per-row scales `<name>_scale`.

@@ -3,7 +3,7 @@
 // model files are cached by the page's worker itself (www/worker.js), with download progress.
 // It also makes the site cross-origin isolated where the host sends no such headers (wasm threads need
 // it): every response it serves carries COOP, COEP and CORP, as the Space's README front matter sets them.
-const SHELL = 'vitrine-shell-v3';
+const SHELL = 'vitrine-shell-v4';
 const ISOLATION = {
   'cross-origin-embedder-policy': 'require-corp',
   'cross-origin-opener-policy': 'same-origin',
@@ -14,6 +14,10 @@ const CORE = [
   'index.html',
   'www/app.js',
   'www/dom.js',
+  'www/model-thread.js',
+  'www/offline.js',
+  'www/overlay.js',
+  'www/result-card.js',
   'www/worker.js',
   'www/model-cache.js',
   'www/evaluate.js',

@@ -1,7 +1,11 @@
 // The page: inputs (file, drop, paste, camera, samples), the model picker, and drawing the results.
 // The model itself runs in a Web Worker (worker.js), so the page never freezes.
 
-import { download, el } from './dom.js';
+import { download, el, percent } from './dom.js';
+import { ModelThread } from './model-thread.js';
+import { keepOffline, registerServiceWorker, reloadForIsolation } from './offline.js';
+import { containRect, drawMap, fitCanvas } from './overlay.js';
+import { cardName, resultCard } from './result-card.js';
 import { cachedModels, forgetModel } from './model-cache.js';
 import { collectImages, evaluate, filesOfEntries, renderReport, reportCsv, reportJson } from './evaluate.js';
 
@@ -21,9 +25,6 @@ const stats = { scriptStart: performance.now() };
 window.vitrineStats = stats;
 
 const state = {
-  worker: null,
-  nextId: 1,
-  pending: new Map(),
   backend: null, // { kind, adapter, fallback, wanted }
   source: null, // the model bundle in use: { kind: 'url', base, label } or { kind: 'files', ... }
   model: null, // ModelInfo from the worker
@@ -32,57 +33,35 @@ const state = {
   bitmap: null, // the image drawn on the stage (ImageBitmap), or null while the camera preview shows
   prediction: null,
   token: 0, // the latest classification asked for; older answers are dropped
-  camera: null, // MediaStream
-  cameraId: null, // the deviceId of the camera in use (or picked last)
-  live: false,
   evaluation: null, // the folder evaluation under way or shown: { cancelled, report, name }
   persistAsked: false, // navigator.storage.persist() is asked for once, when a model is kept
-  liveRun: 0, // which live loop is current: an older one, still waiting for a frame, stops
-  frozen: false,
+};
+
+// The camera, while it is on.
+const camera = {
+  stream: null, // MediaStream
+  deviceId: null, // of the camera in use (or picked last)
+  live: false, // classifying every frame
+  run: 0, // which live loop is current: an older one, still waiting for a frame, stops
+  frozen: false, // a snapshot is on the stage instead of the preview
 };
 
 // ---------------------------------------------------------------- worker
 
+const thread = new ModelThread({
+  onProgress: (data) => showProgress(data),
+  onFailure: (reason) => showMessage(`The model thread failed to start: ${reason}.`),
+});
+const call = (message, transfer) => thread.call(message, transfer);
+
 function startWorker(wanted) {
-  state.worker?.terminate();
-  for (const { reject } of state.pending.values()) reject(new Error('the model restarted'));
-  state.pending.clear();
-  const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  worker.onmessage = ({ data }) => onWorkerMessage(data);
-  worker.onerror = (event) => {
-    event.preventDefault();
-    showMessage(`The model thread failed to start: ${event.message || 'the browser gave no reason'}.`);
-  };
-  state.worker = worker;
   const threads = Number.parseInt(params.get('threads') ?? '', 10);
-  return call({ type: 'init', backend: wanted, threads: threads > 0 ? threads : 0 });
-}
-
-function call(message, transfer = []) {
-  const id = state.nextId++;
-  return new Promise((resolve, reject) => {
-    state.pending.set(id, { resolve, reject });
-    state.worker.postMessage({ ...message, id }, transfer);
-  });
-}
-
-function onWorkerMessage(data) {
-  if (data.type === 'progress') return showProgress(data);
-  const pending = state.pending.get(data.id);
-  if (!pending) return;
-  state.pending.delete(data.id);
-  if (data.type === 'error') {
-    const error = new Error(data.message);
-    Object.assign(error, { stage: data.stage, kind: data.kind, fatal: data.fatal, lost: data.lost });
-    pending.reject(error);
-  } else {
-    pending.resolve(data);
-  }
+  return thread.start({ backend: wanted, threads: threads > 0 ? threads : 0 });
 }
 
 async function boot() {
   if (await reloadForIsolation()) return;
-  registerServiceWorker();
+  registerServiceWorker($('offline-state'));
   renderSamples();
   bindInputs();
   const loaded = await whileLoading(startModel);
@@ -429,10 +408,10 @@ function bindInputs() {
     if (file) classifyBlob(file, file.name && file.name !== 'image.png' ? file.name : 'Pasted image');
   });
 
-  $('camera').addEventListener('click', () => (state.camera ? stopCamera() : startCamera()));
+  $('camera').addEventListener('click', () => (camera.stream ? stopCamera() : startCamera()));
   $('camera-device').addEventListener('change', (e) => switchCamera(e.target.value));
   $('snapshot').addEventListener('click', snapshot);
-  $('live').addEventListener('click', () => setLive(!state.live));
+  $('live').addEventListener('click', () => setLive(!camera.live));
 
   $('map').addEventListener('change', () => {
     syncMapControls();
@@ -517,7 +496,7 @@ async function classifyBlob(blob, name, { keepMessage = false } = {}) {
     showMessage(`Could not read “${name}”: it is not an image this browser can decode.`);
     return;
   }
-  if (state.camera) stopCamera();
+  if (camera.stream) stopCamera();
   if (!keepMessage) hideMessage();
   const input = { kind: 'blob', blob, name };
   state.input = input;
@@ -620,7 +599,7 @@ async function recoverOnCpu(err) {
 }
 
 async function reclassify() {
-  if (state.live) return; // the next frame uses the new model
+  if (camera.live) return; // the next frame uses the new model
   if (state.input) await classifyInput();
 }
 
@@ -683,11 +662,11 @@ async function startCamera() {
     showMessage('This browser offers no camera access here (it needs a secure page: https or localhost).');
     return;
   }
-  const stream = await openCamera(state.cameraId);
+  const stream = await openCamera(camera.deviceId);
   if (!stream) return;
   hideMessage();
   await showCamera(stream);
-  state.frozen = false;
+  camera.frozen = false;
   state.input = null;
   state.bitmap = null;
   state.prediction = null;
@@ -718,8 +697,8 @@ async function openCamera(deviceId) {
 }
 
 async function showCamera(stream) {
-  state.camera = stream;
-  state.cameraId = stream.getVideoTracks()[0]?.getSettings().deviceId ?? null;
+  camera.stream = stream;
+  camera.deviceId = stream.getVideoTracks()[0]?.getSettings().deviceId ?? null;
   const video = $('video');
   video.srcObject = stream;
   await video.play().catch(() => {});
@@ -730,24 +709,24 @@ async function listCameras() {
   const cameras = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput');
   const select = $('camera-device');
   select.replaceChildren(...cameras.map((c, i) => el('option', { value: c.deviceId }, c.label || `Camera ${i + 1}`)));
-  if (state.cameraId) select.value = state.cameraId;
+  if (camera.deviceId) select.value = camera.deviceId;
   $('camera-choice').hidden = cameras.length < 2;
 }
 
 // Another camera, in place: live mode carries on with its frames.
 async function switchCamera(deviceId) {
-  if (!state.camera || deviceId === state.cameraId) return;
+  if (!camera.stream || deviceId === camera.deviceId) return;
   const stream = await openCamera(deviceId);
   if (!stream) return;
-  state.camera.getTracks().forEach((t) => t.stop());
+  camera.stream.getTracks().forEach((t) => t.stop());
   await showCamera(stream);
-  if (state.frozen) snapshot(); // back to the preview of the new camera
+  if (camera.frozen) snapshot(); // back to the preview of the new camera
 }
 
 function stopCamera() {
   setLive(false);
-  state.camera?.getTracks().forEach((t) => t.stop());
-  state.camera = null;
+  camera.stream?.getTracks().forEach((t) => t.stop());
+  camera.stream = null;
   $('video').srcObject = null;
   showVideo(false);
   $('camera').setAttribute('aria-pressed', 'false');
@@ -758,9 +737,9 @@ function stopCamera() {
 
 async function snapshot() {
   const video = $('video');
-  if (state.frozen) {
+  if (camera.frozen) {
     // Back to the preview.
-    state.frozen = false;
+    camera.frozen = false;
     state.prediction = null;
     showVideo(true);
     $('snapshot').textContent = 'Snapshot';
@@ -769,7 +748,7 @@ async function snapshot() {
   if (!video.videoWidth) return;
   setLive(false);
   const bitmap = await createImageBitmap(video);
-  state.frozen = true;
+  camera.frozen = true;
   const input = { kind: 'pixels', bitmap, name: 'Camera snapshot' };
   state.input = input;
   showVideo(false);
@@ -779,12 +758,12 @@ async function snapshot() {
 }
 
 async function setLive(on) {
-  if (on === state.live) return;
-  state.live = on;
+  if (on === camera.live) return;
+  camera.live = on;
   $('live').setAttribute('aria-pressed', String(on));
   if (!on) return;
-  if (state.frozen) {
-    state.frozen = false;
+  if (camera.frozen) {
+    camera.frozen = false;
     showVideo(true);
     $('snapshot').textContent = 'Snapshot';
   }
@@ -795,8 +774,8 @@ async function setLive(on) {
   let last = performance.now();
   // One frame at a time: the next is the first new frame after this one's answer arrives, so
   // frames never queue and the rate is whatever the device sustains.
-  const run = ++state.liveRun;
-  const current = () => state.live && state.camera && run === state.liveRun;
+  const run = ++camera.run;
+  const current = () => camera.live && camera.stream && run === camera.run;
   while (current()) {
     await nextVideoFrame(video);
     if (!current()) break;
@@ -819,7 +798,7 @@ async function setLive(on) {
       last = now;
       showResult(result, 'Camera (live)', fps);
     } catch (err) {
-      state.live = false;
+      camera.live = false;
       $('live').setAttribute('aria-pressed', 'false');
       await handleClassifyError(err, 'the camera frame');
       break;
@@ -894,62 +873,26 @@ function showResult(result, name, fps = null) {
 
 // ---------------------------------------------------------------- sharing a result
 
-// The result as a 1200 x 630 PNG card: the photo with the map as drawn on the stage, and the top 5.
-async function resultCard() {
-  const [W, H, side] = [1200, 630, 570];
-  const canvas = new OffscreenCanvas(W, H);
-  const ctx = canvas.getContext('2d');
-  const css = getComputedStyle(document.documentElement);
-  const color = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
-  ctx.fillStyle = color('--card', '#ffffff');
-  ctx.fillRect(0, 0, W, H);
-  // The stage as drawn (the photo, or the camera's frame, then the map), fitted into the left square.
-  const image = $('image');
-  const stage = new OffscreenCanvas(image.width, image.height);
-  const sctx = stage.getContext('2d');
-  if (state.bitmap) {
-    sctx.drawImage(image, 0, 0);
-  } else {
-    const video = $('video');
-    const r = containRect(video.videoWidth, video.videoHeight, stage.width, stage.height);
-    sctx.drawImage(video, r.x, r.y, r.w, r.h);
-  }
-  sctx.drawImage($('overlay'), 0, 0);
-  const fit = containRect(stage.width, stage.height, side, side);
-  ctx.drawImage(stage, 30 + fit.x, 30 + fit.y, fit.w, fit.h);
-  const x = 30 + side + 40;
-  const text = color('--text', '#111111');
-  ctx.fillStyle = text;
-  ctx.font = '600 34px system-ui, sans-serif';
-  ctx.fillText($('predictions').dataset.image ?? '', x, 84, W - x - 30);
-  ctx.font = '22px system-ui, sans-serif';
-  ctx.fillStyle = color('--muted', '#666666');
-  ctx.fillText(`${state.source?.label ?? ''} · vitrine`, x, 120, W - x - 30);
-  state.prediction.top.forEach(({ label, prob }, i) => {
-    const y = 190 + i * 82;
-    ctx.fillStyle = text;
-    ctx.font = `${i === 0 ? 700 : 500} 28px system-ui, sans-serif`;
-    ctx.fillText(label, x, y, W - x - 150);
-    ctx.textAlign = 'right';
-    ctx.fillText(percent(prob), W - 30, y);
-    ctx.textAlign = 'left';
-    ctx.fillStyle = color('--line', '#dddddd');
-    ctx.fillRect(x, y + 16, W - x - 30, 10);
-    ctx.fillStyle = color('--accent', '#5b4cf0');
-    ctx.fillRect(x, y + 16, Math.max((W - x - 30) * prob, 4), 10);
-  });
-  return canvas.convertToBlob({ type: 'image/png' });
-}
-
-function cardName() {
-  const name = ($('predictions').dataset.image ?? 'result').replace(/\.\w+$/, '').replace(/[^\w.-]+/g, '_');
-  return `vitrine-${name}.png`;
-}
-
 // The Web Share API where the browser offers it for files (phones), a download otherwise.
+// The card of the result on the stage.
+function stageCard() {
+  const title = $('predictions').dataset.image ?? '';
+  const card = resultCard({
+    image: $('image'),
+    video: $('video'),
+    overlay: $('overlay'),
+    showsBitmap: Boolean(state.bitmap),
+    title,
+    subtitle: `${state.source?.label ?? ''} · vitrine`,
+    top: state.prediction.top,
+  });
+  return { card, name: cardName(title) };
+}
+
 async function shareResult() {
   if (!state.prediction) return;
-  const file = new File([await resultCard()], cardName(), { type: 'image/png' });
+  const { card, name } = stageCard();
+  const file = new File([await card], name, { type: 'image/png' });
   if (navigator.canShare?.({ files: [file] })) {
     const top = state.prediction.top[0];
     await navigator.share({ files: [file], title: 'vitrine', text: top ? `${top.label}: ${percent(top.prob)}` : undefined }).catch((err) => {
@@ -963,13 +906,13 @@ async function shareResult() {
 async function copyResult() {
   if (!state.prediction) return;
   if (!navigator.clipboard?.write || typeof ClipboardItem === 'undefined') throw new Error('this browser cannot copy images');
-  await navigator.clipboard.write([new ClipboardItem({ 'image/png': resultCard() })]);
+  await navigator.clipboard.write([new ClipboardItem({ 'image/png': stageCard().card })]);
   showNotice('The result is on the clipboard, as an image.');
 }
 
 function redraw() {
   const canvas = $('image');
-  const { width, height } = fitCanvas(canvas);
+  const { width, height } = fitCanvas(canvas, $('stage'));
   const ctx = canvas.getContext('2d');
   ctx.clearRect(0, 0, width, height);
   if (state.bitmap) {
@@ -980,37 +923,25 @@ function redraw() {
   drawOverlay();
 }
 
-function fitCanvas(canvas) {
-  const stage = $('stage');
-  const dpr = window.devicePixelRatio || 1;
-  const width = Math.max(1, Math.round(stage.clientWidth * dpr));
-  const height = Math.max(1, Math.round(stage.clientHeight * dpr));
-  if (canvas.width !== width || canvas.height !== height) {
-    canvas.width = width;
-    canvas.height = height;
-  }
-  return { width, height };
-}
-
 function syncMapControls() {
   const head = $('map').value === 'head';
   $('layer-label').hidden = !head;
   $('head-label').hidden = !head;
 }
 
-// Which row of the maps the controls select: rollout, last-layer mean, or one head of one layer.
+// Which row of the maps the controls select (the engine's ModelInfo.map_rows gives their order).
 function selectedMap() {
+  const rows = state.model?.map_rows;
+  if (!rows) return 0;
   const kind = $('map').value;
-  if (kind === 'rollout') return 0;
-  if (kind === 'mean') return 1;
-  const heads = state.model?.heads ?? [];
-  const layer = Number($('layer').value);
-  return 2 + heads.slice(0, layer).reduce((a, b) => a + b, 0) + Number($('head').value);
+  if (kind === 'rollout') return rows.rollout;
+  if (kind === 'mean') return rows.last_layer_mean;
+  return rows.first_head[Number($('layer').value)] + Number($('head').value);
 }
 
 function drawOverlay() {
   const overlay = $('overlay');
-  const { width, height } = fitCanvas(overlay);
+  const { width, height } = fitCanvas(overlay, $('stage'));
   const ctx = overlay.getContext('2d');
   ctx.clearRect(0, 0, width, height);
   const p = state.prediction;
@@ -1023,67 +954,11 @@ function drawOverlay() {
   const row = selectedMap();
   const values = p.maps.subarray(row * cells, (row + 1) * cells);
   if (values.length !== cells) return;
-
-  const small = new OffscreenCanvas(p.cols, p.rows);
-  const sctx = small.getContext('2d');
-  const image = sctx.createImageData(p.cols, p.rows);
-  let min = Infinity;
-  let max = -Infinity;
-  for (const v of values) {
-    min = Math.min(min, v);
-    max = Math.max(max, v);
-  }
-  // Stretched to the map's own range, so that nearly flat maps (rollout) still show their shape.
-  const span = max - min > 1e-6 ? max - min : 1;
-  values.forEach((v, i) => {
-    const t = (v - min) / span;
-    const [r, g, b] = colormap(t);
-    image.data.set([r, g, b, Math.round(255 * (0.6 + 0.4 * t))], i * 4);
-  });
-  sctx.putImageData(image, 0, 0);
-
-  const img = containRect(sw, sh, width, height);
-  const [left, top, right, bottom] = p.region;
-  ctx.save();
-  ctx.beginPath();
-  ctx.rect(img.x, img.y, img.w, img.h);
-  ctx.clip();
-  ctx.globalAlpha = Number($('opacity').value) / 100;
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(small, img.x + left * img.w, img.y + top * img.h, (right - left) * img.w, (bottom - top) * img.h);
-  ctx.restore();
+  const opacity = Number($('opacity').value) / 100;
+  const { min, max } = drawMap(ctx, { values, rows: p.rows, cols: p.cols, region: p.region, sw, sh, width, height, opacity });
   overlay.dataset.map = $('map').value;
   overlay.dataset.min = String(min);
   overlay.dataset.max = String(max);
-}
-
-function containRect(sw, sh, width, height) {
-  const scale = Math.min(width / sw, height / sh);
-  const w = sw * scale;
-  const h = sh * scale;
-  return { x: (width - w) / 2, y: (height - h) / 2, w, h };
-}
-
-// "inferno"-like: black-purple, red, orange, pale yellow.
-const STOPS = [
-  [0.0, [20, 11, 52]],
-  [0.3, [120, 28, 109]],
-  [0.55, [212, 72, 66]],
-  [0.8, [250, 153, 22]],
-  [1.0, [252, 255, 164]],
-];
-function colormap(v) {
-  const x = Math.min(1, Math.max(0, v));
-  for (let i = 1; i < STOPS.length; i++) {
-    const [x1, c1] = STOPS[i];
-    if (x <= x1) {
-      const [x0, c0] = STOPS[i - 1];
-      const t = (x - x0) / (x1 - x0);
-      return c0.map((c, k) => Math.round(c + t * (c1[k] - c)));
-    }
-  }
-  return STOPS[STOPS.length - 1][1];
 }
 
 // ---------------------------------------------------------------- small things
@@ -1111,52 +986,8 @@ function hideNotice() {
   $('notice').hidden = true;
 }
 
-function percent(p) {
-  return p >= 0.001 ? `${(p * 100).toFixed(1)}%` : '<0.1%';
-}
-
 function mb(bytes) {
   return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1e3))} kB`;
-}
-
-// The service worker keeps the site for offline use, and gives the page cross-origin isolation
-// (wasm threads) where the host sends no such headers: it adds them, which takes one reload on the
-// first visit. Inside another site's frame isolation cannot come from here, so there is no reload.
-async function registerServiceWorker() {
-  if (!('serviceWorker' in navigator)) return;
-  try {
-    await registerSiteWorker();
-    await navigator.serviceWorker.ready;
-    $('offline-state').textContent = 'Works offline after this visit.';
-  } catch {
-    $('offline-state').textContent = '';
-  }
-}
-
-// sw.js, over the whole site (it lives above www/).
-function registerSiteWorker() {
-  return navigator.serviceWorker.register(new URL('../sw.js', import.meta.url), { scope: new URL('../', import.meta.url).pathname });
-}
-
-// True when the page reloads itself to come back isolated under its service worker.
-async function reloadForIsolation() {
-  const once = 'vitrine-isolation-reload';
-  if (self.crossOriginIsolated || !('serviceWorker' in navigator) || window.top !== window || sessionStorage.getItem(once)) return false;
-  if (!navigator.serviceWorker.controller) {
-    await registerSiteWorker().catch(() => null);
-    const claimed = new Promise((resolve) => navigator.serviceWorker.addEventListener('controllerchange', resolve, { once: true }));
-    const timeout = new Promise((resolve) => setTimeout(resolve, 3000));
-    await Promise.race([claimed, timeout]);
-    if (!navigator.serviceWorker.controller) return false;
-  }
-  sessionStorage.setItem(once, '1');
-  location.reload();
-  return true;
-}
-
-// Asks the service worker to keep the build the model thread fetched (only that one of the two).
-function keepOffline(files) {
-  if (files?.length) navigator.serviceWorker?.ready.then((registration) => registration.active?.postMessage({ type: 'keep', files })).catch(() => {});
 }
 
 boot();

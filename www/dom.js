@@ -15,3 +15,8 @@ export function download(blob, name) {
   link.click();
   link.remove();
 }
+
+// A probability for display: tenths of a percent, and "<0.1%" below that.
+export function percent(p) {
+  return p >= 0.001 ? `${(p * 100).toFixed(1)}%` : '<0.1%';
+}

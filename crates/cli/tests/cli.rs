@@ -177,7 +177,8 @@ fn a_preprocessor_smaller_than_a_patch_is_a_clear_error_not_a_panic() {
         std::fs::write(dir.path().join("preprocessor_config.json"), json).unwrap();
         let out = vitrine(&["predict", "--model", &model, &image], None);
         assert_eq!(out.status.code(), Some(1), "{json}: {}", text(&out.stderr));
-        assert!(text(&out.stderr).contains(says), "{json}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says) && stderr.contains("preprocessor_config.json"), "{json}: {stderr}");
     }
 }
 

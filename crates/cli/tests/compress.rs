@@ -88,7 +88,7 @@ fn prune_quantize_and_distill_a_toy_model() {
     let cached = path("compressed-cached");
     let report = ok(vitrine(&[
         "compress", "--teacher", &model, "--data", &data, "--out", &cached, "--student-layers", "0,1", "--prune-heads", "0",
-        "--finetune-epochs", "1", "--finetune-frozen-blocks", "0", "--frozen-blocks", "1", "--cache-frozen", "--cache-views", "1",
+        "--finetune-epochs", "1", "--finetune-frozen-blocks", "0", "--frozen-blocks", "1", "--cache-frozen", "--views", "1",
         "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--lr", "3e-3", "--head-only-epochs", "0", "--tome", "0",
     ]));
     assert!(report.contains("| fine-tuned |") && !report.contains("| pruned |"), "{report}");

@@ -32,6 +32,16 @@ pub struct SelfOutput {
     pub dense: Linear,
 }
 
+/// What [`Attention::forward`] returns.
+pub struct Attended {
+    /// `[batch, tokens, hidden]`, before the residual connection.
+    pub output: Tensor<3>,
+    /// `[batch, heads, tokens, tokens]`, when asked for.
+    pub probs: Option<Tensor<4>>,
+    /// `[batch, tokens, head_dim]`: the token-merging metric, when `size` was given.
+    pub metric: Option<Tensor<3>>,
+}
+
 /// `ViTAttention`: exists to hold `attention` and `output`, hence HF's doubled `attention.attention` keys.
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -66,25 +76,15 @@ impl Attention {
     }
 
     /// Self-attention over `hidden_states`. With `with_probs` it also returns the attention
-    /// probabilities (computed explicitly); without, it uses burn's fused attention kernel.
+    /// probabilities (computed explicitly); without, it uses the fused attention kernel.
+    /// Over merged tokens ([`crate::tome`]), `size` (`[batch, tokens, 1]`, patches per token) adds
+    /// `log(size)` to the scores (proportional attention), and the keys averaged over heads come
+    /// back as the metric for the next merge.
     ///
     /// # Shapes
     /// - hidden_states: `[batch, tokens, hidden]`
-    /// - output: `[batch, tokens, hidden]`, and `[batch, heads, tokens, tokens]` probabilities
-    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (output, probs, _) = self.forward_merged(hidden_states, with_probs, None);
-        (output, probs)
-    }
-
-    /// Attention over merged tokens ([`crate::tome`]): `size` (`[batch, tokens, 1]`, patches per
-    /// token) adds `log(size)` to the scores (proportional attention), and the keys averaged over
-    /// heads come back as the metric for the next merge (`[batch, tokens, head_dim]`).
-    pub fn forward_merged(
-        &self,
-        hidden_states: Tensor<3>,
-        with_probs: bool,
-        size: Option<&Tensor<3>>,
-    ) -> (Tensor<3>, Option<Tensor<4>>, Option<Tensor<3>>) {
+    /// - output: see [`Attended`]
+    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool, size: Option<&Tensor<3>>) -> Attended {
         let [batch, tokens, _] = hidden_states.dims();
         let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
         let split_heads = |x: Tensor<3>| x.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
@@ -108,6 +108,6 @@ impl Attention {
             (false, Some(bias)) => (attention(q, k, v, None, Some(bias), AttentionModuleOptions::default()), None),
         };
         let context = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        (linear(&self.output.dense, context), probs, metric)
+        Attended { output: linear(&self.output.dense, context), probs, metric }
     }
 }

@@ -38,6 +38,9 @@ pub enum LoadError {
     Tensor { name: String, message: String },
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The bundle's `preprocessor_config.json` (the other files are fine).
+    #[error("preprocessor_config.json: {0}")]
+    Preprocessor(ConfigError),
 }
 
 /// A few names are enough to act on; hundreds bury the message.

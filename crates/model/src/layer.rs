@@ -12,7 +12,7 @@ use burn::tensor::Device;
 
 use vitrine_kernels::linear;
 
-use crate::attention::Attention;
+use crate::attention::{Attended, Attention};
 use crate::config::{Activation, VitConfig};
 use crate::tome::Merging;
 
@@ -150,30 +150,23 @@ impl Layer {
         }
     }
 
-    /// # Shapes
-    /// - hidden_states: `[batch, tokens, hidden]`
-    /// - output: `[batch, tokens, hidden]`, and `[batch, heads, tokens, tokens]` attention probabilities when asked
-    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        self.forward_merging(hidden_states, with_probs, None)
-    }
-
-    /// The block with token merging ([`crate::tome`]): `r` pairs merge between attention and MLP.
-    /// Attention probabilities come back spread over the original tokens.
+    /// The block, with the attention probabilities when `with_probs`. With token merging
+    /// ([`crate::tome`]), `r` pairs merge between attention and MLP, and the probabilities come
+    /// back spread over the original tokens.
     ///
     /// # Shapes
     /// - hidden_states: `[batch, tokens, hidden]`
     /// - output: `[batch, tokens - r, hidden]`, and `[batch, heads, original tokens, original tokens]` when asked
-    pub fn forward_merging(
+    pub fn forward(
         &self,
         hidden_states: Tensor<3>,
         with_probs: bool,
         merging: Option<(&mut Merging, usize)>,
     ) -> (Tensor<3>, Option<Tensor<4>>) {
         let size = merging.as_ref().map(|(state, _)| &state.size);
-        let (attended, probs, metric) =
-            self.attention.forward_merged(self.layernorm_before.forward(hidden_states.clone()), with_probs, size);
-        let mut x = hidden_states + self.drop_path.forward(scaled(&self.layer_scale1, attended));
-        let mut probs = probs;
+        let Attended { output, mut probs, metric } =
+            self.attention.forward(self.layernorm_before.forward(hidden_states.clone()), with_probs, size);
+        let mut x = hidden_states + self.drop_path.forward(scaled(&self.layer_scale1, output));
         if let (Some((state, r)), Some(metric)) = (merging, metric) {
             probs = probs.map(|p| state.unmerge_attention(p));
             x = state.merge(x, metric, r);

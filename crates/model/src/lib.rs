@@ -3,17 +3,20 @@
 //! Backend-generic through burn's run-time `Device`, with no file system, threads or network, so the
 //! same code runs natively and in the browser (wasm32). Other crates depend on this one, never the reverse.
 
-pub mod attention;
+// The model's parts, reached through `Vit`'s fields (module tree = checkpoint names).
+mod attention;
+mod embeddings;
+mod interpolate;
+mod layer;
+mod model;
+
+// What the other crates use.
 pub mod attention_map;
 pub mod classes;
 pub mod config;
 pub mod decode;
-pub mod embeddings;
-pub mod error;
-pub mod interpolate;
-pub mod layer;
-pub mod model;
-pub mod preprocess;
+mod error;
+mod preprocess;
 pub mod prune;
 pub mod tome;
 pub mod weights;
@@ -22,4 +25,4 @@ pub use config::{HfVitConfig, ModelType, VitConfig};
 pub use error::{ConfigError, ImageError, LoadError};
 pub use model::{Vit, VitOutput};
 pub use preprocess::PreprocessConfig;
-pub use weights::{Loaded, Storage, load_safetensors, save_safetensors, save_safetensors_as};
+pub use weights::{Loaded, Storage, load_bundle, load_safetensors, save_safetensors, save_safetensors_as};

@@ -106,7 +106,7 @@ impl Vit {
 
     /// The same model with token merging (ToMe, [`crate::tome`]): `r` token pairs merged in every
     /// block of [`Vit::forward`], [`Vit::forward_features`] and [`Vit::forward_with_attentions`]
-    /// (0 turns it off). Training from cached blocks ([`Vit::forward_layers`]) never merges.
+    /// (0 turns it off). Training from cached blocks ([`Vit::forward_blocks`]) never merges.
     pub fn with_token_merging(mut self, r: usize) -> Self {
         self.token_merging = r;
         self
@@ -157,18 +157,20 @@ impl Vit {
         self.vit.embeddings.forward(pixel_values)
     }
 
-    /// Runs blocks `layers` (a range of block indices) on hidden states. Training caches the output
-    /// of frozen blocks with this and starts later passes from it.
-    pub fn forward_layers(&self, mut hidden_states: Tensor<3>, layers: std::ops::Range<usize>) -> Tensor<3> {
-        for layer in &self.vit.encoder.layer[layers] {
-            hidden_states = layer.forward(hidden_states, false).0;
+    /// Runs blocks `blocks` (a range of block indices) on hidden states, without merging tokens.
+    /// Training caches the output of frozen blocks with this.
+    pub fn forward_blocks(&self, mut hidden_states: Tensor<3>, blocks: std::ops::Range<usize>) -> Tensor<3> {
+        for layer in &self.vit.encoder.layer[blocks] {
+            hidden_states = layer.forward(hidden_states, false, None).0;
         }
         hidden_states
     }
 
-    /// Logits from the input of block `start`: the remaining blocks, final LayerNorm and head.
-    pub fn forward_from_layer(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<2> {
-        self.forward_head(self.features_from_layer(hidden_states, start))
+    /// `last_hidden_state` from the input of block `start`: the remaining blocks and the final
+    /// LayerNorm (training from cached blocks; `start` 0 takes [`Vit::embed`]'s output).
+    pub fn forward_features_from(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<3> {
+        let end = self.vit.encoder.layer.len();
+        self.vit.layernorm.forward(self.forward_blocks(hidden_states, start..end))
     }
 
     /// Final hidden states, attention probabilities when asked, and, with token merging, the
@@ -180,7 +182,7 @@ impl Vit {
             .then(|| Merging::new(&x, self.vit.embeddings.num_prefix_tokens(), with_probs));
         let mut attentions = Vec::new();
         for layer in &self.vit.encoder.layer {
-            let (next, probs) = layer.forward_merging(x, with_probs, merging.as_mut().map(|m| (m, self.token_merging)));
+            let (next, probs) = layer.forward(x, with_probs, merging.as_mut().map(|m| (m, self.token_merging)));
             x = next;
             attentions.extend(probs);
         }
@@ -241,12 +243,6 @@ impl Vit {
             distillation.forward(self.classifier_dropout.forward(token))
         });
         (logits, distilled)
-    }
-
-    /// The final LayerNorm's output from the input of block `start` (training from cached blocks).
-    pub fn features_from_layer(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<3> {
-        let end = self.vit.encoder.layer.len();
-        self.vit.layernorm.forward(self.forward_layers(hidden_states, start..end))
     }
 
     /// Logits from `last_hidden_state`; DeiT with its teacher head averages both heads, as HF does.

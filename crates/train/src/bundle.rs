@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
-use vitrine_model::{HfVitConfig, Loaded, ModelType, PreprocessConfig, Storage, Vit, load_safetensors, save_safetensors_as};
+use vitrine_model::{HfVitConfig, Loaded, ModelType, PreprocessConfig, Storage, Vit, load_bundle, save_safetensors_as};
 
 use crate::checkpoint::write_atomic;
 
@@ -27,20 +27,13 @@ pub struct Bundle {
 /// Reads the bundle in `dir` onto `device`.
 pub fn read(dir: &Path, device: &Device) -> Result<Bundle> {
     let read_to_string = |path: &Path| fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
-    let config_path = dir.join(CONFIG);
-    let config = read_to_string(&config_path)?;
+    let config = read_to_string(&dir.join(CONFIG))?;
     let weights_path = dir.join(WEIGHTS);
     let weights = fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
-    let loaded = load_safetensors(&config, &weights, device)
-        .with_context(|| format!("cannot load {} with {}", weights_path.display(), config_path.display()))?;
     let preprocess_path = dir.join(PREPROCESSOR);
-    let preprocess = if preprocess_path.exists() {
-        PreprocessConfig::from_json(&read_to_string(&preprocess_path)?)
-            .with_context(|| format!("invalid {}", preprocess_path.display()))?
-    } else {
-        PreprocessConfig::default_for(&loaded.config)
-    };
-    preprocess.check_fits(&loaded.config).with_context(|| format!("invalid {}", preprocess_path.display()))?;
+    let preprocessor = preprocess_path.exists().then(|| read_to_string(&preprocess_path)).transpose()?;
+    let (loaded, preprocess) = load_bundle(&config, &weights, preprocessor.as_deref(), device)
+        .with_context(|| format!("cannot load the model bundle in {}", dir.display()))?;
     Ok(Bundle { loaded, preprocess, weight_bytes: weights.len() as u64 })
 }
 

@@ -13,7 +13,7 @@ use vitrine_model::Vit;
 
 use crate::data::Sample;
 use crate::evaluate::to_host;
-use crate::data::loader::{Transform, batches, epoch_order};
+use crate::data::loader::{Transform, epoch_order, for_each_batch};
 
 /// `[samples, tokens, hidden]` hidden states, f16.
 pub struct TokenCache {
@@ -41,24 +41,21 @@ impl TokenCache {
         let mut cache = Self { tokens: 0, hidden: 0, labels: vec![usize::MAX; samples.len()], values: Vec::new() };
         let mut per_item = 0;
         let order = epoch_order(samples.len(), None);
-        for batch in batches(samples.clone(), order, batch_size, transform, seed, view, 2).into_iter().filter(|b| !b.is_empty()) {
-            let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-            let hidden = model.forward_layers(model.embed(pixels), 0..layers);
-            let [n, tokens, width] = hidden.dims();
+        for_each_batch(samples.clone(), order, batch_size, transform, (seed, view), device, progress, |pixels, labels, indices| {
+            let hidden = model.forward_blocks(model.embed(pixels), 0..layers);
+            let [_, tokens, width] = hidden.dims();
             if per_item == 0 {
                 (cache.tokens, cache.hidden, per_item) = (tokens, width, tokens * width);
                 cache.values = vec![f16::ZERO; samples.len() * per_item];
             }
             let values = to_host(hidden)?;
-            for (row, &index) in batch.indices.iter().enumerate() {
+            for ((&index, &label), row) in indices.iter().zip(labels).zip(values.chunks_exact(per_item)) {
                 let out = &mut cache.values[index * per_item..(index + 1) * per_item];
-                for (o, v) in out.iter_mut().zip(&values[row * per_item..(row + 1) * per_item]) {
-                    *o = f16::from_f32(*v);
-                }
-                cache.labels[index] = batch.labels[row];
+                out.iter_mut().zip(row).for_each(|(o, v)| *o = f16::from_f32(*v));
+                cache.labels[index] = label;
             }
-            progress.inc(n as u64);
-        }
+            Ok(())
+        })?;
         if cache.labels.contains(&usize::MAX) {
             bail!("some images could not be read while caching features");
         }
@@ -81,6 +78,24 @@ impl TokenCache {
             values.extend(self.values[i * per_item..(i + 1) * per_item].iter().map(|v| v.to_f32()));
         }
         Tensor::from_data(TensorData::new(values, [indices.len(), self.tokens, self.hidden]), device)
+    }
+
+    /// One pass over the cache in its order, as [`crate::data::loader::for_each_batch`] over
+    /// images: `each` gets every batch of cached rows on `device`, their labels and positions.
+    pub fn for_each_batch(
+        &self,
+        batch_size: usize,
+        device: &Device,
+        progress: &ProgressBar,
+        mut each: impl FnMut(Tensor<3>, &[usize], &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        let order: Vec<usize> = (0..self.len()).collect();
+        for chunk in order.chunks(batch_size.max(1)) {
+            let labels: Vec<usize> = chunk.iter().map(|&i| self.labels[i]).collect();
+            each(self.batch(chunk, device), &labels, chunk)?;
+            progress.inc(chunk.len() as u64);
+        }
+        Ok(())
     }
 
     /// Writes the cache as a small header line then raw little-endian f16 values.

@@ -26,7 +26,7 @@ use vitrine_model::weights::le;
 use crate::cache::TokenCache;
 use crate::checkpoint::write_atomic;
 use crate::data::Sample;
-use crate::data::loader::{Transform, batches, epoch_order};
+use crate::data::loader::{Transform, epoch_order, for_each_batch};
 use crate::evaluate::to_host;
 use crate::progress::bar;
 use crate::loss::{cross_entropy, cross_entropy_to};
@@ -183,14 +183,13 @@ impl TeacherOutputs {
         let progress = bar(samples.len() as u64, &format!("teacher {output:?}, view {view}").to_lowercase());
         let mut values = vec![f32::NAN; samples.len() * width];
         let order = epoch_order(samples.len(), None);
-        for batch in batches(samples.clone(), order, 32, teacher.transform.clone(), seed, view, 2).into_iter().filter(|b| !b.is_empty()) {
-            let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
+        for_each_batch(samples.clone(), order, 32, teacher.transform.clone(), (seed, view), device, &progress, |pixels, _, indices| {
             let rows = to_host(output.of(&teacher.model, teacher.model.forward_features(pixels)))?;
-            for (row, &i) in batch.indices.iter().enumerate() {
-                values[i * width..(i + 1) * width].copy_from_slice(&rows[row * width..(row + 1) * width]);
+            for (&i, row) in indices.iter().zip(rows.chunks_exact(width)) {
+                values[i * width..(i + 1) * width].copy_from_slice(row);
             }
-            progress.inc(batch.labels.len() as u64);
-        }
+            Ok(())
+        })?;
         progress.finish_and_clear();
         if values.iter().any(|v| v.is_nan()) {
             bail!("the teacher could not see every training image");
@@ -203,11 +202,10 @@ impl TeacherOutputs {
         let width = output.width(teacher);
         let progress = bar(tokens.len() as u64, &format!("teacher {output:?} from its cached blocks 1-{layers}").to_lowercase());
         let mut values = Vec::with_capacity(tokens.len() * width);
-        let order: Vec<usize> = (0..tokens.len()).collect();
-        for chunk in order.chunks(32) {
-            values.extend(to_host(output.of(teacher, teacher.features_from_layer(tokens.batch(chunk, device), layers)))?);
-            progress.inc(chunk.len() as u64);
-        }
+        tokens.for_each_batch(32, device, &progress, |hidden, _, _| {
+            values.extend(to_host(output.of(teacher, teacher.forward_features_from(hidden, layers)))?);
+            Ok(())
+        })?;
         progress.finish_and_clear();
         Ok(Self { width, values })
     }

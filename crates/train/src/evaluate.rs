@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
 
 use crate::data::Sample;
-use crate::data::loader::{Transform, batches, epoch_order};
+use crate::data::loader::{Transform, epoch_order, for_each_batch};
 
 /// How many of the worst-classified images an evaluation keeps.
 const WORST_KEPT: usize = 24;
@@ -168,11 +168,10 @@ pub fn evaluate(
 ) -> Result<Evaluation> {
     let mut tally = Tally::new(columns.len());
     let order = epoch_order(samples.len(), None);
-    for batch in batches(samples.clone(), order, batch_size, transform, 0, 0, 2).into_iter().filter(|b| !b.is_empty()) {
-        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-        tally.add(&probabilities(columns.pick(model.forward(pixels)))?, &batch.labels, &batch.indices);
-        progress.inc(batch.labels.len() as u64);
-    }
+    for_each_batch(samples.clone(), order, batch_size, transform, (0, 0), device, progress, |pixels, labels, indices| {
+        tally.add(&probabilities(columns.pick(model.forward(pixels)))?, labels, indices);
+        Ok(())
+    })?;
     let mut evaluation = tally.finish();
     for miss in &mut evaluation.worst {
         miss.path = Some(samples[miss.index].path.display().to_string());

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use vitrine_model::Vit;
@@ -17,7 +17,7 @@ use vitrine_model::prune::Keep;
 
 use crate::data::Sample;
 use crate::evaluate::to_host;
-use crate::data::loader::{Transform, batches, epoch_order};
+use crate::data::loader::{Transform, epoch_order, for_each_batch};
 use crate::loss::cross_entropy;
 
 /// Importance per layer of each head and each MLP neuron (normalised per layer to unit L2 norm).
@@ -41,10 +41,8 @@ pub fn measure(
     let mut heads: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.attention.num_heads()]).collect();
     let mut neurons: Vec<Vec<f64>> = layers.iter().map(|l| vec![0.0; l.output.dense.weight.dims()[0]]).collect();
     let order: Vec<usize> = epoch_order(samples.len(), Some((0, 0))).into_iter().take(limit).collect();
-    for batch in batches(samples, order, batch_size, transform, 0, 0, 2).into_iter().filter(|b| !b.is_empty()) {
-        let n = batch.labels.len();
-        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
-        let grads = cross_entropy(model.forward(pixels), &batch.labels, 0.0).backward();
+    for_each_batch(samples, order, batch_size, transform, (0, 0), device, progress, |pixels, labels, _| {
+        let grads = cross_entropy(model.forward(pixels), labels, 0.0).backward();
         for (l, layer) in layers.iter().enumerate() {
             let mask_gradient = |weight: Tensor<2>, groups: usize| -> Result<Vec<f32>> {
                 let grad = weight.grad(&grads).ok_or_else(|| anyhow::anyhow!("layer {l} has no gradient: is the model frozen?"))?;
@@ -58,8 +56,8 @@ pub fn measure(
             heads[l].iter_mut().zip(h).for_each(|(a, g)| *a += f64::from(g.abs()));
             neurons[l].iter_mut().zip(m).for_each(|(a, g)| *a += f64::from(g.abs()));
         }
-        progress.inc(n as u64);
-    }
+        Ok(())
+    })?;
     for scores in heads.iter_mut().chain(neurons.iter_mut()) {
         let norm = scores.iter().map(|s| s * s).sum::<f64>().sqrt();
         if norm > 0.0 {

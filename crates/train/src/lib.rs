@@ -17,6 +17,7 @@ pub mod trainer;
 pub mod toy;
 pub mod importance;
 pub mod speed;
+pub mod student;
 pub mod progress;
 pub mod distill;
 pub mod patch_dropout;

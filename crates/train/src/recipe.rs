@@ -43,10 +43,9 @@ pub struct Recipe {
     pub augment: Augment,
     /// Bottom blocks that are never trained (with the embeddings).
     pub frozen_blocks: usize,
-    /// Compute the frozen blocks' output once per image and view and train from it.
+    /// Compute the frozen blocks' output once per image and view ([`Recipe::reused_views`]) and
+    /// train from it.
     pub cache_frozen: bool,
-    /// Augmented views cached per training image (epoch `e` uses view `e % views`).
-    pub cache_views: usize,
     /// Gradual unfreezing: epochs that train only the head (and final norm) first.
     pub head_only_epochs: usize,
     /// Gradual unfreezing: blocks unfrozen per epoch after that, from the top (0 = all at once).
@@ -60,7 +59,8 @@ pub struct Recipe {
     /// Train on at most this many images per epoch (0 = all): quick trials and tests.
     pub limit_train: usize,
     /// Augmented views per image, reused across epochs (epoch `e` sees view `e % views`), so that
-    /// teacher outputs can be cached; 0 = a fresh augmentation every epoch.
+    /// frozen blocks and teacher outputs can be cached; 0 = a fresh augmentation every epoch
+    /// (under `cache_frozen`, [`CACHED_VIEWS`]).
     #[serde(default)]
     pub views: usize,
     /// PatchDropout: the fraction of patch tokens each training image drops at the input of the
@@ -95,7 +95,6 @@ impl Default for Recipe {
             augment: Augment::default(),
             frozen_blocks: 0,
             cache_frozen: false,
-            cache_views: 2,
             head_only_epochs: 0,
             unfreeze_per_epoch: 0,
             patience: 0,
@@ -108,6 +107,9 @@ impl Default for Recipe {
         }
     }
 }
+
+/// Views the frozen-block cache holds when `views` is left at 0.
+pub const CACHED_VIEWS: usize = 2;
 
 fn default_warmup_steps() -> usize {
     20
@@ -128,6 +130,24 @@ impl Recipe {
             drop_path: 0.1,
             ..Self::default()
         }
+    }
+
+    /// Reads `recipe.json`. Recipes written before `views` served the frozen-block cache too
+    /// kept the cache's count in `cache_views`: it becomes `views` for a run that cached.
+    pub fn from_json(json: &str) -> serde_json::Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(json)?;
+        if let Some(map) = value.as_object_mut()
+            && let Some(cached) = map.remove("cache_views")
+            && map.get("cache_frozen") == Some(&serde_json::Value::Bool(true))
+        {
+            map.insert("views".into(), cached);
+        }
+        serde_json::from_value(value)
+    }
+
+    /// Augmented views per image that the run reuses across epochs (0: a fresh one every epoch).
+    pub fn reused_views(&self) -> usize {
+        if self.cache_frozen && self.views == 0 { CACHED_VIEWS } else { self.views }
     }
 
     /// Peak learning rate of the top block.
@@ -162,11 +182,8 @@ impl Recipe {
         if self.cache_frozen && self.frozen_blocks == 0 {
             bail!("--cache-frozen needs --frozen-blocks >= 1");
         }
-        if self.cache_frozen && self.cache_views == 0 {
-            bail!("--cache-views must be at least 1");
-        }
         if let Some(distill) = &self.distill {
-            if self.views == 0 && !self.cache_frozen {
+            if self.reused_views() == 0 {
                 bail!("distillation caches the teacher's outputs per augmented view: give --views N (N >= 1)");
             }
             if !(0.0..=1.0).contains(&distill.alpha) || distill.temperature <= 0.0 {
@@ -224,5 +241,19 @@ mod tests {
         assert!(Recipe { frozen_blocks: 13, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { patch_dropout: 1.0, ..ok.clone() }.validate(12, 14).is_err());
         assert!(Recipe { cache_frozen: true, ..ok }.validate(12, 14).is_err());
+    }
+
+    #[test]
+    fn one_count_of_views_serves_the_cache_and_the_reuse() {
+        let cached = Recipe { frozen_blocks: 2, cache_frozen: true, ..Recipe::default() };
+        assert_eq!((cached.reused_views(), Recipe { views: 3, ..cached.clone() }.reused_views()), (CACHED_VIEWS, 3));
+        assert_eq!((Recipe::default().reused_views(), Recipe { views: 4, ..Recipe::default() }.reused_views()), (0, 4));
+        // A recipe.json from before: the cache's own count is the run's views.
+        let mut old: serde_json::Value = serde_json::to_value(&cached).unwrap();
+        old["views"] = 0.into();
+        old["cache_views"] = 1.into();
+        assert_eq!(Recipe::from_json(&old.to_string()).unwrap().reused_views(), 1);
+        old["cache_frozen"] = false.into();
+        assert_eq!(Recipe::from_json(&old.to_string()).unwrap().reused_views(), 0, "a run that did not cache reused no views");
     }
 }

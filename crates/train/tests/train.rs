@@ -155,7 +155,7 @@ fn frozen_prefix_from_cache_trains_only_the_top() {
     let block1 = values(&loaded.model, "vit.encoder.layer.1.");
     let run = tmp.path().join("run");
     // With PatchDropout the top block trains on a random subset of the cached tokens.
-    let recipe = Recipe { epochs: 2, frozen_blocks: 1, cache_frozen: true, cache_views: 2, patch_dropout: 0.25, ..recipe(&data) };
+    let recipe = Recipe { epochs: 2, frozen_blocks: 1, cache_frozen: true, views: 2, patch_dropout: 0.25, ..recipe(&data) };
     trainer::start(&run, recipe, loaded, preprocess, &device).unwrap();
     assert!(run.join("cache/train-32px-view1.f16").exists());
     let after = bundle_model(&run.join("best"), &device);
@@ -307,7 +307,7 @@ fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
     let (loaded, preprocess) = pretrained(&device);
     let plain = Recipe { augment: Augment::none(), epochs: 1, ..recipe(&data) };
     let teacher_run = tmp.path().join("teacher");
-    let teacher_recipe = Recipe { frozen_blocks: 1, cache_frozen: true, cache_views: 1, ..plain.clone() };
+    let teacher_recipe = Recipe { frozen_blocks: 1, cache_frozen: true, views: 1, ..plain.clone() };
     trainer::start(&teacher_run, teacher_recipe, loaded, preprocess.clone(), &device).unwrap();
     let teacher = teacher_run.join("best").display().to_string();
 

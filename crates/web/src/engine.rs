@@ -10,7 +10,7 @@ use serde::Serialize;
 use vitrine_model::attention_map::{AttentionMap, attention_map};
 use vitrine_model::decode::{decode_image, rgb_from_rgba};
 use vitrine_model::weights::Family;
-use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_safetensors};
+use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_bundle};
 
 /// A loaded model bundle and the recipe that turns images into its input.
 #[derive(Debug)]
@@ -38,6 +38,35 @@ pub struct ModelInfo {
     pub parameters: usize,
     /// `[height, width]` of the model input for a square image.
     pub input_size: [u32; 2],
+    /// Which row of [`Outputs::maps`] holds which map.
+    pub map_rows: MapRows,
+}
+
+/// Where each attention map lies among the rows of [`Outputs::maps`]: rollout, then the mean of
+/// the last layer's heads, then every head of every layer, layer-major. [`all_maps`] writes this
+/// order and the page reads it from here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapRows {
+    pub rollout: usize,
+    pub last_layer_mean: usize,
+    /// The row of head 0 of each layer: head `h` of layer `l` is row `first_head[l] + h`.
+    pub first_head: Vec<usize>,
+}
+
+impl MapRows {
+    /// The rows for layers of `heads` heads each.
+    pub fn new(heads: &[usize]) -> Self {
+        let first_head = heads.iter().scan(2, |next, &h| Some(std::mem::replace(next, *next + h))).collect();
+        Self { rollout: 0, last_layer_mean: 1, first_head }
+    }
+
+    pub fn row(&self, map: AttentionMap) -> usize {
+        match map {
+            AttentionMap::Rollout => self.rollout,
+            AttentionMap::LastLayerMean => self.last_layer_mean,
+            AttentionMap::Head { layer, head } => self.first_head[layer] + head,
+        }
+    }
 }
 
 /// One forward pass.
@@ -46,8 +75,7 @@ pub struct Outputs {
     /// `[batch, classes]`, when the model has a classifier.
     pub logits: Option<Tensor<2>>,
     /// `[batch, 2 + heads in all layers, rows * cols]`, each row peak-normalised CLS attention over the
-    /// patch grid: rollout, then the mean of the last layer's heads, then every head of every layer
-    /// (layer-major, as [`ModelInfo::heads`] counts them).
+    /// patch grid, in the order of [`MapRows`].
     pub maps: Tensor<3>,
     /// `[rows, cols]` of the patch grid.
     pub grid: [usize; 2],
@@ -62,12 +90,7 @@ impl Engine {
         preprocessor_json: Option<&str>,
         device: &Device,
     ) -> Result<Self, LoadError> {
-        let loaded = load_safetensors(config_json, weights, device)?;
-        let preprocess = match preprocessor_json {
-            Some(json) => PreprocessConfig::from_json(json)?,
-            None => PreprocessConfig::default_for(&loaded.config),
-        };
-        preprocess.check_fits(&loaded.config)?;
+        let (loaded, preprocess) = load_bundle(config_json, weights, preprocessor_json, device)?;
         Ok(Self {
             model: loaded.model,
             config: loaded.config,
@@ -89,6 +112,7 @@ impl Engine {
             hidden_size: self.config.hidden_size,
             patch_size: self.config.patch_size,
             heads: self.config.layer_num_attention_heads.clone(),
+            map_rows: MapRows::new(&self.config.layer_num_attention_heads),
             num_labels: self.model.num_labels(),
             parameters: self.model.num_params(),
             input_size: self.preprocess.output_size([side, side]),
@@ -154,7 +178,7 @@ impl Engine {
     }
 }
 
-/// The rows of [`Outputs::maps`] from per-layer attention probabilities.
+/// The rows of [`Outputs::maps`] from per-layer attention probabilities, in [`MapRows`]' order.
 ///
 /// # Shapes
 /// - attentions: one `[batch, heads, tokens, tokens]` per layer, `tokens = prefix + rows * cols`
@@ -214,15 +238,16 @@ mod tests {
         let bytes = std::fs::read(fixtures().join("deit/expected.safetensors")).unwrap();
         let file = SafeTensors::deserialize(&bytes).unwrap();
         let attentions: Vec<Tensor<4>> = (0..2).map(|i| tensor(&file, &format!("attentions.{i}"), &device)).collect();
-        let maps = all_maps(&attentions, 2, [4, 4]);
-        assert_eq!(maps.dims(), [2, 2 + 4 + 4, 16]);
-        let row = |r: usize| maps.clone().narrow(1, r, 1).reshape([2, 4, 4]).into_data();
-        let tolerance = Tolerance::absolute(1e-6);
-        row(0).assert_approx_eq::<f32>(&attention_map(&attentions, AttentionMap::Rollout, 2, [4, 4]).into_data(), tolerance);
-        row(1).assert_approx_eq::<f32>(&attention_map(&attentions, AttentionMap::LastLayerMean, 2, [4, 4]).into_data(), tolerance);
-        for (layer, head) in [(0, 0), (0, 3), (1, 2)] {
-            let expected = attention_map(&attentions, AttentionMap::Head { layer, head }, 2, [4, 4]);
-            row(2 + 4 * layer + head).assert_approx_eq::<f32>(&expected.into_data(), tolerance);
+        let all = all_maps(&attentions, 2, [4, 4]);
+        assert_eq!(all.dims(), [2, 2 + 4 + 4, 16]);
+        let rows = MapRows::new(&[4, 4]);
+        assert_eq!(rows.first_head, [2, 6]);
+        let maps = [AttentionMap::Rollout, AttentionMap::LastLayerMean, AttentionMap::Head { layer: 0, head: 0 }]
+            .into_iter()
+            .chain([(0, 3), (1, 0), (1, 3)].map(|(layer, head)| AttentionMap::Head { layer, head }));
+        for map in maps {
+            let row = all.clone().narrow(1, rows.row(map), 1).reshape([2, 4, 4]).into_data();
+            row.assert_approx_eq::<f32>(&attention_map(&attentions, map, 2, [4, 4]).into_data(), Tolerance::absolute(1e-6));
         }
     }
 

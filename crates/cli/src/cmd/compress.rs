@@ -13,7 +13,7 @@ use vitrine_model::Storage;
 use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::Transform;
 use vitrine_train::evaluate::{Columns, evaluate};
-use vitrine_train::report::svg;
+use vitrine_train::report::compression::{self, Row};
 use vitrine_train::recipe::Recipe;
 use vitrine_train::run_dir::RunDir;
 use vitrine_train::{bundle, importance, speed, trainer};
@@ -179,18 +179,6 @@ fn this_program() -> Result<PathBuf> {
     }
 }
 
-/// One row of the report.
-#[derive(serde::Serialize)]
-struct Row {
-    step: String,
-    bundle: String,
-    top1: f64,
-    ms_per_image: f64,
-    params: u64,
-    bytes: u64,
-    peak_rss_bytes: u64,
-}
-
 /// Processes per bundle whose latencies (each the median of `TIMING_PASSES` passes) the report takes the median of.
 const TIMING_ROUNDS: usize = 3;
 /// Forward passes per `vitrine bench` process.
@@ -265,46 +253,8 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
             peak_rss_bytes: median("peak_rss_bytes") as u64,
         });
     }
-    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&rows)?)?;
-    let base = &rows[0];
-    let mut md = format!(
-        "# Compression of `{}`\n\nSame {} validation images, same machine, one run (`vitrine compress`); latency: batch 1, median of {} passes, native CPU (burn flex), the median of {} `vitrine bench` processes per bundle, run in rounds over all bundles; peak memory: that process.\n\n| step | val top-1 | ms / image | speed-up | params (M) | size (MB) | smaller | peak memory (MB) |\n|---|---|---|---|---|---|---|---|\n",
-        args.teacher,
-        val.len(),
-        TIMING_PASSES,
-        TIMING_ROUNDS
-    );
-    for r in &rows {
-        md.push_str(&format!(
-            "| {} | {:.2}% | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x | {:.0} |\n",
-            r.step,
-            100.0 * r.top1,
-            r.ms_per_image,
-            base.ms_per_image / r.ms_per_image,
-            r.params as f64 / 1e6,
-            r.bytes as f64 / 1e6,
-            base.bytes as f64 / r.bytes.max(1) as f64,
-            r.peak_rss_bytes as f64 / 1e6
-        ));
-    }
-    std::fs::write(args.out.join("report.md"), &md)?;
-    let categories: Vec<String> = rows.iter().map(|r| r.step.clone()).collect();
-    let relative = |f: fn(&Row) -> f64| rows.iter().map(|r| f(r) / f(base)).collect::<Vec<_>>();
-    let html = format!(
-        "<!doctype html><meta charset=utf-8><title>compression report</title><body style=\"font-family:sans-serif;max-width:1100px;margin:2rem auto\"><pre>{}</pre>{}</body>",
-        md.replace('<', "&lt;"),
-        svg::grouped_bars(
-            "Each step relative to the teacher (1 = teacher)",
-            &categories,
-            &[
-                ("top-1", relative(|r| r.top1)),
-                ("latency", relative(|r| r.ms_per_image)),
-                ("size", relative(|r| r.bytes as f64)),
-                ("peak memory", relative(|r| r.peak_rss_bytes as f64)),
-            ],
-        )
-    );
-    std::fs::write(args.out.join("report.html"), html)?;
+    let timing = format!("batch 1, median of {TIMING_PASSES} passes, native CPU (burn flex), the median of {TIMING_ROUNDS} `vitrine bench` processes per bundle, run in rounds over all bundles");
+    let md = compression::write(&args.out, &args.teacher, val.len(), &timing, &rows)?;
     print!("{md}");
     Ok(())
 }

@@ -3,16 +3,13 @@
 //! important heads of each block and the most important part of each MLP.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Result, bail};
-use vitrine_model::prune::{Keep, prune, resize_positions, select_layers};
+use anyhow::Result;
 use vitrine_model::Loaded;
 use vitrine_train::data::{ImageFolder, check_labels};
-use vitrine_train::data::loader::Transform;
 use vitrine_train::distill::DistillRecipe;
 use vitrine_train::recipe::Recipe;
-use vitrine_train::{importance, trainer};
+use vitrine_train::{student, trainer};
 
 use super::train::{RecipeArgs, print_outcome};
 use crate::source;
@@ -70,7 +67,7 @@ impl TeachingArgs {
 pub fn run(args: Args) -> Result<()> {
     let device = args.recipe.device().device()?;
     let mut recipe = args.recipe.recipe(Recipe::distillation(), args.student.as_deref().unwrap_or(&args.teacher), &args.data);
-    if recipe.views == 0 && !recipe.cache_frozen {
+    if recipe.reused_views() == 0 {
         recipe.views = 4;
     }
     recipe.distill = Some(args.teaching.recipe(&args.teacher, args.hard));
@@ -115,37 +112,14 @@ pub struct StudentSpec {
     pub image_size: Option<u32>,
 }
 
-/// The teacher's chosen blocks, with each block's most important heads and MLP neurons.
+impl StudentSpec {
+    fn cut(&self) -> student::Cut {
+        student::Cut { layers: self.layers.clone(), heads: self.heads, mlp_drop: self.mlp_drop, image_size: self.image_size }
+    }
+}
+
+/// The student `spec` cuts from `teacher` (a model folder or hf: name), on `device`.
 pub fn cut_from_teacher(teacher: &str, spec: &StudentSpec, data: &ImageFolder, device: &burn::tensor::Device) -> Result<Loaded> {
-    let ad_device = device.clone().autodiff();
-    let teacher = source::load(teacher, &ad_device)?;
-    let config = &teacher.loaded.config;
-    let layers: Vec<usize> = if spec.layers.is_empty() { (0..config.num_hidden_layers).collect() } else { spec.layers.clone() };
-    let heads = spec.heads.unwrap_or(config.num_attention_heads);
-    if heads == 0 || heads > config.num_attention_heads {
-        bail!("--student-heads must be between 1 and {}", config.num_attention_heads);
-    }
-    if !(0.0..1.0).contains(&spec.mlp_drop) {
-        bail!("--student-mlp-drop must be in [0, 1)");
-    }
-    // Importance costs a teacher forward and backward pass over 256 images: skip it when every head
-    // and neuron stays (a student that only drops blocks or changes resolution).
-    let keep = if heads == config.num_attention_heads && spec.mlp_drop == 0.0 {
-        Keep::all(config)
-    } else {
-        let transform = Arc::new(Transform::Eval(teacher.preprocess.clone()));
-        let train = data.train.clone();
-        let progress = trainer::bar(256.min(train.len()) as u64, "teacher head importance");
-        let scores = importance::measure(&teacher.loaded.model, Arc::new(train), transform, 16, 256, &ad_device, &progress)?;
-        progress.finish_and_clear();
-        importance::plan_per_layer(&scores, heads, spec.mlp_drop)
-    };
-    let model = burn::module::Module::valid(&teacher.loaded.model);
-    let (pruned, pruned_config) = prune(&model, config, &keep, device)?;
-    let (mut student, mut student_config) = select_layers(&pruned, &pruned_config, &layers, device)?;
-    if let Some(size) = spec.image_size {
-        (student, student_config) = resize_positions(&student, &student_config, size as usize / config.patch_size, device)?;
-    }
-    let hf_config = teacher.loaded.hf_config.with_architecture(&student_config);
-    Ok(Loaded { model: student, config: student_config, hf_config, labels: teacher.loaded.labels.clone(), family: teacher.loaded.family })
+    let teacher = source::load(teacher, &device.clone().autodiff())?;
+    student::cut(&teacher.loaded, &teacher.preprocess, &spec.cut(), &data.train, device)
 }

@@ -11,7 +11,7 @@ use vitrine_train::data::{ImageFolder, check_labels};
 use vitrine_train::data::loader::Transform;
 use vitrine_train::evaluate::{Columns, evaluate};
 use vitrine_train::importance::{self, Importance};
-use vitrine_train::report::svg::{self, Series};
+use vitrine_train::report::pruning::{self, Level};
 use vitrine_train::trainer::bar;
 use vitrine_train::{bundle, speed};
 
@@ -48,15 +48,6 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
-}
-
-#[derive(serde::Serialize)]
-struct Level {
-    heads_removed: usize,
-    mlp_fraction: f64,
-    params: usize,
-    top1: f64,
-    ms_per_image: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -128,15 +119,7 @@ pub fn run(args: Args) -> Result<()> {
     let (pruned, config, keep) = chosen.expect("the chosen level is among the levels");
     let hf_config = model.loaded.hf_config.with_architecture(&config);
     bundle::write(&args.out, &pruned, &hf_config, hf_config.model_type()?, &model.preprocess)?;
-    std::fs::write(args.out.join("pruning.json"), serde_json::to_string_pretty(&serde_json::json!({ "kept_heads": keep.heads, "levels": rows }))?)?;
-    let curve = |f: fn(&Level) -> f64| vec![Series { name: "pruned", points: rows.iter().map(|r| (r.heads_removed as f64, f(r))).collect() }];
-    let html = format!(
-        "<!doctype html><meta charset=utf-8><title>pruning curve</title><body style=\"font-family:sans-serif;max-width:1200px\"><h1>Head pruning of {}</h1>{}{}</body>",
-        args.model,
-        svg::line_chart("Validation top-1 vs heads removed", "heads removed", "top-1", &curve(|r| r.top1)),
-        svg::line_chart("Latency vs heads removed", "heads removed", "ms / image", &curve(|r| r.ms_per_image)),
-    );
-    std::fs::write(args.out.join("pruning.html"), html)?;
+    pruning::write(&args.out, &args.model, &keep.heads, &rows)?;
     println!("wrote {} (heads per layer {:?})", args.out.display(), config.layer_num_attention_heads);
     Ok(())
 }

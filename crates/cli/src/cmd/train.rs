@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use vitrine_train::data::augment::Augment;
-use vitrine_train::recipe::Recipe;
+use vitrine_train::recipe::{CACHED_VIEWS, Recipe};
 use vitrine_train::trainer;
 
 use crate::device::DeviceKind;
@@ -94,8 +94,6 @@ pub struct RecipeArgs {
     /// Compute the frozen blocks once per image and view, and train the rest from that cache.
     #[arg(long)]
     cache_frozen: bool,
-    #[arg(long, help = shown("Augmented views per training image in the cache", defaults().cache_views))]
-    cache_views: Option<usize>,
     #[arg(long, help = shown("Gradual unfreezing: epochs that train only the head first", defaults().head_only_epochs))]
     head_only_epochs: Option<usize>,
     #[arg(long, help = shown("Gradual unfreezing: blocks unfrozen per epoch after that, from the top (0 = all at once)", defaults().unfreeze_per_epoch))]
@@ -109,7 +107,7 @@ pub struct RecipeArgs {
     limit_train: Option<usize>,
     #[arg(long, help = shown("Seconds between mid-epoch checkpoints", defaults().checkpoint_secs))]
     checkpoint_secs: Option<u64>,
-    #[arg(long, help = shown("Augmented views per image reused across epochs (0 = a fresh one every epoch); distillation caches the teacher's outputs per view", defaults().views))]
+    #[arg(long, alias = "cache-views", help = shown(&format!("Augmented views per image reused across epochs (0 = a fresh one every epoch, or {CACHED_VIEWS} with --cache-frozen); the frozen-block cache and the teacher's outputs are kept per view"), defaults().views))]
     views: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     device: DeviceKind,
@@ -179,6 +177,6 @@ macro_rules! optional_fields {
 
 optional_fields!(
     epochs, batch_size, accumulation, lr, layer_decay, weight_decay, warmup_steps, label_smoothing, dropout, drop_path,
-    patch_dropout, image_size, seed, frozen_blocks, cache_views, head_only_epochs, unfreeze_per_epoch, patience,
+    patch_dropout, image_size, seed, frozen_blocks, head_only_epochs, unfreeze_per_epoch, patience,
     limit_train, checkpoint_secs, views
 );

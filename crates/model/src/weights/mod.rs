@@ -24,6 +24,7 @@ pub use storage::Storage;
 use crate::config::{Head, HfVitConfig, ModelType, VitConfig};
 use crate::error::LoadError;
 use crate::model::Vit;
+use crate::preprocess::PreprocessConfig;
 
 /// A model loaded from a checkpoint, with what it was built from.
 #[derive(Debug)]
@@ -36,6 +37,24 @@ pub struct Loaded {
     pub labels: Vec<String>,
     /// Which naming the weights used.
     pub family: Family,
+}
+
+/// A model bundle's three files (`config.json`, `model.safetensors`, and `preprocessor_config.json`
+/// where the bundle has one) loaded together: the model, and the preprocessing it was trained with,
+/// checked against it. Without a preprocessor file the family's Hugging Face defaults apply.
+pub fn load_bundle(
+    config_json: &str,
+    safetensors: &[u8],
+    preprocessor_json: Option<&str>,
+    device: &Device,
+) -> Result<(Loaded, PreprocessConfig), LoadError> {
+    let loaded = load_safetensors(config_json, safetensors, device)?;
+    let preprocess = match preprocessor_json {
+        Some(json) => PreprocessConfig::from_json(json).map_err(LoadError::Preprocessor)?,
+        None => PreprocessConfig::default_for(&loaded.config),
+    };
+    preprocess.check_fits(&loaded.config).map_err(LoadError::Preprocessor)?;
+    Ok((loaded, preprocess))
 }
 
 /// Builds the model described by `config_json` (HF `config.json`) and loads `safetensors` into it.

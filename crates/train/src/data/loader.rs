@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
+use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -136,6 +138,29 @@ pub fn batches(
         }
     });
     receiver
+}
+
+/// One pass of a model over `order`'s samples in batches (`batches`' arguments, the augmentation
+/// draw given as `(seed, view)`): `each` gets every batch's pixels on `device` with its labels and
+/// its samples' positions, and `progress` counts the images. A batch none of whose images could be
+/// read is passed over (the loader has warned about each).
+#[allow(clippy::too_many_arguments)]
+pub fn for_each_batch(
+    samples: Arc<Vec<Sample>>,
+    order: Vec<usize>,
+    batch_size: usize,
+    transform: Arc<Transform>,
+    (seed, view): (u64, usize),
+    device: &Device,
+    progress: &ProgressBar,
+    mut each: impl FnMut(Tensor<4>, &[usize], &[usize]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for batch in batches(samples, order, batch_size, transform, seed, view, 2).into_iter().filter(|b| !b.is_empty()) {
+        let pixels = Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), device);
+        each(pixels, &batch.labels, &batch.indices)?;
+        progress.inc(batch.labels.len() as u64);
+    }
+    Ok(())
 }
 
 /// Warns once about the images [`drop_unreadable`] left out of `what` (a few named, with why).

@@ -1,6 +1,8 @@
 //! A run's report: one self-contained HTML file (inline SVG plots, embedded thumbnails) that a
 //! person can open in any browser, rebuilt from the run folder's JSON files at any time.
 
+pub mod compression;
+pub mod pruning;
 pub mod svg;
 
 use std::fmt::Write;
@@ -34,7 +36,7 @@ impl RunData {
             bytes.map(|b| String::from_utf8(b).with_context(|| format!("{} is not UTF-8", path.display()))).transpose()
         };
         let recipe = match read(run.recipe())? {
-            Some(text) => Some(serde_json::from_str(&text).with_context(|| format!("{} does not parse", run.recipe().display()))?),
+            Some(text) => Some(Recipe::from_json(&text).with_context(|| format!("{} does not parse", run.recipe().display()))?),
             None => None,
         };
         let classes = match read(run.model_config())? {
@@ -197,7 +199,7 @@ fn render(run: &RunData, others: &[RunData]) -> String {
         html.push_str(&svg::line_chart("Validation top-1", "epoch", "top-1", &curve(|e| e.val.top1)));
         html.push_str(&svg::line_chart("Validation loss", "epoch", "cross-entropy", &curve(|e| e.val.loss)));
         html.push_str("</div><table><tr><th>run</th><th>best val top-1</th><th>epochs</th><th>minutes</th>");
-        let keys = ["image_size", "epochs", "batch_size", "lr", "layer_decay", "frozen_blocks", "cache_views", "head_only_epochs", "unfreeze_per_epoch", "weight_decay", "label_smoothing", "seed"];
+        let keys = ["image_size", "epochs", "batch_size", "lr", "layer_decay", "frozen_blocks", "views", "head_only_epochs", "unfreeze_per_epoch", "weight_decay", "label_smoothing", "seed"];
         for key in keys {
             let _ = write!(html, "<th>{key}</th>");
         }

@@ -118,7 +118,7 @@ impl Run {
         let recipe = &self.recipe;
         let order: Vec<usize> = epoch_order(self.train.len(), Some((recipe.seed, index))).into_iter().take(self.train_len()).collect();
         // A fresh augmented view per epoch, unless views are reused (a cache holds a fixed number).
-        let view = match (&inputs.caches, recipe.views) {
+        let view = match (&inputs.caches, recipe.reused_views()) {
             (Some((views, _)), _) => index % views.len(),
             (None, 0) => index,
             (None, n) => index % n,
@@ -236,7 +236,7 @@ impl Run {
             Input::Hidden(hidden) => (hidden, recipe.frozen_blocks),
         };
         let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, batch_seed.wrapping_add(1));
-        let features = model.features_from_layer(hidden, first_block);
+        let features = model.forward_features_from(hidden, first_block);
         let student_features = plan.teacher.as_ref().and_then(|t| t.features.as_ref()).map(|_| model.pre_logits(features.clone()));
         let (class_logits, distilled) = model.forward_heads(features);
         let logits = match &distilled {

@@ -35,7 +35,7 @@ impl Run {
             Ok(cache)
         };
         let mut views = Vec::new();
-        for view in 0..self.recipe.cache_views {
+        for view in 0..self.recipe.reused_views() {
             let transform = Transform::train(self.recipe.augment, size, &self.preprocess);
             views.push(build(format!("train-{size}px-view{view}.f16"), self.train.clone(), transform, view)?);
         }

@@ -147,7 +147,7 @@ pub fn resume(run_dir: &Path, adjust: impl FnOnce(Recipe) -> Result<Recipe>, dev
     let dir = RunDir(run_dir.to_path_buf());
     let read = |p: PathBuf| std::fs::read_to_string(&p).with_context(|| format!("{} is not a run folder (no {})", run_dir.display(), p.display()));
     let invalid = |p: PathBuf| format!("{} is not valid", p.display());
-    let saved: Recipe = serde_json::from_str(&read(dir.recipe())?).with_context(|| invalid(dir.recipe()))?;
+    let saved = Recipe::from_json(&read(dir.recipe())?).with_context(|| invalid(dir.recipe()))?;
     let recipe = adjust(saved.clone())?;
     let hf_config = HfVitConfig::from_json(&read(dir.model_config())?).with_context(|| invalid(dir.model_config()))?;
     let preprocess = PreprocessConfig::from_json(&read(dir.preprocessor())?).with_context(|| invalid(dir.preprocessor()))?;
@@ -339,13 +339,11 @@ impl Run {
             None => evaluate(&model, self.val.clone(), transform.clone(), Columns::All(self.classes.len()), 64, &self.device, &progress)?,
             Some(cache) => {
                 let mut tally = Tally::new(self.classes.len());
-                let order: Vec<usize> = (0..cache.len()).collect();
-                for chunk in order.chunks(64) {
-                    let logits = model.forward_from_layer(cache.batch(chunk, &self.device), self.recipe.frozen_blocks);
-                    let labels: Vec<usize> = chunk.iter().map(|&i| cache.labels[i]).collect();
-                    tally.add(&probabilities(logits)?, &labels, chunk);
-                    progress.inc(chunk.len() as u64);
-                }
+                cache.for_each_batch(64, &self.device, &progress, |hidden, labels, indices| {
+                    let logits = model.forward_head(model.forward_features_from(hidden, self.recipe.frozen_blocks));
+                    tally.add(&probabilities(logits)?, labels, indices);
+                    Ok(())
+                })?;
                 tally.finish()
             }
         };

@@ -67,11 +67,11 @@ impl Run {
     /// the images this view shows: same dataset, seed and augmentation, at the teacher's resolution.
     fn teacher_tokens(&self, run: &Path, size: u32, view: usize) -> Result<(TokenCache, usize)> {
         let json = std::fs::read_to_string(RunDir(run.to_path_buf()).recipe()).with_context(|| format!("--teacher-run {}: no recipe.json", run.display()))?;
-        let theirs: Recipe = serde_json::from_str(&json).with_context(|| format!("--teacher-run {}: its recipe.json is not valid", run.display()))?;
+        let theirs = Recipe::from_json(&json).with_context(|| format!("--teacher-run {}: its recipe.json is not valid", run.display()))?;
         let mine = &self.recipe;
         let same_data = std::fs::canonicalize(&theirs.data).ok() == std::fs::canonicalize(&mine.data).ok();
-        if !theirs.cache_frozen || view >= theirs.cache_views {
-            bail!("--teacher-run {} cached no training view {view} (cache_views {})", run.display(), theirs.cache_views);
+        if !theirs.cache_frozen || view >= theirs.reused_views() {
+            bail!("--teacher-run {} cached no training view {view} (it cached {} views)", run.display(), theirs.reused_views());
         }
         if !same_data || theirs.seed != mine.seed || theirs.augment != mine.augment || theirs.image_size != size || theirs.limit_train != 0 {
             bail!(

@@ -118,6 +118,11 @@ pub struct VitConfig {
     pub classifier_dropout: f64,
 }
 
+/// Tokens before the patches: CLS, and DeiT's distillation token when there is one.
+pub fn prefix_tokens(distillation_token: bool) -> usize {
+    1 + usize::from(distillation_token)
+}
+
 impl VitConfig {
     /// Head size, shared by every layer (pruning removes heads, never narrows them).
     pub fn head_dim(&self) -> usize {
@@ -131,7 +136,7 @@ impl VitConfig {
 
     /// Tokens placed before the patch tokens (CLS, and the distillation token for DeiT).
     pub fn num_prefix_tokens(&self) -> usize {
-        1 + usize::from(self.distillation_token)
+        prefix_tokens(self.distillation_token)
     }
 
     /// Checks the invariants every module relies on, with messages that name the values.

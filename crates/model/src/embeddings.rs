@@ -67,7 +67,7 @@ impl Embeddings {
 
     /// Tokens before the patch tokens: CLS and, for DeiT, the distillation token.
     pub fn num_prefix_tokens(&self) -> usize {
-        1 + usize::from(self.distillation_token.is_some())
+        crate::config::prefix_tokens(self.distillation_token.is_some())
     }
 
     /// # Shapes

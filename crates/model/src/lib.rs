@@ -23,6 +23,6 @@ pub mod weights;
 
 pub use config::{HfVitConfig, ModelType, VitConfig};
 pub use error::{ConfigError, ImageError, LoadError};
-pub use model::{Vit, VitOutput};
+pub use model::{Heads, Vit, VitOutput};
 pub use preprocess::PreprocessConfig;
 pub use weights::{Loaded, Storage, load_bundle, load_safetensors, save_safetensors, save_safetensors_as};

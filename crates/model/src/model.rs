@@ -127,7 +127,7 @@ impl Vit {
     /// If the model has no classifier ([`Vit::has_head`]) or the channel count is wrong.
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
         let (last_hidden_state, _, size) = self.run(pixel_values, false);
-        self.combine_heads(self.heads(last_hidden_state, size))
+        self.heads(last_hidden_state, size).combined()
     }
 
     /// The backbone: `last_hidden_state`, after the final LayerNorm (with token merging, the merged tokens).
@@ -143,7 +143,7 @@ impl Vit {
     /// With token merging, the attention maps are spread back over the original tokens.
     pub fn forward_with_attentions(&self, pixel_values: Tensor<4>) -> VitOutput {
         let (last_hidden_state, attentions, size) = self.run(pixel_values, true);
-        let logits = self.has_head().then(|| self.combine_heads(self.heads(last_hidden_state.clone(), size)));
+        let logits = self.has_head().then(|| self.heads(last_hidden_state.clone(), size).combined());
         VitOutput { last_hidden_state, logits, attentions }
     }
 
@@ -230,11 +230,11 @@ impl Vit {
 
     /// The class head's logits and, for DeiT with a distillation token, the distillation head's
     /// (training needs them apart: DeiT trains the second on the teacher's labels).
-    pub fn forward_heads(&self, last_hidden_state: Tensor<3>) -> (Tensor<2>, Option<Tensor<2>>) {
+    pub fn forward_heads(&self, last_hidden_state: Tensor<3>) -> Heads {
         self.heads(last_hidden_state, None)
     }
 
-    fn heads(&self, last_hidden_state: Tensor<3>, size: Option<Tensor<3>>) -> (Tensor<2>, Option<Tensor<2>>) {
+    fn heads(&self, last_hidden_state: Tensor<3>, size: Option<Tensor<3>>) -> Heads {
         let classifier = self.classifier.as_ref().expect("this model has no classifier (a backbone)");
         let logits = classifier.forward(self.classifier_dropout.forward(self.pool(last_hidden_state.clone(), size)));
         let distilled = self.distillation_classifier.as_ref().map(|distillation| {
@@ -242,7 +242,7 @@ impl Vit {
             let token = last_hidden_state.narrow(1, 1, 1).reshape([batch, hidden]);
             distillation.forward(self.classifier_dropout.forward(token))
         });
-        (logits, distilled)
+        Heads { class: logits, distilled }
     }
 
     /// Logits from `last_hidden_state`; DeiT with its teacher head averages both heads, as HF does.
@@ -250,13 +250,25 @@ impl Vit {
     /// # Panics
     /// If the model has no classifier.
     pub fn forward_head(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
-        self.combine_heads(self.forward_heads(last_hidden_state))
+        self.forward_heads(last_hidden_state).combined()
     }
+}
 
-    fn combine_heads(&self, heads: (Tensor<2>, Option<Tensor<2>>)) -> Tensor<2> {
-        match heads {
-            (logits, None) => logits,
-            (logits, Some(distilled)) => (logits + distilled) / 2.0,
+/// What the classification heads give: `[batch, classes]` each.
+#[derive(Debug, Clone)]
+pub struct Heads {
+    pub class: Tensor<2>,
+    /// DeiT's distillation head, on the distillation token.
+    pub distilled: Option<Tensor<2>>,
+}
+
+impl Heads {
+    /// The model's logits: the class head's, or with a distillation head the mean of both, as HF's
+    /// `DeiTForImageClassificationWithTeacher` gives at inference.
+    pub fn combined(self) -> Tensor<2> {
+        match self.distilled {
+            None => self.class,
+            Some(distilled) => (self.class + distilled) / 2.0,
         }
     }
 }

@@ -9,7 +9,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::ProgressBar;
-use vitrine_model::Vit;
+use vitrine_model::{Heads, Vit};
 
 use super::{Inputs, Run};
 use crate::cache::TokenCache;
@@ -238,11 +238,9 @@ impl Run {
         let hidden = drop_patches(hidden, self.spec.config.num_prefix_tokens(), recipe.patch_dropout, batch_seed.wrapping_add(1));
         let features = model.forward_features_from(hidden, first_block);
         let student_features = plan.teacher.as_ref().and_then(|t| t.features.as_ref()).map(|_| model.pre_logits(features.clone()));
-        let (class_logits, distilled) = model.forward_heads(features);
-        let logits = match &distilled {
-            Some(distilled) => (class_logits.clone() + distilled.clone()) / 2.0,
-            None => class_logits.clone(),
-        };
+        let heads = model.forward_heads(features);
+        let logits = heads.clone().combined();
+        let Heads { class: class_logits, distilled } = heads;
         let host_logits = to_host(logits.clone())?;
         let loss = match (&recipe.distill, &plan.teacher) {
             (Some(recipe_distill), Some(teacher)) => distill::loss(

@@ -44,6 +44,14 @@ fn main() {
         let layer = LinearConfig::new(d_in, d_out).init(&device);
         row(name, time_ms(iters, || layer.forward(x.clone())), time_ms(iters, || vitrine_kernels::linear(&layer, x.clone())));
     }
+    if vitrine_kernels::int8::available() {
+        let wide = Tensor::<3>::random([batch, tokens, 4 * hidden], Distribution::Default, &device);
+        for (name, d_in, d_out, x) in [("int8 linear q/k/v/o (vs f32 ours)", hidden, hidden, &x), ("int8 linear fc1", hidden, 4 * hidden, &x), ("int8 linear fc2", 4 * hidden, hidden, &wide)] {
+            let layer = LinearConfig::new(d_in, d_out).init(&device);
+            let int8 = vitrine_kernels::quantize_linear(layer.clone());
+            row(name, time_ms(iters, || vitrine_kernels::linear(&layer, x.clone())), time_ms(iters, || vitrine_kernels::linear(&int8, x.clone())));
+        }
+    }
     let fc1 = LinearConfig::new(hidden, 4 * hidden).init(&device);
     row(
         "linear fc1 + gelu",

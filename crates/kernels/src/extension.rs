@@ -2,19 +2,22 @@
 //! [`LinearOps`], [`AttentionOps`] and [`GeluOps`] on flex and under autodiff, each with a backward
 //! node of its own. Other backends never reach these traits (see `lib.rs`).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::ActivationOps;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, QuantizedTensor};
 use burn::backend::{Autodiff, Backend, Flex, backend_extension};
 use burn::tensor::{DType, Shape};
 use burn_flex::{FlexTensor, Layout};
 
 use crate::attention::{self, Dims, Operand};
-use crate::elementwise;
+use crate::{elementwise, int8};
 use crate::linear::{self, Matrix};
 
 /// Operations used without gradients: the attention maps.
@@ -22,6 +25,14 @@ use crate::linear::{self, Matrix};
 pub trait InferenceOps: Backend {
     /// `softmax(q k^T / sqrt(dim))`, `[batch, heads, q, kv]`.
     fn attention_probs(q: FloatTensor<Self>, k: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Linear layers with int8 weights ([`crate::int8`]), for inference.
+#[backend_extension(Flex)]
+pub trait Int8Ops: Backend {
+    /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`; the weight
+    /// quantized per output column as [`crate::quantize_linear`] makes it.
+    fn linear_int8(x: FloatTensor<Self>, weight: QuantizedTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
 }
 
 /// Linear layers, also under autodiff: the backward of burn's own `linear`, on vitrine's products.
@@ -106,6 +117,45 @@ impl InferenceOps for Flex {
         attention::attention(operand(&q), operand(&k), None, dims, scale, None, Some(&mut probs));
         from_vec(probs, Shape::new([dims.batch, dims.heads, dims.q_tokens, dims.kv_tokens]))
     }
+}
+
+impl Int8Ops for Flex {
+    fn linear_int8(x: FlexTensor, weight: burn_flex::FlexQTensor, bias: FlexTensor, gelu: bool) -> FlexTensor {
+        let x = dense(x);
+        let (rows, d_in) = (x.layout().shape()[0], x.layout().shape()[1]);
+        let w = weight.tensor();
+        let shape = w.layout().shape();
+        let d_out = shape[1];
+        assert!(
+            shape[0] == d_in && w.is_contiguous() && w.layout().start_offset() == 0,
+            "int8 linear: input width {d_in} against a weight of {shape:?} (dense, as quantize_linear makes it)"
+        );
+        let packed = packed(&weight);
+        // Every row of the scale grid holds the same per-column scales (see quantize_linear).
+        let scales = &weight.scales()[..d_out];
+        let bias = dense(bias);
+        let bias = bias.as_slice::<f32>().expect("an f32 bias");
+        let out = int8::forward(x.as_slice::<f32>().expect("an f32 input"), rows, &packed, scales, bias, gelu);
+        from_vec(out, Shape::new([rows, d_out]))
+    }
+}
+
+/// The packing of an int8 weight, made on its first use and kept. The entry holds the weight
+/// itself (a shared handle on its bytes), so the address it is keyed by cannot be reused by
+/// another tensor: a packing is never taken for another weight's. Weights live as long as the
+/// process (an inference model, loaded once).
+fn packed(weight: &burn_flex::FlexQTensor) -> Arc<int8::Packed> {
+    type Entry = (burn_flex::FlexQTensor, Arc<int8::Packed>);
+    static PACKED: Mutex<BTreeMap<usize, Entry>> = Mutex::new(BTreeMap::new());
+    let values = weight.tensor().storage::<i8>();
+    let key = values.as_ptr() as usize;
+    if let Some((_, packed)) = PACKED.lock().expect("the packing cache").get(&key) {
+        return packed.clone();
+    }
+    let shape = weight.tensor().layout().shape();
+    let packed = Arc::new(int8::Packed::new(values, shape[0], shape[1]));
+    PACKED.lock().expect("the packing cache").insert(key, (weight.clone(), packed.clone()));
+    packed
 }
 
 impl LinearOps for Flex {

@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod elementwise;
 mod extension;
+pub mod int8;
 pub mod linear;
 mod math;
 mod parallel;
@@ -17,9 +18,10 @@ pub mod simd;
 
 use burn::backend::Dispatch;
 use burn::nn::Linear;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use extension::{AttentionOps, GeluOps, InferenceOps, LinearOps};
+use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps};
 
 /// Whether `device` is the flex CPU backend, plain or under autodiff.
 pub fn runs_on_flex(device: &Device) -> bool {
@@ -54,22 +56,60 @@ pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     linear_then(layer, x, true).unwrap_or_else(|x| gelu(layer.forward(x)))
 }
 
+/// `layer` with its weight held as int8, one scale per output column, for [`int8`]'s integer
+/// products: on the flex CPU backend without autodiff, where this CPU has them; elsewhere `layer`
+/// as it is. Quantizing weights that already are int8 per column (an int8 bundle's, rebuilt in f32
+/// at load) gives back the same integers.
+pub fn quantize_linear(layer: Linear) -> Linear {
+    let weight = layer.weight.val();
+    let [d_in, d_out] = weight.dims();
+    // The scales are stored per block of `[block, 1]` (burn's block sides are at most 255): the
+    // same row of per-column scales repeated `d_in / block` times.
+    let block = (16..=255.min(d_in)).rev().find(|b| d_in.is_multiple_of(*b));
+    let device = weight.device();
+    let serves = runs_on_flex(&device) && !device.is_autodiff() && weight.dtype() == DType::F32 && int8::available();
+    let (Some(block), true) = (block, serves) else {
+        return layer;
+    };
+    let values: Vec<f32> = weight.into_data().try_to_vec().expect("an f32 weight");
+    let mut scales = vec![0f32; d_out];
+    for row in values.chunks_exact(d_out) {
+        scales.iter_mut().zip(row).for_each(|(s, v)| *s = s.max(v.abs()));
+    }
+    scales.iter_mut().for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
+    let q: Vec<i8> = values.iter().enumerate().map(|(i, v)| (v / scales[i % d_out]).round().clamp(-127.0, 127.0) as i8).collect();
+    let scheme = QuantScheme::default().with_value(QuantValue::Q8S).with_store(QuantStore::Native).per_block([block as u8, 1], ScaleDtype::F32);
+    let grid: Vec<f32> = scales.iter().copied().cycle().take(d_in / block * d_out).collect();
+    let data = TensorData::quantized(q, [d_in, d_out], scheme, &grid, None);
+    Linear { weight: layer.weight.map(|_| Tensor::from_data(data, &device)), ..layer }
+}
+
+/// Whether `layer`'s weight is one [`quantize_linear`] made.
+fn holds_int8(layer: &Linear) -> bool {
+    matches!(layer.weight.val().dtype(), DType::QFloat(_))
+}
+
 /// vitrine's Linear, or the input back when the kernel does not serve it.
 #[allow(clippy::result_large_err)] // the error is the input tensor, handed back unchanged
 fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) -> Result<Tensor<D>, Tensor<D>> {
-    match &layer.bias {
-        Some(bias) if kernels_serve(&x) && layer.weight.val().dtype() == DType::F32 => {
-            let dims = x.dims();
-            let rows = dims[..D - 1].iter().product::<usize>();
-            let x2 = x.reshape([rows, dims[D - 1]]);
-            let (weight, bias) = (layer.weight.val().into_dispatch(), bias.val().into_dispatch());
-            let out = <Dispatch as LinearOps>::linear(x2.into_dispatch(), weight, bias, with_gelu);
-            let mut shape = dims;
-            shape[D - 1] = layer.weight.dims()[1];
-            Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
-        }
-        _ => Err(x),
+    let Some(bias) = &layer.bias else { return Err(x) };
+    let int8 = inference_on_flex(&x) && holds_int8(layer);
+    let f32 = kernels_serve(&x) && layer.weight.val().dtype() == DType::F32;
+    if !(int8 || f32) {
+        return Err(x);
     }
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, dims[D - 1]]).into_dispatch();
+    let (weight, bias) = (layer.weight.val().into_dispatch(), bias.val().into_dispatch());
+    let out = if int8 {
+        <Dispatch as Int8Ops>::linear_int8(x, weight, bias, with_gelu)
+    } else {
+        <Dispatch as LinearOps>::linear(x, weight, bias, with_gelu)
+    };
+    let mut shape = dims;
+    shape[D - 1] = layer.weight.dims()[1];
+    Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`,

@@ -131,3 +131,35 @@ fn attention_gradients_match_flex() {
         }
     }
 }
+
+#[test]
+fn an_int8_linear_computes_on_integers_near_the_f32_one() {
+    if !vitrine_kernels::int8::available() {
+        eprintln!("no integer kernel on this CPU: nothing to check");
+        return;
+    }
+    let device = Device::flex();
+    for (rows, d_in, d_out, gelu) in [(197, 384, 1536, true), (2 * 197, 1536, 384, false), (5, 64, 24, false)] {
+        let layer = LinearConfig::new(d_in, d_out).init(&device);
+        let int8 = vitrine_kernels::quantize_linear(layer.clone());
+        assert!(matches!(int8.weight.val().dtype(), burn::tensor::DType::QFloat(_)), "{d_in}x{d_out}: the weight is int8");
+        let x = Tensor::<3>::random([1, rows, d_in], Distribution::Default, &device);
+        let (ours, theirs) = if gelu {
+            (vitrine_kernels::linear_gelu(&int8, x.clone()), vitrine_kernels::linear_gelu(&layer, x.clone()))
+        } else {
+            (vitrine_kernels::linear(&int8, x.clone()), vitrine_kernels::linear(&layer, x.clone()))
+        };
+        // Burn's own product on the same int8 weight (dequantized) gives the weight's rounding
+        // alone; the integer kernel adds the activations' rounding, well under 1 % of the output.
+        let error = (ours.clone() - theirs.clone()).powi_scalar(2).mean().sqrt().into_scalar::<f32>();
+        let scale = theirs.powi_scalar(2).mean().sqrt().into_scalar::<f32>();
+        assert!(error / scale < 0.01, "{d_in}x{d_out}: relative RMS error {}", error / scale);
+        let burns = int8.forward(x.clone());
+        let ours = vitrine_kernels::linear(&int8, x);
+        let gap = (ours - burns.clone()).powi_scalar(2).mean().sqrt().into_scalar::<f32>() / burns.powi_scalar(2).mean().sqrt().into_scalar::<f32>();
+        assert!(gap < 0.01, "{d_in}x{d_out}: against burn's dequantized product {gap}");
+    }
+    // Autodiff devices and f32 weights elsewhere keep the layer as it is.
+    let trained = vitrine_kernels::quantize_linear(LinearConfig::new(64, 8).init(&Device::flex().autodiff()));
+    assert_eq!(trained.weight.val().dtype(), burn::tensor::DType::F32);
+}

@@ -112,6 +112,24 @@ impl Vit {
         self
     }
 
+    /// The same model computing its blocks' Linear layers in int8 (weights per output channel,
+    /// activations per token, i32 sums: [`vitrine_kernels::int8`]) where the device and CPU have
+    /// the integer kernels (flex, no autodiff, AVX2 or AVX-512 VNNI); unchanged elsewhere. For
+    /// inference: an int8 bundle's weights give back its own integers.
+    pub fn with_int8_products(mut self) -> Self {
+        let quantize = |layer: &mut Linear| *layer = vitrine_kernels::quantize_linear(layer.clone());
+        for layer in &mut self.vit.encoder.layer {
+            let attention = &mut layer.attention.attention;
+            for linear in [&mut attention.query, &mut attention.key, &mut attention.value] {
+                quantize(linear);
+            }
+            quantize(&mut layer.attention.output.dense);
+            quantize(&mut layer.intermediate.dense);
+            quantize(&mut layer.output.dense);
+        }
+        self
+    }
+
     /// Token pairs merged per block (0: off).
     pub fn token_merging(&self) -> usize {
         self.token_merging

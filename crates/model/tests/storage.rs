@@ -56,6 +56,32 @@ fn int8_storage_stays_within_2_percent_of_the_logit_range() {
 }
 
 #[test]
+fn int8_products_stay_near_the_f32_products_of_the_same_int8_weights() {
+    if !vitrine_kernels::int8::available() {
+        eprintln!("no integer kernel on this CPU: nothing to check");
+        return;
+    }
+    for name in ["vit", "deit", "dinov2"] {
+        let dir = fixture(name);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let device = Device::flex();
+        let f32_model = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
+        let stored = save_safetensors_as(&f32_model.model, f32_model.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
+        let int8 = load_safetensors(&config, &stored, &device).unwrap().model;
+        let side = f32_model.config.image_size;
+        let a = int8.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+        let int8 = int8.with_int8_products();
+        let query = &int8.vit.encoder.layer[0].attention.attention.query;
+        assert!(matches!(query.weight.val().dtype(), burn::tensor::DType::QFloat(_)), "{name}: the blocks compute in int8");
+        let b = int8.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+        // The activations' rounding (per token, 8 bits) on top of the weights' own.
+        let range = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff > 0.0 && diff < 0.02 * range, "{name}: {diff} vs logit range {range}");
+    }
+}
+
+#[test]
 fn int8_file_stores_block_weights_as_i8_with_scales() {
     let dir = fixture("vit");
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();

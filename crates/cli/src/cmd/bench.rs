@@ -50,6 +50,8 @@ struct Row {
     bytes: u64,
     /// The instruction set of vitrine's CPU kernels on this machine (avx512, avx2, scalar).
     isa: String,
+    /// The integer instruction set of int8 bundles' products (`none`: they compute in f32).
+    int8_isa: String,
     /// Peak resident memory of this process so far (Linux `VmHWM`), bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     peak_rss_bytes: Option<u64>,
@@ -73,7 +75,9 @@ pub fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     let settings: Vec<(&String, usize)> = args.model.iter().flat_map(|m| args.tome.iter().map(move |&r| (m, r))).collect();
     for (name, tome) in settings {
-        let mut model = source::load(name, &device)?;
+        let model = source::load(name, &device)?;
+        // Training needs float weights; inference of an int8 bundle runs on integer products.
+        let mut model = if args.train { model } else { model.int8_products_if_stored() };
         model.merge_tokens(tome)?;
         let [h, w] = match args.image_size {
             Some(side) => [side, side],
@@ -93,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
             peak_rss_bytes: peak_rss_bytes(),
             bytes: model.weight_bytes,
             isa: format!("{:?}", vitrine_kernels::simd::Isa::detect()).to_lowercase(),
+            int8_isa: format!("{:?}", vitrine_kernels::int8::Int8Isa::detect()).to_lowercase(),
         });
     }
     if args.train && !args.json {
@@ -104,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("CPU kernels: {}", rows[0].isa);
+        println!("CPU kernels: {} (int8 products: {})", rows[0].isa, rows[0].int8_isa);
         println!("{:<48} {:>12} {:>10} {:>10}", "model", "ms/image", "params M", "MB");
         for r in &rows {
             println!("{:<48} {:>12.2} {:>10.2} {:>10.2}", r.model, r.ms_per_image, r.params as f64 / 1e6, r.bytes as f64 / 1e6);

@@ -40,6 +40,17 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The scheme a `config.json` records under `quantization` (f32 when it records none).
+    pub fn recorded(entry: Option<&serde_json::Value>) -> Self {
+        match entry.and_then(|e| e.get("weights")).and_then(|w| w.as_str()) {
+            Some("int8") => Self::Int8,
+            Some("f16") => Self::F16,
+            _ => Self::F32,
+        }
+    }
+}
+
 /// Whether the canonical parameter `name` is int8 under [`Storage::Int8`].
 pub fn is_quantized_weight(canonical: &str) -> bool {
     canonical.starts_with("vit.encoder.layer.")
@@ -82,6 +93,13 @@ pub fn float_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorded_scheme_is_read_back() {
+        for storage in [Storage::F32, Storage::F16, Storage::Int8] {
+            assert_eq!(Storage::recorded(storage.config_entry().as_ref()), storage);
+        }
+    }
 
     #[test]
     fn int8_rows_round_trip_within_half_a_step() {

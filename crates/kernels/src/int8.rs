@@ -1,0 +1,445 @@
+//! Integer matrix products for int8 Linear layers: `x [rows, in] (f32) @ w [in, out] (i8, one f32
+//! scale per output column)`, accumulated in i32.
+//!
+//! Activations are quantized per row, symmetrically (`max |x| / 127`), when the product starts
+//! (dynamic quantization, as onnxruntime's `quantize_dynamic` does per tensor). The weights are
+//! packed per call into the layout of the instruction set (a GEMM packs its operands anyway; the
+//! packing costs `in * out` byte moves against `rows * in * out` multiply-adds), then:
+//! - AVX-512 VNNI: `vpdpbusd`, 64 u8 x i8 products per instruction. Activations become u8 by
+//!   adding 128; the 128 x column sums that this adds are taken off in the epilogue.
+//! - AVX2: `vpmaddwd` on values widened to i16, 16 products per instruction, exact (the u8 x i8
+//!   `vpmaddubsw` would saturate its i16 pair sums at full 8-bit range).
+//! - elsewhere: [`available`] is false and the layer keeps f32 weights.
+// Without an x86 kernel (wasm), nothing past `available` runs yet.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+
+use crate::elementwise;
+#[cfg(threads)]
+use rayon::prelude::*;
+
+/// Rows of one micro-tile: each packed weight vector loaded is used this many times (6 rows x 4
+/// vectors of sums fill 24 of AVX-512's 32 registers; AVX2's 6 x 2 fill 12 of 16).
+const ROWS: usize = 6;
+/// Most rows per thread task: a task's quantized rows stay in L1 while each weight block passes.
+const MAX_TASK_ROWS: usize = 96;
+
+/// The integer instruction set of this CPU, detected once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Isa {
+    Vnni512,
+    Avx2,
+    None,
+}
+
+impl Int8Isa {
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static ISA: std::sync::OnceLock<Int8Isa> = std::sync::OnceLock::new();
+            *ISA.get_or_init(|| {
+                // VITRINE_NO_INT8 keeps int8 bundles on f32 products (to compare the two).
+                if std::env::var_os("VITRINE_NO_INT8").is_some() {
+                    return Int8Isa::None;
+                }
+                let avx512 = std::env::var_os("VITRINE_NO_AVX512").is_none()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni");
+                if avx512 {
+                    Int8Isa::Vnni512
+                } else if is_x86_feature_detected!("avx2") {
+                    Int8Isa::Avx2
+                } else {
+                    Int8Isa::None
+                }
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Int8Isa::None
+    }
+
+    /// Products summed per 32-bit lane: 4 for `vpdpbusd`, 2 for `vpmaddwd`.
+    fn group(self) -> usize {
+        match self {
+            Int8Isa::Vnni512 => 4,
+            _ => 2,
+        }
+    }
+
+    /// Output columns of one packed block.
+    fn block(self) -> usize {
+        match self {
+            Int8Isa::Vnni512 => 64,
+            _ => 16,
+        }
+    }
+}
+
+/// Whether this CPU computes int8 products faster than f32 ones here.
+pub fn available() -> bool {
+    Int8Isa::detect() != Int8Isa::None
+}
+
+/// Symmetric int8 of `values` (`[rows, cols]` row-major) with one scale per row: `max |x| / 127`,
+/// rounded to the nearest (ties to even, as the vector instructions round).
+pub fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i32; cols];
+    let mut out = Vec::with_capacity(values.len());
+    let scales = values
+        .chunks_exact(cols.max(1))
+        .map(|row| {
+            let scale = quantize_row(row, &mut q);
+            out.extend(q.iter().map(|&v| v as i8));
+            scale
+        })
+        .collect();
+    (out, scales)
+}
+
+/// One row of [`quantize_rows`] into `q` (as i32, for the callers' widths); returns its scale.
+#[inline(always)]
+fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
+    let peak = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+    let inverse = 1.0 / scale;
+    for (o, v) in q.iter_mut().zip(row) {
+        *o = (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+    }
+    scale
+}
+
+/// `x [rows, d_in] @ (w * scales per column) + bias`, then the exact GELU when `gelu`, with `w`
+/// the `[d_in, d_out]` weight [`Packed::new`] packed.
+///
+/// # Panics
+/// If the lengths disagree.
+pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32], gelu: bool) -> Vec<f32> {
+    let (d_in, d_out) = (w.d_in, w.d_out);
+    assert_eq!(x.len(), rows * d_in, "int8 linear: input of {} values for {rows} rows of {d_in}", x.len());
+    assert_eq!(scales.len(), d_out, "int8 linear: {} scales for {d_out} outputs", scales.len());
+    assert_eq!(bias.len(), d_out, "int8 linear: a bias of {} for {d_out} outputs", bias.len());
+    let mut out = vec![0f32; rows * d_out];
+    if rows == 0 || d_out == 0 {
+        return out;
+    }
+    let isa = w.isa;
+    let tile = Tile { x, d_in, depth: d_in.div_ceil(isa.group()) * isa.group(), packed: w, col_scales: scales, d_out, isa };
+    // About two tasks per thread, in whole micro-tiles.
+    #[cfg(threads)]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(threads))]
+    let threads = 1;
+    let task_rows = (rows.div_ceil(2 * threads).div_ceil(ROWS) * ROWS).min(MAX_TASK_ROWS);
+    let task = |(index, out): (usize, &mut [f32])| tile.rows_into(index * task_rows, out);
+    #[cfg(threads)]
+    out.par_chunks_mut(task_rows * d_out).enumerate().for_each(task);
+    #[cfg(not(threads))]
+    out.chunks_mut(task_rows * d_out).enumerate().for_each(task);
+    elementwise::add_bias_in_place(&mut out, bias, gelu);
+    out
+}
+
+/// A weight in the order of this CPU's integer kernel: per block of columns, per group of input
+/// rows, the block's columns each with its group of values (zero-padded), and the column sums.
+/// Packing reads the weight once; a layer's packing is kept and reused ([`crate::quantize_linear`]).
+pub struct Packed {
+    values: Vec<i8>,
+    /// `sum_k w[k, c]`, for the VNNI offset of 128.
+    column_sums: Vec<i32>,
+    /// Bytes of one block.
+    stride: usize,
+    d_in: usize,
+    d_out: usize,
+    isa: Int8Isa,
+}
+
+impl Packed {
+    /// Packs `w`, `[d_in, d_out]` row-major.
+    ///
+    /// # Panics
+    /// If [`available`] is false or `w` is not `d_in * d_out` values.
+    pub fn new(w: &[i8], d_in: usize, d_out: usize) -> Self {
+        let isa = Int8Isa::detect();
+        assert_ne!(isa, Int8Isa::None, "int8 linear: no integer kernel for this CPU");
+        assert_eq!(w.len(), d_in * d_out, "int8 linear: weight of {} values for [{d_in}, {d_out}]", w.len());
+        let (group, block) = (isa.group(), isa.block());
+        let groups = d_in.div_ceil(group);
+        let blocks = d_out.div_ceil(block);
+        let stride = groups * block * group;
+        let mut values = vec![0i8; blocks * stride];
+        let mut column_sums = vec![0i32; blocks * block];
+        let pack = |(b, (values, sums)): (usize, (&mut [i8], &mut [i32]))| {
+            let c0 = b * block;
+            let width = block.min(d_out - c0);
+            for k in 0..d_in {
+                let row = &w[k * d_out + c0..][..width];
+                let (g, t) = (k / group, k % group);
+                let out = &mut values[g * block * group..][..block * group];
+                for (j, &v) in row.iter().enumerate() {
+                    out[j * group + t] = v;
+                }
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += i32::from(v));
+            }
+        };
+        #[cfg(threads)]
+        values.par_chunks_mut(stride).zip(column_sums.par_chunks_mut(block)).enumerate().for_each(pack);
+        #[cfg(not(threads))]
+        values.chunks_mut(stride).zip(column_sums.chunks_mut(block)).enumerate().for_each(pack);
+        Self { values, column_sums, stride, d_in, d_out, isa }
+    }
+}
+
+/// What every task reads.
+struct Tile<'a> {
+    /// `[rows, d_in]` f32 activations.
+    x: &'a [f32],
+    d_in: usize,
+    /// Quantized values per row: `d_in` rounded up to whole groups.
+    depth: usize,
+    packed: &'a Packed,
+    col_scales: &'a [f32],
+    d_out: usize,
+    isa: Int8Isa,
+}
+
+/// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2) values, padded to
+/// whole tiles and groups, and each row's scale.
+struct Activations {
+    bytes: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl Tile<'_> {
+    /// Rows `first..` into `out` (whole rows of `d_out`), compiled whole for the instruction set
+    /// (the quantization and the epilogue vectorise with it).
+    fn rows_into(&self, first: usize, out: &mut [f32]) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() saw AVX-512F, BW and VNNI.
+            Int8Isa::Vnni512 => unsafe { x86::rows_vnni512(self, first, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() saw AVX2.
+            Int8Isa::Avx2 => unsafe { x86::rows_avx2(self, first, out) },
+            _ => unreachable!("int8 products without an integer kernel"),
+        }
+    }
+
+    /// [`Tile::rows_into`]'s body, `tile` the instruction set's micro-kernel.
+    #[inline(always)]
+    fn rows_with(&self, first: usize, out: &mut [f32], tile: impl Fn(&[u8], usize, &[i8], usize, &mut [[i32; 64]; ROWS])) {
+        let rows = out.len() / self.d_out;
+        let a = self.quantize(&self.x[first * self.d_in..(first + rows) * self.d_in], rows);
+        let blocks = self.d_out.div_ceil(self.isa.block());
+        let mut acc = [[0i32; 64]; ROWS];
+        // Each weight block (depth x 64 bytes) stays in L1 while every tile of rows passes over it.
+        for b in 0..blocks {
+            for r0 in (0..rows).step_by(ROWS) {
+                tile(&a.bytes, self.depth, &self.packed.values[b * self.packed.stride..], r0, &mut acc);
+                self.store(&acc, &a.scales, r0, rows, b, out);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn quantize(&self, x: &[f32], rows: usize) -> Activations {
+        let padded = rows.div_ceil(ROWS) * ROWS;
+        let mut scales = vec![0f32; rows];
+        let mut q = vec![0i32; self.d_in];
+        let vnni = self.isa == Int8Isa::Vnni512;
+        let width = if vnni { self.depth } else { 2 * self.depth };
+        let mut bytes = vec![if vnni { 128u8 } else { 0 }; padded * width];
+        for ((x, out), scale) in x.chunks_exact(self.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales) {
+            *scale = quantize_row(x, &mut q);
+            if vnni {
+                out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8);
+            } else {
+                out.chunks_exact_mut(2).zip(&q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes()));
+            }
+        }
+        Activations { bytes, scales }
+    }
+
+    /// `out[r, c] = (acc - offset * column_sum) * row_scale * col_scale` for the tile's real cells
+    /// (rows `r0..` of the task's `rows`).
+    #[inline(always)]
+    fn store(&self, acc: &[[i32; 64]; ROWS], row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
+        let block = self.isa.block();
+        let offset = if self.isa == Int8Isa::Vnni512 { 128 } else { 0 };
+        let c0 = b * block;
+        let width = block.min(self.d_out - c0);
+        let sums = &self.packed.column_sums[c0..c0 + width];
+        let col_scales = &self.col_scales[c0..c0 + width];
+        for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0)) {
+            let r = r0 + i;
+            let row = &mut out[r * self.d_out + c0..][..width];
+            let scale = row_scales[r];
+            for (((o, &acc), &sum), &col) in row.iter_mut().zip(acc).zip(sums).zip(col_scales) {
+                *o = (acc - offset * sum) as f32 * scale * col;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    use super::{ROWS, Tile};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn rows_vnni512(t: &Tile, first: usize, out: &mut [f32]) {
+        t.rows_with(first, out, |a, depth, w, r0, acc| unsafe { tile_vnni512(a, depth, w, r0, acc) });
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows_avx2(t: &Tile, first: usize, out: &mut [f32]) {
+        t.rows_with(first, out, |a, depth, w, r0, acc| unsafe { tile_avx2(a, depth, w, r0, acc) });
+    }
+
+    /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with `vpdpbusd`: 6 rows x 4
+    /// vectors of 16 columns. `a` holds u8 rows of `depth` values, `w` the block (from its start).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn tile_vnni512(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+        let groups = depth / 4;
+        debug_assert!(a.len() >= (r0 + ROWS) * depth && w.len() >= groups * 256);
+        let (w, a) = (w.as_ptr(), unsafe { a.as_ptr().add(r0 * depth) });
+        let mut sums = [[_mm512_setzero_si512(); 4]; ROWS];
+        for g in 0..groups {
+            unsafe {
+                let wg = w.add(g * 256);
+                let wv = [
+                    _mm512_loadu_si512(wg.cast()),
+                    _mm512_loadu_si512(wg.add(64).cast()),
+                    _mm512_loadu_si512(wg.add(128).cast()),
+                    _mm512_loadu_si512(wg.add(192).cast()),
+                ];
+                for (i, sums) in sums.iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32(a.add(i * depth + 4 * g).cast::<i32>().read_unaligned());
+                    for v in 0..4 {
+                        sums[v] = _mm512_dpbusd_epi32(sums[v], x, wv[v]);
+                    }
+                }
+            }
+        }
+        for (acc, sums) in acc.iter_mut().zip(&sums) {
+            for (v, s) in sums.iter().enumerate() {
+                unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(16 * v).cast(), *s) };
+            }
+        }
+    }
+
+    /// The same with `vpmaddwd` on i16 pairs: 6 rows x 2 vectors of 8 columns. `a` holds rows of
+    /// `depth` little-endian i16 values.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile_avx2(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+        let pairs = depth / 2;
+        debug_assert!(a.len() >= (r0 + ROWS) * 2 * depth && w.len() >= pairs * 32);
+        let (w, a) = (w.as_ptr(), unsafe { a.as_ptr().add(r0 * 2 * depth) });
+        let mut sums = [[_mm256_setzero_si256(); 2]; ROWS];
+        for p in 0..pairs {
+            unsafe {
+                let wp = w.add(p * 32);
+                let wv = [
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.cast())),
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16).cast())),
+                ];
+                for (i, sums) in sums.iter_mut().enumerate() {
+                    let x = _mm256_set1_epi32(a.add(2 * (i * depth + 2 * p)).cast::<i32>().read_unaligned());
+                    for v in 0..2 {
+                        sums[v] = _mm256_add_epi32(sums[v], _mm256_madd_epi16(x, wv[v]));
+                    }
+                }
+            }
+        }
+        for (acc, sums) in acc.iter_mut().zip(&sums) {
+            for (v, s) in sums.iter().enumerate() {
+                unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add(8 * v).cast(), *s) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic spread of values in [-1, 1).
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Per-column int8 of a `[d_in, d_out]` weight (the scales of the columns).
+    fn quantize_columns(w: &[f32], d_out: usize) -> (Vec<i8>, Vec<f32>) {
+        let d_in = w.len() / d_out;
+        let scales: Vec<f32> = (0..d_out).map(|c| (0..d_in).fold(0f32, |m, k| m.max(w[k * d_out + c].abs())) / 127.0).collect();
+        let q = w.iter().enumerate().map(|(i, v)| (v / scales[i % d_out]).round().clamp(-127.0, 127.0) as i8).collect();
+        (q, scales)
+    }
+
+    /// The same integer product, computed plainly: the kernels must give exactly this.
+    fn reference(x: &[f32], rows: usize, w: &[i8], scales: &[f32], bias: &[f32]) -> Vec<f32> {
+        let d_out = scales.len();
+        let d_in = x.len() / rows;
+        let (q, row_scales) = quantize_rows(x, d_in);
+        let mut out = vec![0f32; rows * d_out];
+        for r in 0..rows {
+            for c in 0..d_out {
+                let acc: i32 = (0..d_in).map(|k| i32::from(q[r * d_in + k]) * i32::from(w[k * d_out + c])).sum();
+                out[r * d_out + c] = acc as f32 * row_scales[r] * scales[c] + bias[c];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn integer_products_match_the_plain_reference_on_odd_shapes() {
+        if !available() {
+            eprintln!("no integer kernel on this CPU: nothing to check");
+            return;
+        }
+        // Rows, inputs and outputs that leave every tail: partial tiles, groups, blocks, tasks.
+        for (rows, d_in, d_out) in [(1, 3, 5), (5, 7, 17), (37, 64, 70), (197, 384, 1536), (66, 1536, 384), (3, 130, 129)] {
+            let x = values(rows * d_in, 1);
+            let (w, scales) = quantize_columns(&values(d_in * d_out, 2), d_out);
+            let bias = values(d_out, 3);
+            let got = forward(&x, rows, &Packed::new(&w, d_in, d_out), &scales, &bias, false);
+            let want = reference(&x, rows, &w, &scales, &bias);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+            // The same integers; only the order of two f32 multiplications may differ.
+            assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}: {worst}");
+        }
+    }
+
+    #[test]
+    fn the_int8_product_stays_near_the_f32_one() {
+        if !available() {
+            return;
+        }
+        let (rows, d_in, d_out) = (197, 384, 384);
+        let x = values(rows * d_in, 4);
+        let w = values(d_in * d_out, 5);
+        let (q, scales) = quantize_columns(&w, d_out);
+        let got = forward(&x, rows, &Packed::new(&q, d_in, d_out), &scales, &vec![0.0; d_out], false);
+        let mut rms = (0f64, 0f64);
+        for r in 0..rows {
+            for c in 0..d_out {
+                let exact: f32 = (0..d_in).map(|k| x[r * d_in + k] * w[k * d_out + c]).sum();
+                rms.0 += f64::from(got[r * d_out + c] - exact).powi(2);
+                rms.1 += f64::from(exact).powi(2);
+            }
+        }
+        // Two 8-bit roundings of uniform values: about 1 % of the output's scale.
+        let relative = (rms.0 / rms.1).sqrt();
+        assert!(relative < 0.02, "relative RMS error {relative}");
+    }
+}

@@ -12,6 +12,13 @@ use vitrine_train::logbook::Logbook;
 use vitrine_train::recipe::Recipe;
 use vitrine_train::{checkpoint, schedule, setup, trainer};
 
+/// flex's random numbers are one stream per process (`Device::seed` sets it for every thread), and
+/// runs seed it and draw from it: tests that train take turns, or a neighbour's draws change theirs.
+fn one_run_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RUN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
@@ -66,6 +73,7 @@ fn values(model: &Vit, prefix: &str) -> Vec<f32> {
 
 #[test]
 fn loss_falls_accuracy_rises_and_the_export_reloads_identically() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (24, 8));
@@ -116,6 +124,7 @@ fn setup_like(run: &Path, device: &Device) -> Vit {
 
 #[test]
 fn head_only_epochs_leave_the_blocks_untouched() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (8, 4));
@@ -145,6 +154,7 @@ fn head_only_epochs_leave_the_blocks_untouched() {
 
 #[test]
 fn frozen_prefix_from_cache_trains_only_the_top() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (16, 6));
@@ -166,6 +176,7 @@ fn frozen_prefix_from_cache_trains_only_the_top() {
 
 #[test]
 fn layer_wise_decay_assigns_the_intended_rates() {
+    let _one = one_run_at_a_time();
     let device = Device::flex();
     let (loaded, _) = pretrained(&device);
     let recipe = Recipe { lr: 0.01, backbone_lr: Some(0.004), layer_decay: 0.5, min_lr_ratio: 1.0, warmup_steps: 1, head_only_epochs: 0, ..Recipe::default() };
@@ -259,6 +270,7 @@ fn distill_recipe(teacher: &Path, alpha: f64, feature_weight: f64) -> vitrine_tr
 
 #[test]
 fn distillation_brings_the_student_closer_to_the_teacher() {
+    let _one = one_run_at_a_time();
     let Taught { tmp, data, device, preprocess, dir, teacher } = taught();
     let student = cut_student(&dir, &device);
     let before = kl_to_teacher(&student.model, &teacher, &data, &preprocess, &device);
@@ -275,6 +287,7 @@ fn distillation_brings_the_student_closer_to_the_teacher() {
 /// logits alone do; a student of another width is refused.
 #[test]
 fn feature_distillation_brings_the_features_closer() {
+    let _one = one_run_at_a_time();
     let Taught { tmp, data, device, preprocess, dir, teacher } = taught();
     let before = feature_distance(&cut_student(&dir, &device).model, &teacher, &data, &preprocess, &device);
     let mut after = Vec::new();
@@ -300,6 +313,7 @@ fn feature_distillation_brings_the_features_closer() {
 /// at another resolution (the teacher sees its own); a run that saw other views is refused.
 #[test]
 fn the_teacher_runs_cache_stands_in_for_its_frozen_blocks() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (12, 4));
@@ -353,6 +367,7 @@ fn unfreeze_jump(model: &Path, recipe: Recipe, device: &Device, run: &Path, must
 
 #[test]
 fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_value() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (24, 8));
@@ -387,6 +402,7 @@ fn unfreezing_with_the_defaults_keeps_the_training_loss_near_its_pre_unfreeze_va
 
 #[test]
 fn the_report_escapes_run_names_and_paths() {
+    let _one = one_run_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("shapes");
     shapes_dataset(&data, (4, 2));

@@ -30,6 +30,9 @@ const TIMEOUT = 120_000;
 
 const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/vitrine/target');
 const VITRINE = process.env.VITRINE_BIN ?? join(targetDir, 'release/vitrine');
+// The page computes int8 bundles with f32 products (the wasm build has no integer kernel yet), so
+// the native reference does too: the same arithmetic, compared at 1e-4.
+const NATIVE_ENV = { ...process.env, VITRINE_NO_INT8: '1' };
 
 // Two fake cameras, so that the page offers a choice.
 const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream'];
@@ -42,7 +45,7 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu&model=/fixtures/vit/`;
 mkdirSync(ARTIFACTS, { recursive: true });
 
 function native(image, bundle = BUNDLE, tome = 0) {
-  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8' });
+  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8', env: NATIVE_ENV });
   return JSON.parse(out)[0].top;
 }
 
@@ -649,7 +652,7 @@ describe('without WebGPU', () => {
       mkdirSync(join(folder, name), { recursive: true });
       for (const image of images) writeFileSync(join(folder, name, image), readFileSync(join(IMAGES, image)));
     }
-    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: NATIVE_ENV }));
 
     const { context, page, errors } = await open(browser, server.url);
     await nextResult(page, 0, 'tench.jpg');
@@ -716,7 +719,7 @@ describe('without WebGPU', () => {
     const seq = await seqOf(page);
     await page.setInputFiles('#file', file);
     const rows = await nextResult(page, seq, 'rotated.jpg');
-    const reference = JSON.parse(execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', file], { encoding: 'utf8' }))[0].top;
+    const reference = JSON.parse(execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', file], { encoding: 'utf8', env: NATIVE_ENV }))[0].top;
     assertMatchesNative(rows, reference, 'rotated.jpg (EXIF orientation 6)');
     assert.equal(rows[0].label, native('tench.jpg')[0].label, 'read upright, it is the upright photo\'s class');
     assert.ok(await page.isHidden('#message'), 'no error');

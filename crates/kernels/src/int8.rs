@@ -99,11 +99,22 @@ pub fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
 /// One row of [`quantize_rows`] into `q` (as i32, for the callers' widths); returns its scale.
 #[inline(always)]
 fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
-    let peak = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // The peak over 16 lanes at a time (a plain fold is one ordered chain, which does not vectorise).
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(m, v)| *m = m.max(v.abs()));
+    }
+    let peak = chunks.remainder().iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
     let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
     let inverse = 1.0 / scale;
     for (o, v) in q.iter_mut().zip(row) {
-        *o = (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i32;
+        // `max` then `min` also turn a NaN into -127 (each returns its other operand for a NaN);
+        // `clamp` would keep the NaN.
+        #[allow(clippy::manual_clamp)]
+        let v = (v * inverse).round_ties_even().max(-127.0).min(127.0);
+        // SAFETY: `v` is an integer in [-127, 127], never NaN (a plain `as` converts lane by lane).
+        *o = unsafe { v.to_int_unchecked::<i32>() };
     }
     scale
 }
@@ -418,6 +429,14 @@ mod tests {
             // The same integers; only the order of two f32 multiplications may differ.
             assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}: {worst}");
         }
+    }
+
+    #[test]
+    fn rows_quantize_to_their_peak_and_a_nan_stays_in_range() {
+        let (q, scales) = quantize_rows(&[0.5, -1.0, 0.25, 0.0, 0.0, 0.0], 3);
+        assert_eq!((q, scales), (vec![64, -127, 32, 0, 0, 0], vec![1.0 / 127.0, 1.0]));
+        let (q, _) = quantize_rows(&[f32::NAN, 1.0, -2.0], 3);
+        assert_eq!(q, [-127, 64, -127]);
     }
 
     #[test]

@@ -233,23 +233,11 @@ pub(crate) unsafe fn scaled_softmax<V: F32x>(row: &mut [f32], scale: f32) {
 mod tests {
     use super::*;
 
-    fn random(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
-
     #[test]
     fn matches_a_float64_reference_with_strided_heads() {
         // Q, K and V as views into one [batch, tokens, 3, heads, dim] projection output.
         let (batch, heads, tokens, dim) = (2, 3, 37, 8);
-        let qkv = random(batch * tokens * 3 * heads * dim, 7);
+        let qkv = crate::test_values(batch * tokens * 3 * heads * dim, 7);
         let strides = [(tokens * 3 * heads * dim) as isize, dim as isize, (3 * heads * dim) as isize, 1];
         let operand = |which: usize| Operand { data: &qkv, offset: which * heads * dim, strides };
         let dims = Dims { batch, heads, q_tokens: tokens, kv_tokens: tokens, dim, value_dim: dim };

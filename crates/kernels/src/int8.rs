@@ -2,9 +2,8 @@
 //! scale per output column)`, accumulated in i32.
 //!
 //! Activations are quantized per row, symmetrically (`max |x| / 127`), when the product starts
-//! (dynamic quantization, as onnxruntime's `quantize_dynamic` does per tensor). The weights are
-//! packed per call into the layout of the instruction set (a GEMM packs its operands anyway; the
-//! packing costs `in * out` byte moves against `rows * in * out` multiply-adds), then:
+//! (dynamic quantization, as onnxruntime's `quantize_dynamic` does per tensor). Each weight is
+//! packed once into the layout of the instruction set ([`Packed`]), then:
 //! - AVX-512 VNNI: `vpdpbusd`, 64 u8 x i8 products per instruction. Activations become u8 by
 //!   adding 128; the 128 x column sums that this adds are taken off in the epilogue.
 //! - AVX2: `vpmaddwd` on values widened to i16, 16 products per instruction, exact (the u8 x i8
@@ -96,6 +95,18 @@ pub fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     (out, scales)
 }
 
+/// Symmetric int8 of a weight `w` (`[d_in, d_out]` row-major) with one scale per output column,
+/// `max |w| / 127`, rounded half away from zero, as int8 bundles store their weights.
+pub fn quantize_columns(w: &[f32], d_out: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = vec![0f32; d_out];
+    for row in w.chunks_exact(d_out.max(1)) {
+        scales.iter_mut().zip(row).for_each(|(s, v)| *s = s.max(v.abs()));
+    }
+    scales.iter_mut().for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
+    let q = w.iter().zip(scales.iter().cycle()).map(|(v, s)| (v / s).round().clamp(-127.0, 127.0) as i8).collect();
+    (q, scales)
+}
+
 /// One row of [`quantize_rows`] into `q` (as i32, for the callers' widths); returns its scale.
 #[inline(always)]
 fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
@@ -133,8 +144,7 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
     if rows == 0 || d_out == 0 {
         return out;
     }
-    let isa = w.isa;
-    let tile = Tile { x, d_in, depth: d_in.div_ceil(isa.group()) * isa.group(), packed: w, col_scales: scales, d_out, isa };
+    let tile = Tile { x, packed: w, col_scales: scales };
     // About two tasks per thread, in whole micro-tiles.
     #[cfg(threads)]
     let threads = rayon::current_num_threads();
@@ -200,17 +210,19 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Quantized values per activation row: `d_in` rounded up to whole groups.
+    fn depth(&self) -> usize {
+        self.d_in.div_ceil(self.isa.group()) * self.isa.group()
+    }
+}
+
 /// What every task reads.
 struct Tile<'a> {
     /// `[rows, d_in]` f32 activations.
     x: &'a [f32],
-    d_in: usize,
-    /// Quantized values per row: `d_in` rounded up to whole groups.
-    depth: usize,
     packed: &'a Packed,
     col_scales: &'a [f32],
-    d_out: usize,
-    isa: Int8Isa,
 }
 
 /// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2) values, padded to
@@ -224,7 +236,7 @@ impl Tile<'_> {
     /// Rows `first..` into `out` (whole rows of `d_out`), compiled whole for the instruction set
     /// (the quantization and the epilogue vectorise with it).
     fn rows_into(&self, first: usize, out: &mut [f32]) {
-        match self.isa {
+        match self.packed.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detect() saw AVX-512F, BW and VNNI.
             Int8Isa::Vnni512 => unsafe { x86::rows_vnni512(self, first, out) },
@@ -238,14 +250,14 @@ impl Tile<'_> {
     /// [`Tile::rows_into`]'s body, `tile` the instruction set's micro-kernel.
     #[inline(always)]
     fn rows_with(&self, first: usize, out: &mut [f32], tile: impl Fn(&[u8], usize, &[i8], usize, &mut [[i32; 64]; ROWS])) {
-        let rows = out.len() / self.d_out;
-        let a = self.quantize(&self.x[first * self.d_in..(first + rows) * self.d_in], rows);
-        let blocks = self.d_out.div_ceil(self.isa.block());
+        let rows = out.len() / self.packed.d_out;
+        let a = self.quantize(&self.x[first * self.packed.d_in..(first + rows) * self.packed.d_in], rows);
+        let blocks = self.packed.d_out.div_ceil(self.packed.isa.block());
         let mut acc = [[0i32; 64]; ROWS];
         // Each weight block (depth x 64 bytes) stays in L1 while every tile of rows passes over it.
         for b in 0..blocks {
             for r0 in (0..rows).step_by(ROWS) {
-                tile(&a.bytes, self.depth, &self.packed.values[b * self.packed.stride..], r0, &mut acc);
+                tile(&a.bytes, self.packed.depth(), &self.packed.values[b * self.packed.stride..], r0, &mut acc);
                 self.store(&acc, &a.scales, r0, rows, b, out);
             }
         }
@@ -255,11 +267,11 @@ impl Tile<'_> {
     fn quantize(&self, x: &[f32], rows: usize) -> Activations {
         let padded = rows.div_ceil(ROWS) * ROWS;
         let mut scales = vec![0f32; rows];
-        let mut q = vec![0i32; self.d_in];
-        let vnni = self.isa == Int8Isa::Vnni512;
-        let width = if vnni { self.depth } else { 2 * self.depth };
+        let mut q = vec![0i32; self.packed.d_in];
+        let vnni = self.packed.isa == Int8Isa::Vnni512;
+        let width = if vnni { self.packed.depth() } else { 2 * self.packed.depth() };
         let mut bytes = vec![if vnni { 128u8 } else { 0 }; padded * width];
-        for ((x, out), scale) in x.chunks_exact(self.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales) {
+        for ((x, out), scale) in x.chunks_exact(self.packed.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales) {
             *scale = quantize_row(x, &mut q);
             if vnni {
                 out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8);
@@ -274,15 +286,15 @@ impl Tile<'_> {
     /// (rows `r0..` of the task's `rows`).
     #[inline(always)]
     fn store(&self, acc: &[[i32; 64]; ROWS], row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
-        let block = self.isa.block();
-        let offset = if self.isa == Int8Isa::Vnni512 { 128 } else { 0 };
+        let block = self.packed.isa.block();
+        let offset = if self.packed.isa == Int8Isa::Vnni512 { 128 } else { 0 };
         let c0 = b * block;
-        let width = block.min(self.d_out - c0);
+        let width = block.min(self.packed.d_out - c0);
         let sums = &self.packed.column_sums[c0..c0 + width];
         let col_scales = &self.col_scales[c0..c0 + width];
         for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0)) {
             let r = r0 + i;
-            let row = &mut out[r * self.d_out + c0..][..width];
+            let row = &mut out[r * self.packed.d_out + c0..][..width];
             let scale = row_scales[r];
             for (((o, &acc), &sum), &col) in row.iter_mut().zip(acc).zip(sums).zip(col_scales) {
                 *o = (acc - offset * sum) as f32 * scale * col;
@@ -376,27 +388,6 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// A deterministic spread of values in [-1, 1).
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// Per-column int8 of a `[d_in, d_out]` weight (the scales of the columns).
-    fn quantize_columns(w: &[f32], d_out: usize) -> (Vec<i8>, Vec<f32>) {
-        let d_in = w.len() / d_out;
-        let scales: Vec<f32> = (0..d_out).map(|c| (0..d_in).fold(0f32, |m, k| m.max(w[k * d_out + c].abs())) / 127.0).collect();
-        let q = w.iter().enumerate().map(|(i, v)| (v / scales[i % d_out]).round().clamp(-127.0, 127.0) as i8).collect();
-        (q, scales)
-    }
-
     /// The same integer product, computed plainly: the kernels must give exactly this.
     fn reference(x: &[f32], rows: usize, w: &[i8], scales: &[f32], bias: &[f32]) -> Vec<f32> {
         let d_out = scales.len();
@@ -420,9 +411,9 @@ mod tests {
         }
         // Rows, inputs and outputs that leave every tail: partial tiles, groups, blocks, tasks.
         for (rows, d_in, d_out) in [(1, 3, 5), (5, 7, 17), (37, 64, 70), (197, 384, 1536), (66, 1536, 384), (3, 130, 129)] {
-            let x = values(rows * d_in, 1);
-            let (w, scales) = quantize_columns(&values(d_in * d_out, 2), d_out);
-            let bias = values(d_out, 3);
+            let x = crate::test_values(rows * d_in, 1);
+            let (w, scales) = quantize_columns(&crate::test_values(d_in * d_out, 2), d_out);
+            let bias = crate::test_values(d_out, 3);
             let got = forward(&x, rows, &Packed::new(&w, d_in, d_out), &scales, &bias, false);
             let want = reference(&x, rows, &w, &scales, &bias);
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
@@ -445,8 +436,8 @@ mod tests {
             return;
         }
         let (rows, d_in, d_out) = (197, 384, 384);
-        let x = values(rows * d_in, 4);
-        let w = values(d_in * d_out, 5);
+        let x = crate::test_values(rows * d_in, 4);
+        let w = crate::test_values(d_in * d_out, 5);
         let (q, scales) = quantize_columns(&w, d_out);
         let got = forward(&x, rows, &Packed::new(&q, d_in, d_out), &scales, &vec![0.0; d_out], false);
         let mut rms = (0f64, 0f64);

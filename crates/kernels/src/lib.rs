@@ -23,6 +23,20 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps};
 
+/// Deterministic values in [-2, 2) (xorshift) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
 /// Whether `device` is the flex CPU backend, plain or under autodiff.
 pub fn runs_on_flex(device: &Device) -> bool {
     matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Flex(_))
@@ -72,12 +86,7 @@ pub fn quantize_linear(layer: Linear) -> Linear {
         return layer;
     };
     let values: Vec<f32> = weight.into_data().try_to_vec().expect("an f32 weight");
-    let mut scales = vec![0f32; d_out];
-    for row in values.chunks_exact(d_out) {
-        scales.iter_mut().zip(row).for_each(|(s, v)| *s = s.max(v.abs()));
-    }
-    scales.iter_mut().for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
-    let q: Vec<i8> = values.iter().enumerate().map(|(i, v)| (v / scales[i % d_out]).round().clamp(-127.0, 127.0) as i8).collect();
+    let (q, scales) = int8::quantize_columns(&values, d_out);
     let scheme = QuantScheme::default().with_value(QuantValue::Q8S).with_store(QuantStore::Native).per_block([block as u8, 1], ScaleDtype::F32);
     let grid: Vec<f32> = scales.iter().copied().cycle().take(d_in / block * d_out).collect();
     let data = TensorData::quantized(q, [d_in, d_out], scheme, &grid, None);

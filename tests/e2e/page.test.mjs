@@ -30,9 +30,9 @@ const TIMEOUT = 120_000;
 
 const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/vitrine/target');
 const VITRINE = process.env.VITRINE_BIN ?? join(targetDir, 'release/vitrine');
-// The page computes int8 bundles with f32 products (the wasm build has no integer kernel yet), so
-// the native reference does too: the same arithmetic, compared at 1e-4.
-const NATIVE_ENV = { ...process.env, VITRINE_NO_INT8: '1' };
+// An int8 bundle computes with integer products on the page's CPU path, as `vitrine predict` does,
+// and with its f32 rebuild on WebGPU: the reference for WebGPU is asked for f32 (VITRINE_NO_INT8).
+const F32_PRODUCTS = { ...process.env, VITRINE_NO_INT8: '1' };
 
 // Two fake cameras, so that the page offers a choice.
 const BASE_ARGS = ['--no-sandbox', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream'];
@@ -44,8 +44,9 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu&model=/fixtures/vit/`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
 
-function native(image, bundle = BUNDLE, tome = 0) {
-  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8', env: NATIVE_ENV });
+function native(image, bundle = BUNDLE, tome = 0, { webgpu = false } = {}) {
+  const env = webgpu ? F32_PRODUCTS : process.env;
+  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8', env });
   return JSON.parse(out)[0].top;
 }
 
@@ -276,7 +277,7 @@ describe('with WebGPU', () => {
     const { context, page, errors } = await open(browser, `${server.url}?backend=webgpu`);
     await page.waitForSelector('#backend[data-backend="webgpu"]', { timeout: TIMEOUT });
     const rows = await nextResult(page, 0, 'tench.jpg', TIMEOUT * 7);
-    assertMatchesNative(rows, native('tench.jpg'), 'tench.jpg with the shipped bundle on WebGPU');
+    assertMatchesNative(rows, native('tench.jpg', BUNDLE, 0, { webgpu: true }), 'tench.jpg with the shipped bundle on WebGPU');
     assert.equal(rows[0].label, 'tench');
     assert.deepEqual(errors, []);
     await context.close();

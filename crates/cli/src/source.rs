@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use vitrine_model::{Loaded, PreprocessConfig, Storage};
+use vitrine_model::{Loaded, PreprocessConfig};
 use vitrine_train::bundle::{CONFIG, PREPROCESSOR, WEIGHTS};
 
 /// A loaded model with its preprocessing and files.
@@ -18,12 +18,9 @@ pub struct Model {
 }
 
 impl Model {
-    /// For inference: an int8 bundle computes its blocks' products in int8 where the CPU can
-    /// ([`vitrine_model::Vit::with_int8_products`]); other bundles stay as they are.
+    /// For inference: [`Loaded::int8_products_if_stored`].
     pub fn int8_products_if_stored(mut self) -> Self {
-        if Storage::recorded(self.loaded.hf_config.quantization.as_ref()) == Storage::Int8 {
-            self.loaded.model = self.loaded.model.with_int8_products();
-        }
+        self.loaded = self.loaded.int8_products_if_stored();
         self
     }
 

@@ -12,6 +12,11 @@ pub fn gelu_in_place(x: &mut [f32]) {
     parallel::for_each_chunk(x, CHUNK, |chunk| dispatch!(gelu_chunk(chunk)));
 }
 
+/// `x <- gelu(x)` on this thread: for a short row that a kernel's epilogue has in cache.
+pub(crate) fn gelu_row_in_place(x: &mut [f32]) {
+    dispatch!(gelu_chunk(x));
+}
+
 /// `out <- gelu(x)`: for an input that must be kept (under autodiff), in one pass instead of a copy
 /// and a pass in place.
 pub fn gelu_into(x: &[f32], out: &mut [f32]) {

@@ -8,16 +8,20 @@
 //!   adding 128; the 128 x column sums that this adds are taken off in the epilogue.
 //! - AVX2: `vpmaddwd` on values widened to i16, 16 products per instruction, exact (the u8 x i8
 //!   `vpmaddubsw` would saturate its i16 pair sums at full 8-bit range).
+//! - wasm simd128: `i32x4.dot_i16x8_s` on i16 pairs, 8 products per instruction (the AVX2 scheme
+//!   at half the width; the browser compiles it to `pmaddwd`).
 //! - elsewhere: [`available`] is false and the layer keeps f32 weights.
-// Without an x86 kernel (wasm), nothing past `available` runs yet.
-#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
+//!
+//! The epilogue (scales, bias, GELU) runs on each tile while it is in cache.
+// Without an integer kernel, nothing past `available` runs.
+#![cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))), allow(dead_code, unused_variables))]
 
 use crate::elementwise;
 #[cfg(threads)]
 use rayon::prelude::*;
 
 /// Rows of one micro-tile: each packed weight vector loaded is used this many times (6 rows x 4
-/// vectors of sums fill 24 of AVX-512's 32 registers; AVX2's 6 x 2 fill 12 of 16).
+/// vectors of sums fill 24 of AVX-512's 32 registers; AVX2's and simd128's 6 x 2 fill 12 of 16).
 const ROWS: usize = 6;
 /// Most rows per thread task: a task's quantized rows stay in L1 while each weight block passes.
 const MAX_TASK_ROWS: usize = 96;
@@ -27,6 +31,8 @@ const MAX_TASK_ROWS: usize = 96;
 pub enum Int8Isa {
     Vnni512,
     Avx2,
+    /// wasm simd128, which every browser with WebAssembly SIMD has (the build requires it).
+    Simd128,
     None,
 }
 
@@ -53,7 +59,9 @@ impl Int8Isa {
                 }
             })
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return Int8Isa::Simd128;
+        #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
         Int8Isa::None
     }
 
@@ -69,6 +77,7 @@ impl Int8Isa {
     fn block(self) -> usize {
         match self {
             Int8Isa::Vnni512 => 64,
+            Int8Isa::Simd128 => 8,
             _ => 16,
         }
     }
@@ -144,7 +153,7 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
     if rows == 0 || d_out == 0 {
         return out;
     }
-    let tile = Tile { x, packed: w, col_scales: scales };
+    let tile = Tile { x, packed: w, col_scales: scales, bias, gelu };
     // About two tasks per thread, in whole micro-tiles.
     #[cfg(threads)]
     let threads = rayon::current_num_threads();
@@ -156,7 +165,6 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
     out.par_chunks_mut(task_rows * d_out).enumerate().for_each(task);
     #[cfg(not(threads))]
     out.chunks_mut(task_rows * d_out).enumerate().for_each(task);
-    elementwise::add_bias_in_place(&mut out, bias, gelu);
     out
 }
 
@@ -223,6 +231,8 @@ struct Tile<'a> {
     x: &'a [f32],
     packed: &'a Packed,
     col_scales: &'a [f32],
+    bias: &'a [f32],
+    gelu: bool,
 }
 
 /// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2) values, padded to
@@ -243,6 +253,8 @@ impl Tile<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detect() saw AVX2.
             Int8Isa::Avx2 => unsafe { x86::rows_avx2(self, first, out) },
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            Int8Isa::Simd128 => self.rows_with(first, out, wasm::tile_simd128),
             _ => unreachable!("int8 products without an integer kernel"),
         }
     }
@@ -282,8 +294,8 @@ impl Tile<'_> {
         Activations { bytes, scales }
     }
 
-    /// `out[r, c] = (acc - offset * column_sum) * row_scale * col_scale` for the tile's real cells
-    /// (rows `r0..` of the task's `rows`).
+    /// `out[r, c] = (acc - offset * column_sum) * row_scale * col_scale + bias`, then GELU when
+    /// asked, for the tile's real cells (rows `r0..` of the task's `rows`).
     #[inline(always)]
     fn store(&self, acc: &[[i32; 64]; ROWS], row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
         let block = self.packed.isa.block();
@@ -292,12 +304,16 @@ impl Tile<'_> {
         let width = block.min(self.packed.d_out - c0);
         let sums = &self.packed.column_sums[c0..c0 + width];
         let col_scales = &self.col_scales[c0..c0 + width];
+        let bias = &self.bias[c0..c0 + width];
         for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0)) {
             let r = r0 + i;
             let row = &mut out[r * self.packed.d_out + c0..][..width];
             let scale = row_scales[r];
-            for (((o, &acc), &sum), &col) in row.iter_mut().zip(acc).zip(sums).zip(col_scales) {
-                *o = (acc - offset * sum) as f32 * scale * col;
+            for ((((o, &acc), &sum), &col), &b) in row.iter_mut().zip(acc).zip(sums).zip(col_scales).zip(bias) {
+                *o = (acc - offset * sum) as f32 * scale * col + b;
+            }
+            if self.gelu {
+                elementwise::gelu_row_in_place(row);
             }
         }
     }
@@ -384,12 +400,50 @@ mod x86 {
     }
 }
 
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm {
+    use core::arch::wasm32::*;
+
+    use super::ROWS;
+
+    /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with `i32x4.dot_i16x8_s`: 6
+    /// rows x 2 vectors of 4 columns. `a` holds rows of `depth` little-endian i16 values, `w` the
+    /// block (from its start): per pair of inputs, 8 columns of 2 i8 values.
+    #[inline]
+    pub(super) fn tile_simd128(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+        let pairs = depth / 2;
+        assert!(a.len() >= (r0 + ROWS) * 2 * depth && w.len() >= pairs * 16, "int8 tile out of bounds");
+        let (w, a) = (w.as_ptr(), a[r0 * 2 * depth..].as_ptr());
+        let mut sums = [[i32x4_splat(0); 2]; ROWS];
+        for p in 0..pairs {
+            // SAFETY: the assert above keeps every read inside `a` and `w`.
+            unsafe {
+                let wp = w.add(p * 16);
+                let wv = [i16x8_load_extend_i8x8(wp), i16x8_load_extend_i8x8(wp.add(8))];
+                for (i, sums) in sums.iter_mut().enumerate() {
+                    let x = i32x4_splat(a.add(2 * (i * depth + 2 * p)).cast::<i32>().read_unaligned());
+                    for v in 0..2 {
+                        sums[v] = i32x4_add(sums[v], i32x4_dot_i16x8(x, wv[v]));
+                    }
+                }
+            }
+        }
+        for (acc, sums) in acc.iter_mut().zip(&sums) {
+            for (v, s) in sums.iter().enumerate() {
+                // SAFETY: 4 lanes at 4 * v, inside the row of 64.
+                unsafe { v128_store(acc.as_mut_ptr().add(4 * v).cast(), *s) };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The same integer product, computed plainly: the kernels must give exactly this.
-    fn reference(x: &[f32], rows: usize, w: &[i8], scales: &[f32], bias: &[f32]) -> Vec<f32> {
+    /// The same integer product, computed plainly (then the GELU checked in `elementwise`, when
+    /// `gelu`): the kernels must give exactly this.
+    fn reference(x: &[f32], rows: usize, w: &[i8], scales: &[f32], bias: &[f32], gelu: bool) -> Vec<f32> {
         let d_out = scales.len();
         let d_in = x.len() / rows;
         let (q, row_scales) = quantize_rows(x, d_in);
@@ -399,6 +453,9 @@ mod tests {
                 let acc: i32 = (0..d_in).map(|k| i32::from(q[r * d_in + k]) * i32::from(w[k * d_out + c])).sum();
                 out[r * d_out + c] = acc as f32 * row_scales[r] * scales[c] + bias[c];
             }
+        }
+        if gelu {
+            elementwise::gelu_in_place(&mut out);
         }
         out
     }
@@ -410,15 +467,18 @@ mod tests {
             return;
         }
         // Rows, inputs and outputs that leave every tail: partial tiles, groups, blocks, tasks.
-        for (rows, d_in, d_out) in [(1, 3, 5), (5, 7, 17), (37, 64, 70), (197, 384, 1536), (66, 1536, 384), (3, 130, 129)] {
+        // Odd and even cases alternate the fused GELU.
+        let shapes = [(1, 3, 5), (5, 7, 17), (37, 64, 70), (197, 384, 1536), (66, 1536, 384), (3, 130, 129)];
+        for (case, (rows, d_in, d_out)) in shapes.into_iter().enumerate() {
+            let gelu = case % 2 == 1;
             let x = crate::test_values(rows * d_in, 1);
             let (w, scales) = quantize_columns(&crate::test_values(d_in * d_out, 2), d_out);
             let bias = crate::test_values(d_out, 3);
-            let got = forward(&x, rows, &Packed::new(&w, d_in, d_out), &scales, &bias, false);
-            let want = reference(&x, rows, &w, &scales, &bias);
+            let got = forward(&x, rows, &Packed::new(&w, d_in, d_out), &scales, &bias, gelu);
+            let want = reference(&x, rows, &w, &scales, &bias, gelu);
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-            // The same integers; only the order of two f32 multiplications may differ.
-            assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}: {worst}");
+            // The same integers and operations, in the same order.
+            assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}, gelu {gelu}: {worst}");
         }
     }
 

@@ -83,7 +83,8 @@ pub struct Outputs {
 
 impl Engine {
     /// Builds the model of `config_json` on `device` and loads `weights` (safetensors) strictly.
-    /// Without `preprocessor_json`, the family's Hugging Face defaults apply.
+    /// Without `preprocessor_json`, the family's Hugging Face defaults apply. An int8 bundle
+    /// computes with integer products on the CPU ([`vitrine_model::Loaded::int8_products_if_stored`]).
     pub fn load(
         config_json: &str,
         weights: &[u8],
@@ -91,6 +92,7 @@ impl Engine {
         device: &Device,
     ) -> Result<Self, LoadError> {
         let (loaded, preprocess) = load_bundle(config_json, weights, preprocessor_json, device)?;
+        let loaded = loaded.int8_products_if_stored();
         Ok(Self {
             model: loaded.model,
             config: loaded.config,

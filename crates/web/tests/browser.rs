@@ -6,7 +6,8 @@
 //! `crates/model/tests/parity.rs`), attention maps within 1e-4 of the maps made from transformers'
 //! attention probabilities; WebGPU and CPU within 1e-5 of each other on photos (with and without
 //! token merging); photo probabilities within 2e-3 of transformers' PIL pipeline (JPEG decoder and
-//! resampler differences, measured in parity.rs).
+//! resampler differences, measured in parity.rs); the int8 kernel within 1e-5 of burn's product of
+//! the same integers.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -183,6 +184,32 @@ async fn rgba_pixels_and_files_agree() {
     let from_file = classify(&classifier, PHOTOS[0].1).await;
     assert_eq!(from_pixels.logits(), from_file.logits());
     assert_eq!(from_pixels.labels().len(), 3);
+}
+
+/// The simd128 int8 kernel against burn's f32 product of the same integers (exact: every partial
+/// sum is an integer below 2^24), then the same scales, bias and GELU: within 1e-5 relative
+/// (burn's GELU and the kernels' differ by up to 1e-6). Shapes leave partial tiles, pairs and blocks.
+#[wasm_bindgen_test]
+fn int8_products_match_burn_on_the_same_integers() {
+    use burn::tensor::activation::gelu;
+    use vitrine_kernels::int8::{self, Int8Isa, Packed};
+    assert_eq!(Int8Isa::detect(), Int8Isa::Simd128, "the browser build's integer kernel");
+    let device = Device::flex();
+    let spread = |len: usize, seed: usize| -> Vec<f32> { (0..len).map(|i| ((i * 7919 + seed * 104_729) % 4001) as f32 / 1000.0 - 2.0).collect() };
+    let matrix = |values: Vec<f32>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(values, shape), &device);
+    for (rows, d_in, d_out, with_gelu) in [(1, 3, 5, false), (5, 7, 17, true), (37, 64, 70, false), (197, 384, 384, true), (3, 130, 129, true)] {
+        let (x, bias) = (spread(rows * d_in, 1), spread(d_out, 3));
+        let (qw, col_scales) = int8::quantize_columns(&spread(d_in * d_out, 2), d_out);
+        let got = int8::forward(&x, rows, &Packed::new(&qw, d_in, d_out), &col_scales, &bias, with_gelu);
+
+        let (qx, row_scales) = int8::quantize_rows(&x, d_in);
+        let sums = matrix(qx.iter().map(|&v| f32::from(v)).collect(), [rows, d_in])
+            .matmul(matrix(qw.iter().map(|&v| f32::from(v)).collect(), [d_in, d_out]));
+        let scaled = sums * matrix(row_scales, [rows, 1]) * matrix(col_scales, [1, d_out]) + matrix(bias, [1, d_out]);
+        let want = values(if with_gelu { gelu(scaled) } else { scaled });
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+        assert!(worst <= 1e-5, "{rows}x{d_in}x{d_out}, gelu {with_gelu}: {worst}");
+    }
 }
 
 #[wasm_bindgen_test]

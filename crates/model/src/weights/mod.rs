@@ -39,6 +39,17 @@ pub struct Loaded {
     pub family: Family,
 }
 
+impl Loaded {
+    /// For inference: an int8 bundle computes its blocks' products in int8 where the device and CPU
+    /// can ([`Vit::with_int8_products`]); other bundles stay as they are.
+    pub fn int8_products_if_stored(mut self) -> Self {
+        if Storage::recorded(self.hf_config.quantization.as_ref()) == Storage::Int8 {
+            self.model = self.model.with_int8_products();
+        }
+        self
+    }
+}
+
 /// A model bundle's three files (`config.json`, `model.safetensors`, and `preprocessor_config.json`
 /// where the bundle has one) loaded together: the model, and the preprocessing it was trained with,
 /// checked against it. Without a preprocessor file the family's Hugging Face defaults apply.

@@ -6,7 +6,10 @@ bundle (Hugging Face layout) and the same model exported to ONNX (torch.onnx), f
 
 Writes DIR/<name>/ with config.json, model.safetensors and model.onnx, for
 - dinov2-s14: ../shared/models/dinov2-small-imgfocus (a DINOv2-S/14 backbone), at 224 px;
-- vit-b16: a ViT-B/16 classifier (1,000 classes) at 224 px with random weights (seed 0): timing only.
+- vit-b16: a ViT-B/16 classifier (1,000 classes) at 224 px with random weights (seed 0): timing only;
+and DIR/<name>-int8/, the same model in each engine's own int8: the bundle `vitrine quantize
+--scheme int8` writes (the binary from `cargo build --release -p vitrine`), and onnxruntime's
+`quantize_dynamic` of model.onnx (int8 weights per channel, activations quantized at run time).
 
 Each ONNX file is checked against transformers in PyTorch on one random input through onnxruntime
 (CPU): the output must agree within 1e-4 of the output's largest magnitude, or the script fails.
@@ -17,7 +20,9 @@ Needs: pip install torch transformers onnx onnxscript onnxruntime
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DINOV2 = ROOT.parent / "shared/models/dinov2-small-imgfocus"
 SIZE = 224
 TOLERANCE = 1e-4  # of the largest output magnitude
+VITRINE = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/vitrine/target")) / "release/vitrine"
 
 
 def dinov2_small():
@@ -81,6 +87,19 @@ def export(name, out_dir):
     print(f"{name}: onnxruntime vs transformers: max |diff| {diff:.2e} of max |value| {scale:.2f}", file=sys.stderr)
     if diff > TOLERANCE * scale:
         sys.exit(f"{name}: the ONNX export disagrees with transformers ({diff:.2e} > {TOLERANCE} x {scale:.2f})")
+    export_int8(folder, out_dir / f"{name}-int8")
+
+
+def export_int8(folder, int8):
+    """`folder` in each engine's own int8: vitrine's int8 bundle, onnxruntime's quantize_dynamic."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if not VITRINE.exists():
+        sys.exit(f"{VITRINE} is missing: cargo build --release -p vitrine")
+    if int8.exists():
+        shutil.rmtree(int8)
+    subprocess.run([str(VITRINE), "quantize", "--model", str(folder), "--out", str(int8), "--scheme", "int8"], check=True)
+    quantize_dynamic(str(folder / "model.onnx"), str(int8 / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
 
 
 def main():

@@ -114,7 +114,7 @@ async fn check_against_transformers(backend: &Backend) {
         let tome = SafeTensors::deserialize(TOME).unwrap();
         let mut classifier = classifier;
         for r in [1, 3] {
-            classifier.set_token_merging(r);
+            classifier.set_token_merging(r).map_err(JsValue::from).expect("r fits the fixture");
             for item in 0..2 {
                 let out = classifier.predict(expected::<4>(&file, "pixel_values", item, backend.device()), 5).await.unwrap();
                 let reference = values(expected::<2>(&tome, &format!("{}.square.r{r}.logits", f.name), item, &cpu));
@@ -167,8 +167,8 @@ async fn photos_agree_on_both_backends_and_with_the_pipeline() {
             assert_eq!(a.probs()[0], probs[a.indices()[0] as usize]);
         }
         // With token merging, the maps are spread back over the patches (`tome.rs`, by gather).
-        on_gpu.set_token_merging(3);
-        on_cpu.set_token_merging(3);
+        on_gpu.set_token_merging(3).map_err(JsValue::from).expect("r = 3 fits");
+        on_cpu.set_token_merging(3).map_err(JsValue::from).expect("r = 3 fits");
         let (a, b) = (classify(&on_gpu, PHOTOS[0].1).await, classify(&on_cpu, PHOTOS[0].1).await);
         let diff = max_diff(&a.maps(), &b.maps());
         assert!(diff <= 1e-5, "{}, ToMe r=3: WebGPU and CPU attention maps differ by {diff}", f.name);

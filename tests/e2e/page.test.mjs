@@ -1,9 +1,15 @@
 // End-to-end tests of the built page (dist/, made by ./build.sh) in headless Chromium (/usr/bin/chromium,
 // driven by playwright-core), against the native `vitrine predict --json` on the same bundle and photos.
 //
-// Tolerance: each top-5 probability within 1e-4 of the native one, the same labels in the same order.
+// Tolerance: each top-5 probability within 1e-4 of the native one, the same labels in the same order
+// (but for ties at that precision: assertMatchesNative).
 // The page decodes uploaded files with the same Rust decoder and preprocessing as the CLI, so only the
 // backend's float arithmetic differs (WebGPU or wasm CPU vs native flex; seen: under 1e-6).
+// An int8 bundle on the CPU path: within 5e-3. Both sides compute integer products on activations
+// rounded per token, and a last-bit difference in the f32 arithmetic before a product (wasm has no
+// fused multiply-add) moves some values across a rounding step; seen: up to 2.0e-3 (the shipped
+// bundle, church.jpg), where two native runs of the same model through different f32 kernels
+// (AVX-512 against AVX2, `VITRINE_NO_AVX512=1`) differ by 1.5e-4.
 //
 // Screenshots go to $VITRINE_ARTIFACTS (default: target-e2e/ in the checkout).
 import { test, describe, before, after } from 'node:test';
@@ -26,6 +32,7 @@ const BUNDLE = join(ROOT, 'www/models/default');
 const ARTIFACTS = process.env.VITRINE_ARTIFACTS ?? join(ROOT, 'target-e2e');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const TOLERANCE = 1e-4;
+const INT8_TOLERANCE = 5e-3;
 const TIMEOUT = 120_000;
 
 const targetDir = process.env.CARGO_TARGET_DIR ?? join(process.env.HOME, '.cache/vitrine/target');
@@ -44,10 +51,16 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu&model=/fixtures/vit/`;
 
 mkdirSync(ARTIFACTS, { recursive: true });
 
+// `vitrine predict`'s top-5 for `image` (a fixture photo's name, or a path), with the tolerance the
+// page's answer is held to.
 function native(image, bundle = BUNDLE, tome = 0, { webgpu = false } = {}) {
   const env = webgpu ? F32_PRODUCTS : process.env;
-  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', join(IMAGES, image)], { encoding: 'utf8', env });
-  return JSON.parse(out)[0].top;
+  const path = image.startsWith('/') ? image : join(IMAGES, image);
+  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', path], { encoding: 'utf8', env });
+  const top = JSON.parse(out)[0].top;
+  const int8 = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')).quantization?.weights === 'int8';
+  top.tolerance = int8 && !webgpu ? INT8_TOLERANCE : TOLERANCE;
+  return top;
 }
 
 async function launch(args) {
@@ -88,12 +101,23 @@ async function readPredictions(page) {
   return page.$$eval('#predictions [data-label]', (rows) => rows.map((r) => ({ label: r.dataset.label, prob: Number(r.dataset.prob) })));
 }
 
+// The page's rows are native's, in its order, each probability within the tolerance. Two classes
+// whose native probabilities lie within twice the tolerance may trade places (a tie at that
+// precision), the last row with a class just outside native's top-5.
 function assertMatchesNative(rows, reference, what) {
+  const tolerance = reference.tolerance;
   assert.equal(rows.length, Math.min(5, reference.length), `${what}: ${rows.length} rows`);
   rows.forEach((row, i) => {
-    assert.equal(row.label, reference[i].label, `${what}: row ${i} label`);
-    const diff = Math.abs(row.prob - reference[i].prob);
-    assert.ok(diff <= TOLERANCE, `${what}: ${row.label} probability ${row.prob} vs native ${reference[i].prob} (diff ${diff})`);
+    const want = reference.find((r) => r.label === row.label);
+    if (want === undefined) {
+      const last = reference.at(-1);
+      assert.ok(i === rows.length - 1 && row.prob <= last.prob + 2 * tolerance, `${what}: row ${i} is ${row.label} (${row.prob}), not in native's top-5`);
+      return;
+    }
+    const tied = Math.abs(want.prob - reference[i].prob) <= 2 * tolerance;
+    assert.ok(row.label === reference[i].label || tied, `${what}: row ${i} is ${row.label}, native's is ${reference[i].label}`);
+    const diff = Math.abs(row.prob - want.prob);
+    assert.ok(diff <= tolerance, `${what}: ${row.label} probability ${row.prob} vs native ${want.prob} (diff ${diff})`);
   });
   const sum = rows.reduce((a, r) => a + r.prob, 0);
   assert.ok(sum > 0 && sum <= 1 + 1e-5, `${what}: probabilities sum to ${sum}`);
@@ -653,7 +677,7 @@ describe('without WebGPU', () => {
       mkdirSync(join(folder, name), { recursive: true });
       for (const image of images) writeFileSync(join(folder, name, image), readFileSync(join(IMAGES, image)));
     }
-    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: NATIVE_ENV }));
+    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
 
     const { context, page, errors } = await open(browser, server.url);
     await nextResult(page, 0, 'tench.jpg');
@@ -720,8 +744,7 @@ describe('without WebGPU', () => {
     const seq = await seqOf(page);
     await page.setInputFiles('#file', file);
     const rows = await nextResult(page, seq, 'rotated.jpg');
-    const reference = JSON.parse(execFileSync(VITRINE, ['predict', '--model', BUNDLE, '--json', file], { encoding: 'utf8', env: NATIVE_ENV }))[0].top;
-    assertMatchesNative(rows, reference, 'rotated.jpg (EXIF orientation 6)');
+    assertMatchesNative(rows, native(file), 'rotated.jpg (EXIF orientation 6)');
     assert.equal(rows[0].label, native('tench.jpg')[0].label, 'read upright, it is the upright photo\'s class');
     assert.ok(await page.isHidden('#message'), 'no error');
     rmSync(dir, { recursive: true, force: true });

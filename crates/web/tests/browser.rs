@@ -140,7 +140,7 @@ async fn cpu_matches_transformers() {
 }
 
 async fn classify(classifier: &Classifier, bytes: &[u8]) -> Prediction {
-    classifier.classify_file(bytes.to_vec(), 5).await.map_err(JsValue::from).unwrap()
+    classifier.classify_file(bytes.to_vec(), 5).await.unwrap()
 }
 
 #[wasm_bindgen_test]
@@ -180,7 +180,7 @@ async fn rgba_pixels_and_files_agree() {
     let classifier = load(&Backend::cpu(), &fixture!("vit"));
     let rgb = vitrine_model::decode::decode_image(PHOTOS[0].1).unwrap();
     let rgba: Vec<u8> = rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect();
-    let from_pixels = classifier.classify(rgba, rgb.width(), rgb.height(), 3).await.map_err(JsValue::from).unwrap();
+    let from_pixels = classifier.classify(rgba, rgb.width(), rgb.height(), 3).await.unwrap();
     let from_file = classify(&classifier, PHOTOS[0].1).await;
     assert_eq!(from_pixels.logits(), from_file.logits());
     assert_eq!(from_pixels.labels().len(), 3);

@@ -235,7 +235,7 @@ struct Tile<'a> {
     gelu: bool,
 }
 
-/// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2) values, padded to
+/// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2, simd128) values, padded to
 /// whole tiles and groups, and each row's scale.
 struct Activations {
     bytes: Vec<u8>,

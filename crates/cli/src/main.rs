@@ -25,6 +25,10 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Fine-tune a pretrained model on an ImageFolder dataset (or resume a run).
     Train(cmd::train::Args),
+    /// Where a model looked for a class: relevance or attention maps over images, as PNGs and HTML.
+    Explain(cmd::explain::Args),
+    /// How faithful explanation maps are: accuracy as the patches they rank first (or last) are blanked.
+    Faithfulness(cmd::faithfulness::Args),
     /// Accuracy of a model on an ImageFolder split.
     Eval(cmd::eval::Args),
     /// Write a run's best model as a Hugging Face-style bundle.
@@ -48,6 +52,8 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Train(args) => cmd::train::run(args),
+        Command::Explain(args) => cmd::explain::run(args),
+        Command::Faithfulness(args) => cmd::faithfulness::run(args),
         Command::Eval(args) => cmd::eval::run(args),
         Command::Export(args) => cmd::export::run(args),
         Command::Report(args) => cmd::report::run(args),

@@ -32,12 +32,27 @@ pub struct SelfOutput {
     pub dense: Linear,
 }
 
+/// Which attention probabilities a forward pass gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probs {
+    /// None: the fused attention kernel.
+    Skip,
+    /// The probabilities, computed explicitly.
+    Keep,
+    /// As `Keep`, and a zero tensor that requires gradients is added to them before they weigh the
+    /// values: its gradient is the gradient with respect to the probabilities (autodiff devices;
+    /// [`crate::explain`]). A leaf of its own, because burn keeps the gradients of leaves alone.
+    Probe,
+}
+
 /// What [`Attention::forward`] returns.
 pub struct Attended {
     /// `[batch, tokens, hidden]`, before the residual connection.
     pub output: Tensor<3>,
     /// `[batch, heads, tokens, tokens]`, when asked for.
     pub probs: Option<Tensor<4>>,
+    /// The zero tensor of [`Probs::Probe`], shaped as `probs`.
+    pub probe: Option<Tensor<4>>,
     /// `[batch, tokens, head_dim]`: the token-merging metric, when `size` was given.
     pub metric: Option<Tensor<3>>,
 }
@@ -75,8 +90,7 @@ impl Attention {
         self.attention.head_dim
     }
 
-    /// Self-attention over `hidden_states`. With `with_probs` it also returns the attention
-    /// probabilities (computed explicitly); without, it uses the fused attention kernel.
+    /// Self-attention over `hidden_states`, with the attention probabilities that `probs` asks for.
     /// Over merged tokens ([`crate::tome`]), `size` (`[batch, tokens, 1]`, patches per token) adds
     /// `log(size)` to the scores (proportional attention), and the keys averaged over heads come
     /// back as the metric for the next merge.
@@ -84,7 +98,7 @@ impl Attention {
     /// # Shapes
     /// - hidden_states: `[batch, tokens, hidden]`
     /// - output: see [`Attended`]
-    pub fn forward(&self, hidden_states: Tensor<3>, with_probs: bool, size: Option<&Tensor<3>>) -> Attended {
+    pub fn forward(&self, hidden_states: Tensor<3>, probs: Probs, size: Option<&Tensor<3>>) -> Attended {
         let [batch, tokens, _] = hidden_states.dims();
         let (heads, head_dim) = (self.attention.num_heads, self.attention.head_dim);
         let split_heads = |x: Tensor<3>| x.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
@@ -94,20 +108,27 @@ impl Attention {
         let metric = size.map(|_| k.clone().mean_dim(1).reshape([batch, tokens, head_dim]));
         let bias = size.map(|size| size.clone().log().swap_dims(1, 2).unsqueeze_dim::<4>(1).expand([batch, heads, tokens, tokens]));
         // Without token merging's bias, vitrine's fused kernels (on the CPU; burn's elsewhere).
-        let (context, probs) = match (with_probs, bias) {
-            (true, None) => {
-                let probs = vitrine_kernels::attention_probs(q, k);
-                (probs.clone().matmul(v), Some(probs))
+        let explicit = match (probs, bias) {
+            (Probs::Skip, None) => return self.attended(vitrine_kernels::attention(q, k, v), None, None, metric),
+            (Probs::Skip, Some(bias)) => {
+                let context = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
+                return self.attended(context, None, None, metric);
             }
-            (true, Some(bias)) => {
-                let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-                let probs = softmax(scores + bias, 3);
-                (probs.clone().matmul(v), Some(probs))
-            }
-            (false, None) => (vitrine_kernels::attention(q, k, v), None),
-            (false, Some(bias)) => (attention(q, k, v, None, Some(bias), AttentionModuleOptions::default()), None),
+            (_, None) => vitrine_kernels::attention_probs(q, k),
+            (_, Some(bias)) => softmax(q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt() + bias, 3),
         };
+        let probe = (probs == Probs::Probe).then(|| Tensor::zeros(explicit.shape(), &explicit.device()).require_grad());
+        let weights = match &probe {
+            Some(probe) => explicit.clone() + probe.clone(),
+            None => explicit.clone(),
+        };
+        self.attended(weights.matmul(v), Some(explicit), probe, metric)
+    }
+
+    /// The output projection of `context` (`[batch, heads, tokens, head_dim]`), with what came with it.
+    fn attended(&self, context: Tensor<4>, probs: Option<Tensor<4>>, probe: Option<Tensor<4>>, metric: Option<Tensor<3>>) -> Attended {
+        let [batch, heads, tokens, head_dim] = context.dims();
         let context = context.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
-        Attended { output: linear(&self.output.dense, context), probs, metric }
+        Attended { output: linear(&self.output.dense, context), probs, probe, metric }
     }
 }

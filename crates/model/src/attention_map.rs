@@ -1,9 +1,12 @@
 //! Attention maps for display: where the CLS token looks, as a `[rows, cols]` grid over the patches.
 //!
-//! Three views of the per-layer probabilities that [`crate::Vit::forward_with_attentions`] returns:
-//! one head of one layer, the mean over the last layer's heads, and attention rollout (Abnar &
+//! Four views of the per-layer probabilities that [`crate::Vit::forward_with_attentions`] returns:
+//! one head of one layer, the mean over the last layer's heads, attention rollout (Abnar &
 //! Zuidema 2020, <https://arxiv.org/abs/2005.00928>): each layer's head-mean attention plus the
-//! identity for the residual path, rows renormalised, multiplied through the layers.
+//! identity for the residual path, rows renormalised, multiplied through the layers, and one head's
+//! mask as DINO draws them (Caron et al. 2021, <https://arxiv.org/abs/2104.14294>): the fewest
+//! patches that hold 60 % of the head's CLS attention. All are class-agnostic; [`crate::explain`]
+//! has the map for one class.
 
 use burn::tensor::Tensor;
 
@@ -16,9 +19,15 @@ pub enum AttentionMap {
     LastLayerMean,
     /// One head of one layer (indices from 0).
     Head { layer: usize, head: usize },
+    /// One head's mask: 1 on the fewest patches that hold [`MASK_MASS`] of its CLS attention over
+    /// the patches, 0 elsewhere.
+    HeadMask { layer: usize, head: usize },
 }
 
-/// CLS attention to each patch, scaled so that each image's largest value is 1.
+/// The share of a head's attention that its mask keeps, as in DINO's figures.
+pub const MASK_MASS: f64 = 0.6;
+
+/// CLS attention to each patch, scaled so that each image's largest value is 1 (a head mask is 0 or 1).
 ///
 /// # Shapes
 /// - attentions: one `[batch, heads, tokens, tokens]` per layer, with `tokens = prefix + rows * cols`
@@ -33,11 +42,10 @@ pub fn attention_map(attentions: &[Tensor<4>], map: AttentionMap, prefix: usize,
     let head_mean = |probs: &Tensor<4>| probs.clone().mean_dim(1).reshape([batch, tokens, tokens]);
     let matrix = match map {
         AttentionMap::LastLayerMean => head_mean(last),
-        AttentionMap::Head { layer, head } => {
-            let probs = &attentions[layer];
-            let heads = probs.dims()[1];
-            assert!(head < heads, "layer {layer} has {heads} heads, asked for head {head}");
-            probs.clone().narrow(1, head, 1).reshape([batch, tokens, tokens])
+        AttentionMap::Head { layer, head } => one_head(attentions, layer, head),
+        AttentionMap::HeadMask { layer, head } => {
+            let cls = cls_to_patches(one_head(attentions, layer, head), prefix, rows * cols);
+            return head_mask(cls).reshape([batch, rows, cols]);
         }
         AttentionMap::Rollout => {
             let device = last.device();
@@ -49,9 +57,42 @@ pub fn attention_map(attentions: &[Tensor<4>], map: AttentionMap, prefix: usize,
             })
         }
     };
-    let cls_to_patches = matrix.narrow(1, 0, 1).narrow(2, prefix, rows * cols).reshape([batch, rows * cols]);
-    let peak = cls_to_patches.clone().max_dim(1).clamp_min(1e-12);
-    (cls_to_patches / peak).reshape([batch, rows, cols])
+    peak_normalised(cls_to_patches(matrix, prefix, rows * cols)).reshape([batch, rows, cols])
+}
+
+/// `[batch, tokens, tokens]`: head `head` of layer `layer`.
+fn one_head(attentions: &[Tensor<4>], layer: usize, head: usize) -> Tensor<3> {
+    let probs = &attentions[layer];
+    let [batch, heads, tokens, _] = probs.dims();
+    assert!(head < heads, "layer {layer} has {heads} heads, asked for head {head}");
+    probs.clone().narrow(1, head, 1).reshape([batch, tokens, tokens])
+}
+
+/// The CLS row of `[batch, tokens, tokens]` over the `patches` tokens after `prefix`: `[batch, patches]`.
+pub(crate) fn cls_to_patches(matrix: Tensor<3>, prefix: usize, patches: usize) -> Tensor<2> {
+    let batch = matrix.dims()[0];
+    matrix.narrow(1, 0, 1).narrow(2, prefix, patches).reshape([batch, patches])
+}
+
+/// Each row divided by its maximum.
+pub fn peak_normalised(rows: Tensor<2>) -> Tensor<2> {
+    let peak = rows.clone().max_dim(1).clamp_min(1e-12);
+    rows / peak
+}
+
+/// 1 where a patch belongs to the fewest that hold [`MASK_MASS`] of its row (a head's CLS
+/// attention over the patches), 0 elsewhere.
+///
+/// A patch is kept when the patches that it outweighs or equals hold more than `1 - MASK_MASS`
+/// of the row: DINO's sort and cumulative sum, written as a pairwise comparison (elementwise ops
+/// that every backend has, and at most 256 x 256 per row).
+pub fn head_mask(cls: Tensor<2>) -> Tensor<2> {
+    let [batch, patches] = cls.dims();
+    let share = cls.clone() / cls.sum_dim(1);
+    let mine = share.clone().unsqueeze_dim::<3>(2).expand([batch, patches, patches]);
+    let others = share.unsqueeze_dim::<3>(1).expand([batch, patches, patches]);
+    let outweighed = others.clone().lower_equal(mine).float() * others;
+    outweighed.sum_dim(2).reshape([batch, patches]).greater_elem(1.0 - MASK_MASS).float()
 }
 
 #[cfg(test)]

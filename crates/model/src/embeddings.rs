@@ -70,13 +70,18 @@ impl Embeddings {
         crate::config::prefix_tokens(self.distillation_token.is_some())
     }
 
+    /// `[rows, cols]` of patches in an input of `[height, width]` pixels (a partial patch is dropped).
+    pub fn patch_grid(&self, [height, width]: [usize; 2]) -> [usize; 2] {
+        [height / self.patch_size, width / self.patch_size]
+    }
+
     /// # Shapes
     /// - pixel_values: `[batch, channels, height, width]`, height and width multiples of the patch
     ///   size (extra pixels are ignored, as the strided convolution does in HF)
     /// - output: `[batch, prefix + (height / patch) * (width / patch), hidden]`
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<3> {
         let [batch, _, height, width] = pixel_values.dims();
-        let grid = [height / self.patch_size, width / self.patch_size];
+        let grid = self.patch_grid([height, width]);
         let patches = self.patch_embeddings.forward(pixel_values);
         let hidden = patches.dims()[2];
         let mut tokens = vec![self.cls_token.val().expand([batch, 1, hidden])];

@@ -12,7 +12,7 @@ use burn::tensor::Device;
 
 use vitrine_kernels::linear;
 
-use crate::attention::{Attended, Attention};
+use crate::attention::{Attended, Attention, Probs};
 use crate::config::{Activation, VitConfig};
 use crate::tome::Merging;
 
@@ -150,22 +150,21 @@ impl Layer {
         }
     }
 
-    /// The block, with the attention probabilities when `with_probs`. With token merging
+    /// The block, with the attention probabilities that `probs` asks for. With token merging
     /// ([`crate::tome`]), `r` pairs merge between attention and MLP, and the probabilities come
     /// back spread over the original tokens.
     ///
     /// # Shapes
     /// - hidden_states: `[batch, tokens, hidden]`
     /// - output: `[batch, tokens - r, hidden]`, and `[batch, heads, original tokens, original tokens]` when asked
-    pub fn forward(
-        &self,
-        hidden_states: Tensor<3>,
-        with_probs: bool,
-        merging: Option<(&mut Merging, usize)>,
-    ) -> (Tensor<3>, Option<Tensor<4>>) {
+    ///
+    /// # Panics
+    /// With both token merging and [`Probs::Probe`]: a probe's gradient needs the same tokens throughout.
+    pub fn forward(&self, hidden_states: Tensor<3>, probs: Probs, merging: Option<(&mut Merging, usize)>) -> LayerOutput {
+        assert!(merging.is_none() || probs != Probs::Probe, "attention probes need every token: no token merging");
         let size = merging.as_ref().map(|(state, _)| &state.size);
-        let Attended { output, mut probs, metric } =
-            self.attention.forward(self.layernorm_before.forward(hidden_states.clone()), with_probs, size);
+        let Attended { output, mut probs, probe, metric } =
+            self.attention.forward(self.layernorm_before.forward(hidden_states.clone()), probs, size);
         let mut x = hidden_states + self.drop_path.forward(scaled(&self.layer_scale1, output));
         if let (Some((state, r)), Some(metric)) = (merging, metric) {
             probs = probs.map(|p| state.unmerge_attention(p));
@@ -173,8 +172,18 @@ impl Layer {
         }
         let hidden = self.intermediate.forward(self.layernorm_after.forward(x.clone()));
         let mlp = linear(&self.output.dense, hidden);
-        (x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs)
+        LayerOutput { hidden_states: x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs, probe }
     }
+}
+
+/// What [`Layer::forward`] returns.
+pub struct LayerOutput {
+    /// `[batch, tokens, hidden]`: the next block's input.
+    pub hidden_states: Tensor<3>,
+    /// The attention probabilities, when asked for.
+    pub probs: Option<Tensor<4>>,
+    /// With [`Probs::Probe`], the zero tensor whose gradient is that of `probs`.
+    pub probe: Option<Tensor<4>>,
 }
 
 fn scaled(scale: &Option<LayerScale>, x: Tensor<3>) -> Tensor<3> {

@@ -16,6 +16,7 @@ pub mod classes;
 pub mod config;
 pub mod decode;
 mod error;
+pub mod explain;
 mod preprocess;
 pub mod prune;
 pub mod tome;

@@ -13,7 +13,8 @@ use burn::tensor::Device;
 
 use crate::config::{Head, Pooling, VitConfig};
 use crate::embeddings::Embeddings;
-use crate::layer::Layer;
+use crate::attention::Probs;
+use crate::layer::{Layer, LayerOutput};
 use crate::tome::Merging;
 
 /// `ViTEncoder`: the stack of blocks.
@@ -39,6 +40,9 @@ pub struct VitOutput {
     pub logits: Option<Tensor<2>>,
     /// One `[batch, heads, tokens, tokens]` tensor of attention probabilities per layer.
     pub attentions: Vec<Tensor<4>>,
+    /// From [`Vit::forward_with_attention_probes`]: per layer, a zero tensor added to the attention
+    /// probabilities, whose gradient is theirs. Empty otherwise.
+    pub probes: Vec<Tensor<4>>,
 }
 
 /// A ViT with an optional classification head: ViT, DeiT (with or without its teacher head) or DINOv2.
@@ -144,8 +148,8 @@ impl Vit {
     /// # Panics
     /// If the model has no classifier ([`Vit::has_head`]) or the channel count is wrong.
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
-        let (last_hidden_state, _, size) = self.run(pixel_values, false);
-        self.heads(last_hidden_state, size).combined()
+        let run = self.run(pixel_values, Probs::Skip);
+        self.heads(run.last_hidden_state, run.size).combined()
     }
 
     /// The backbone: `last_hidden_state`, after the final LayerNorm (with token merging, the merged tokens).
@@ -154,15 +158,25 @@ impl Vit {
     /// - pixel_values: `[batch, channels, height, width]`, sides at least one patch
     /// - output: `[batch, tokens, hidden]`
     pub fn forward_features(&self, pixel_values: Tensor<4>) -> Tensor<3> {
-        self.run(pixel_values, false).0
+        self.run(pixel_values, Probs::Skip).last_hidden_state
     }
 
     /// Everything at once: hidden states, logits (when there is a head) and every layer's attention.
     /// With token merging, the attention maps are spread back over the original tokens.
     pub fn forward_with_attentions(&self, pixel_values: Tensor<4>) -> VitOutput {
-        let (last_hidden_state, attentions, size) = self.run(pixel_values, true);
-        let logits = self.has_head().then(|| self.heads(last_hidden_state.clone(), size).combined());
-        VitOutput { last_hidden_state, logits, attentions }
+        self.output(self.run(pixel_values, Probs::Keep))
+    }
+
+    /// [`Vit::forward_with_attentions`] with [`VitOutput::probes`], for gradients with respect to
+    /// the attention probabilities (on an autodiff device). Without token merging: a gradient per
+    /// attention entry needs the same tokens in every layer.
+    pub fn forward_with_attention_probes(&self, pixel_values: Tensor<4>) -> VitOutput {
+        self.output(self.clone().with_token_merging(0).run(pixel_values, Probs::Probe))
+    }
+
+    fn output(&self, run: Run) -> VitOutput {
+        let logits = self.has_head().then(|| self.heads(run.last_hidden_state.clone(), run.size).combined());
+        VitOutput { last_hidden_state: run.last_hidden_state, logits, attentions: run.attentions, probes: run.probes }
     }
 
     /// Patch, class (and distillation) token and position embeddings: the first block's input.
@@ -179,7 +193,7 @@ impl Vit {
     /// Training caches the output of frozen blocks with this.
     pub fn forward_blocks(&self, mut hidden_states: Tensor<3>, blocks: std::ops::Range<usize>) -> Tensor<3> {
         for layer in &self.vit.encoder.layer[blocks] {
-            hidden_states = layer.forward(hidden_states, false, None).0;
+            hidden_states = layer.forward(hidden_states, Probs::Skip, None).hidden_states;
         }
         hidden_states
     }
@@ -191,20 +205,20 @@ impl Vit {
         self.vit.layernorm.forward(self.forward_blocks(hidden_states, start..end))
     }
 
-    /// Final hidden states, attention probabilities when asked, and, with token merging, the
-    /// number of patches behind each final token (`[batch, tokens, 1]`).
-    fn run(&self, pixel_values: Tensor<4>, with_probs: bool) -> (Tensor<3>, Vec<Tensor<4>>, Option<Tensor<3>>) {
+    /// The embeddings and blocks, keeping the attention probabilities that `probs` asks for.
+    fn run(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {
         assert_shape!(pixel_values, [_, self.num_channels, _, _]);
         let mut x = self.vit.embeddings.forward(pixel_values);
         let mut merging = (self.token_merging > 0)
-            .then(|| Merging::new(&x, self.vit.embeddings.num_prefix_tokens(), with_probs));
-        let mut attentions = Vec::new();
+            .then(|| Merging::new(&x, self.vit.embeddings.num_prefix_tokens(), probs != Probs::Skip));
+        let (mut attentions, mut probes) = (Vec::new(), Vec::new());
         for layer in &self.vit.encoder.layer {
-            let (next, probs) = layer.forward(x, with_probs, merging.as_mut().map(|m| (m, self.token_merging)));
-            x = next;
-            attentions.extend(probs);
+            let out: LayerOutput = layer.forward(x, probs, merging.as_mut().map(|m| (m, self.token_merging)));
+            x = out.hidden_states;
+            attentions.extend(out.probs);
+            probes.extend(out.probe);
         }
-        (self.vit.layernorm.forward(x), attentions, merging.map(|m| m.size))
+        Run { last_hidden_state: self.vit.layernorm.forward(x), attentions, probes, size: merging.map(|m| m.size) }
     }
 
     /// The classifier's input: CLS, or CLS concatenated with the mean patch token (DINOv2).
@@ -270,6 +284,15 @@ impl Vit {
     pub fn forward_head(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
         self.forward_heads(last_hidden_state).combined()
     }
+}
+
+/// What [`Vit::run`] gives: the final hidden states, the attentions and probes asked for, and with
+/// token merging the number of patches behind each final token (`[batch, tokens, 1]`).
+struct Run {
+    last_hidden_state: Tensor<3>,
+    attentions: Vec<Tensor<4>>,
+    probes: Vec<Tensor<4>>,
+    size: Option<Tensor<3>>,
 }
 
 /// What the classification heads give: `[batch, classes]` each.

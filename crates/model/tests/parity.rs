@@ -215,3 +215,45 @@ fn token_merging_on_real_dinov2_small_matches_the_reference() {
     assert!(diff <= 1e-3, "last_hidden_state differs by {diff}");
     assert_eq!(out.attentions[11].dims(), [2, 6, 257, 257], "maps are spread back over the 257 original tokens");
 }
+
+/// Class-specific relevance (Chefer et al. 2021) against `tests/fixtures/make_relevance_fixtures.py`,
+/// which takes the gradients from PyTorch's autograd on transformers' own attention probabilities:
+/// every class of both images, square and non-square inputs, within 1e-4 (peak-normalised maps);
+/// and DINO's head masks of the last layer, exactly.
+#[test]
+fn relevance_and_head_masks_match_the_reference() {
+    use vitrine_model::attention_map::{AttentionMap, attention_map};
+    use vitrine_model::explain::{for_gradients, relevance};
+    let device = Device::flex();
+    let bytes = read(&fixtures().join("relevance.safetensors"));
+    let reference = SafeTensors::deserialize(&bytes).unwrap();
+    let mut largest = 0.0f32;
+    for family in ["vit", "deit", "dinov2"] {
+        let loaded = load(family, &device);
+        let model = for_gradients(&loaded.model);
+        let inputs = read(&fixtures().join(family).join("expected.safetensors"));
+        let inputs = SafeTensors::deserialize(&inputs).unwrap();
+        for (case, key) in [("square", "pixel_values"), ("ns", "ns.pixel_values")] {
+            let pixels: Tensor<4> = tensor(&inputs, key, &device);
+            let (want, shape) = expected(&reference, &format!("{family}.{case}.relevance"));
+            let [images, classes, rows, cols] = shape[..] else { panic!("{shape:?}") };
+            let grid = rows * cols;
+            for class in 0..classes {
+                let ours = relevance(&model, pixels.clone().autodiff(), &vec![class; images]);
+                let theirs: Vec<f32> = (0..images).flat_map(|i| want[(i * classes + class) * grid..][..grid].to_vec()).collect();
+                let diff = max_diff(ours, (theirs, vec![images, rows, cols]));
+                assert!(diff <= 1e-4, "{family} {case} class {class}: relevance differs by {diff}");
+                largest = largest.max(diff);
+            }
+            let attentions = loaded.model.forward_with_attentions(pixels).attentions;
+            let (want, shape) = expected(&reference, &format!("{family}.{case}.head_masks"));
+            let heads = shape[1];
+            for head in 0..heads {
+                let ours = attention_map(&attentions, AttentionMap::HeadMask { layer: 1, head }, loaded.config.num_prefix_tokens(), [rows, cols]);
+                let theirs: Vec<f32> = (0..images).flat_map(|i| want[(i * heads + head) * grid..][..grid].to_vec()).collect();
+                assert_eq!(max_diff(ours, (theirs, vec![images, rows, cols])), 0.0, "{family} {case} head {head}: mask");
+            }
+        }
+    }
+    println!("relevance: largest difference {largest:.2e}");
+}

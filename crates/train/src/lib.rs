@@ -6,6 +6,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod evaluate;
+pub mod faithfulness;
 pub mod logbook;
 pub mod loss;
 pub mod recipe;

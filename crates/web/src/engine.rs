@@ -7,8 +7,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
-use vitrine_model::attention_map::{AttentionMap, attention_map};
+use vitrine_model::attention_map::{AttentionMap, attention_map, head_mask, peak_normalised};
 use vitrine_model::decode::{decode_image, rgb_from_rgba};
+use vitrine_model::explain::{for_gradients, relevance};
 use vitrine_model::weights::Family;
 use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_bundle};
 
@@ -16,6 +17,8 @@ use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, loa
 #[derive(Debug)]
 pub struct Engine {
     model: Vit,
+    /// The model for relevance ([`vitrine_model::explain::for_gradients`]), made when first asked.
+    gradients: std::sync::OnceLock<Vit>,
     config: VitConfig,
     preprocess: PreprocessConfig,
     labels: Vec<String>,
@@ -43,21 +46,24 @@ pub struct ModelInfo {
 }
 
 /// Where each attention map lies among the rows of [`Outputs::maps`]: rollout, then the mean of
-/// the last layer's heads, then every head of every layer, layer-major. [`all_maps`] writes this
-/// order and the page reads it from here.
+/// the last layer's heads, then every head of every layer, layer-major, then every head's mask in
+/// the same order. [`all_maps`] writes this order and the page reads it from here.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MapRows {
     pub rollout: usize,
     pub last_layer_mean: usize,
     /// The row of head 0 of each layer: head `h` of layer `l` is row `first_head[l] + h`.
     pub first_head: Vec<usize>,
+    /// The same for the heads' masks ([`AttentionMap::HeadMask`]).
+    pub first_mask: Vec<usize>,
 }
 
 impl MapRows {
     /// The rows for layers of `heads` heads each.
     pub fn new(heads: &[usize]) -> Self {
-        let first_head = heads.iter().scan(2, |next, &h| Some(std::mem::replace(next, *next + h))).collect();
-        Self { rollout: 0, last_layer_mean: 1, first_head }
+        let starts = |first: usize| heads.iter().scan(first, |next, &h| Some(std::mem::replace(next, *next + h))).collect();
+        let total: usize = heads.iter().sum();
+        Self { rollout: 0, last_layer_mean: 1, first_head: starts(2), first_mask: starts(2 + total) }
     }
 
     pub fn row(&self, map: AttentionMap) -> usize {
@@ -65,6 +71,7 @@ impl MapRows {
             AttentionMap::Rollout => self.rollout,
             AttentionMap::LastLayerMean => self.last_layer_mean,
             AttentionMap::Head { layer, head } => self.first_head[layer] + head,
+            AttentionMap::HeadMask { layer, head } => self.first_mask[layer] + head,
         }
     }
 }
@@ -74,8 +81,8 @@ impl MapRows {
 pub struct Outputs {
     /// `[batch, classes]`, when the model has a classifier.
     pub logits: Option<Tensor<2>>,
-    /// `[batch, 2 + heads in all layers, rows * cols]`, each row peak-normalised CLS attention over the
-    /// patch grid, in the order of [`MapRows`].
+    /// `[batch, 2 + 2 * heads in all layers, rows * cols]`: peak-normalised CLS attention over the
+    /// patch grid and the heads' masks, in the order of [`MapRows`].
     pub maps: Tensor<3>,
     /// `[rows, cols]` of the patch grid.
     pub grid: [usize; 2],
@@ -95,6 +102,7 @@ impl Engine {
         let loaded = loaded.int8_products_if_stored();
         Ok(Self {
             model: loaded.model,
+            gradients: std::sync::OnceLock::new(),
             config: loaded.config,
             preprocess,
             labels: loaded.labels,
@@ -180,11 +188,27 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The relevance of each patch for `class` ([`vitrine_model::explain`]), `[1, rows * cols]`,
+    /// peak-normalised, for a `[1, channels, height, width]` model input: one forward and one
+    /// backward pass on the autodiff flavour of the device, without token merging.
+    pub fn relevance(&self, pixel_values: Tensor<4>, class: usize) -> Result<Tensor<2>, String> {
+        let labels = self.model.num_labels();
+        if class >= labels {
+            return Err(format!("class {class} of a model with {labels} classes"));
+        }
+        let model = self.gradients.get_or_init(|| for_gradients(&self.model));
+        let map = relevance(model, pixel_values.autodiff(), &[class]);
+        let [batch, rows, cols] = map.dims();
+        Ok(map.reshape([batch, rows * cols]))
+    }
+}
+
 /// The rows of [`Outputs::maps`] from per-layer attention probabilities, in [`MapRows`]' order.
 ///
 /// # Shapes
 /// - attentions: one `[batch, heads, tokens, tokens]` per layer, `tokens = prefix + rows * cols`
-/// - output: `[batch, 2 + total heads, rows * cols]`
+/// - output: `[batch, 2 + 2 * total heads, rows * cols]`
 ///
 /// # Panics
 /// If `attentions` is empty or the grid does not match the tokens.
@@ -196,14 +220,16 @@ pub fn all_maps(attentions: &[Tensor<4>], prefix: usize, [rows, cols]: [usize; 2
         out.reshape([batch, 1, patches])
     };
     let mut parts = vec![whole(AttentionMap::Rollout), whole(AttentionMap::LastLayerMean)];
-    // Every head at once per layer: the same values as `AttentionMap::Head`, without one small
-    // graph per head (a ViT-B has 144 heads, and each graph is a round of GPU dispatches).
+    let mut masks = Vec::new();
+    // Every head at once per layer: the same values as `AttentionMap::Head` and `HeadMask`, without
+    // one small graph per head (a ViT-B has 144 heads, and each graph is a round of GPU dispatches).
     for probs in attentions {
         let [batch, heads, _, _] = probs.dims();
-        let cls = probs.clone().narrow(2, 0, 1).narrow(3, prefix, patches).reshape([batch, heads, patches]);
-        let peak = cls.clone().max_dim(2).clamp_min(1e-12);
-        parts.push(cls / peak);
+        let cls = probs.clone().narrow(2, 0, 1).narrow(3, prefix, patches).reshape([batch * heads, patches]);
+        parts.push(peak_normalised(cls.clone()).reshape([batch, heads, patches]));
+        masks.push(head_mask(cls).reshape([batch, heads, patches]));
     }
+    parts.extend(masks);
     Tensor::cat(parts, 1)
 }
 
@@ -241,12 +267,13 @@ mod tests {
         let file = SafeTensors::deserialize(&bytes).unwrap();
         let attentions: Vec<Tensor<4>> = (0..2).map(|i| tensor(&file, &format!("attentions.{i}"), &device)).collect();
         let all = all_maps(&attentions, 2, [4, 4]);
-        assert_eq!(all.dims(), [2, 2 + 4 + 4, 16]);
+        assert_eq!(all.dims(), [2, 2 + 2 * (4 + 4), 16]);
         let rows = MapRows::new(&[4, 4]);
-        assert_eq!(rows.first_head, [2, 6]);
+        assert_eq!((rows.first_head.as_slice(), rows.first_mask.as_slice()), ([2, 6].as_slice(), [10, 14].as_slice()));
         let maps = [AttentionMap::Rollout, AttentionMap::LastLayerMean, AttentionMap::Head { layer: 0, head: 0 }]
             .into_iter()
-            .chain([(0, 3), (1, 0), (1, 3)].map(|(layer, head)| AttentionMap::Head { layer, head }));
+            .chain([(0, 3), (1, 0), (1, 3)].map(|(layer, head)| AttentionMap::Head { layer, head }))
+            .chain([(0, 0), (1, 2), (1, 3)].map(|(layer, head)| AttentionMap::HeadMask { layer, head }));
         for map in maps {
             let row = all.clone().narrow(1, rows.row(map), 1).reshape([2, 4, 4]).into_data();
             row.assert_approx_eq::<f32>(&attention_map(&attentions, map, 2, [4, 4]).into_data(), Tolerance::absolute(1e-6));
@@ -261,7 +288,7 @@ mod tests {
         let file = SafeTensors::deserialize(&bytes).unwrap();
         let out = engine.run(tensor(&file, "ns.pixel_values", &device));
         assert_eq!(out.grid, [4, 6]);
-        assert_eq!(out.maps.dims(), [2, 2 + 4 + 4, 24]);
+        assert_eq!(out.maps.dims(), [2, 2 + 2 * (4 + 4), 24]);
         out.logits.unwrap().into_data().assert_approx_eq::<f32>(&tensor::<2>(&file, "ns.logits", &device).into_data(), Tolerance::absolute(1e-4));
     }
 

@@ -2,6 +2,8 @@ pub mod bench;
 pub mod compress;
 pub mod distill;
 pub mod eval;
+pub mod explain;
+pub mod faithfulness;
 pub mod export;
 pub mod inspect;
 pub mod predict;

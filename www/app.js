@@ -35,6 +35,7 @@ const state = {
   token: 0, // the latest classification asked for; older answers are dropped
   evaluation: null, // the folder evaluation under way or shown: { cancelled, report, name }
   persistAsked: false, // navigator.storage.persist() is asked for once, when a model is kept
+  picked: null, // the class index whose relevance the map shows (null: the top class)
 };
 
 // The camera, while it is on.
@@ -263,6 +264,7 @@ function renderModelInfo({ info, label, bytes }) {
   layer.replaceChildren(...heads.map((_, i) => el('option', { value: i }, String(i + 1))));
   layer.value = String(heads.length - 1);
   fillHeads();
+  syncMapControls();
 }
 
 function fillHeads() {
@@ -525,21 +527,18 @@ async function classifyInput() {
   setBusy(true);
   try {
     let result;
-    if (input.kind === 'blob' && FILE_TYPES.test(input.blob.type || 'image/jpeg')) {
-      // The file's own bytes, decoded by the same Rust code as the native `vitrine predict`.
-      const bytes = await input.blob.arrayBuffer();
-      try {
-        result = await call({ type: 'classify', file: bytes, topK: TOP_K }, [bytes]);
-      } catch (err) {
-        // The browser reads formats the Rust decoder does not; a file it refuses for anything else
-        // (cut short, too large) is refused here too.
-        if (err.kind !== 'UnsupportedImage') throw err;
-        result = await classifyPixels(state.bitmap);
-      }
-    } else {
-      result = await classifyPixels(input.bitmap ?? state.bitmap);
+    let via = 'file';
+    try {
+      result = await call(...(await imageMessage({ type: 'classify', topK: TOP_K }, input, via)));
+    } catch (err) {
+      // The browser reads formats the Rust decoder does not; a file it refuses for anything else
+      // (cut short, too large) is refused here too.
+      if (err.kind !== 'UnsupportedImage') throw err;
+      via = 'pixels';
+      result = await call(...(await imageMessage({ type: 'classify', topK: TOP_K }, input, via)));
     }
     if (token !== state.token) return;
+    result.via = via;
     showResult(result, input.name);
   } catch (err) {
     if (token !== state.token) return;
@@ -549,7 +548,22 @@ async function classifyInput() {
   }
 }
 
+// `message` with `input`'s image, and what to transfer: the file's own bytes (decoded by the same
+// Rust code as the native `vitrine predict`), or with `via` 'pixels' (or an input that is no file
+// the decoder reads) the browser's pixels of it.
+async function imageMessage(message, input, via) {
+  if (via === 'file' && input.kind === 'blob' && FILE_TYPES.test(input.blob.type || 'image/jpeg')) {
+    const file = await input.blob.arrayBuffer();
+    return [{ ...message, file }, [file]];
+  }
+  return pixelsMessage(message, input.bitmap ?? state.bitmap);
+}
+
 function classifyPixels(source, maxSide = Infinity) {
+  return call(...pixelsMessage({ type: 'classify', topK: TOP_K }, source, maxSide));
+}
+
+function pixelsMessage(message, source, maxSide = Infinity) {
   const width = source.videoWidth ?? source.width;
   const height = source.videoHeight ?? source.height;
   const scale = Math.min(1, maxSide / Math.max(width, height));
@@ -559,7 +573,43 @@ function classifyPixels(source, maxSide = Infinity) {
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   ctx.drawImage(source, 0, 0, w, h);
   const rgba = ctx.getImageData(0, 0, w, h).data.buffer;
-  return call({ type: 'classify', rgba, width: w, height: h, topK: TOP_K }, [rgba]);
+  return [{ ...message, rgba, width: w, height: h }, [rgba]];
+}
+
+// The class whose relevance the map shows: the row the user picked, else the top class.
+function pickedClass() {
+  const top = state.prediction?.top ?? [];
+  return top.find((t) => t.index === state.picked) ?? top[0] ?? null;
+}
+
+function pickClass(index) {
+  state.picked = index;
+  $('map').value = 'relevance';
+  syncMapControls();
+  drawOverlay();
+}
+
+// Asks the worker for the picked class's relevance on the image of the prediction shown; the map
+// is drawn when it comes. Kept on the prediction, one map per class.
+async function requestRelevance() {
+  const p = state.prediction;
+  const picked = pickedClass();
+  if (!p || !picked || !state.input || p.relevance.has(picked.index) || p.relevancePending.has(picked.index)) return;
+  p.relevancePending.add(picked.index);
+  const token = state.token;
+  setBusy(true);
+  try {
+    const message = await imageMessage({ type: 'relevance', index: picked.index }, state.input, p.via);
+    const { map, ms } = await call(...message);
+    p.relevance.set(picked.index, map);
+    stats.relevanceMs = ms;
+    if (state.prediction === p) drawOverlay();
+  } catch (err) {
+    if (state.prediction === p) showMessage(`The relevance map could not be computed: ${err.message}`);
+  } finally {
+    p.relevancePending.delete(picked.index);
+    if (token === state.token) setBusy(false);
+  }
 }
 
 async function handleClassifyError(err, name) {
@@ -836,6 +886,9 @@ function showBitmap(bitmap, name) {
 }
 
 function showResult(result, name, fps = null) {
+  result.relevance = new Map(); // class index -> map, computed when asked for
+  result.relevancePending = new Set();
+  if (!result.top.some((t) => t.index === state.picked)) state.picked = null;
   state.prediction = result;
   $('share').disabled = $('copy').disabled = !result.top.length;
   if (!stats.firstResult) {
@@ -848,7 +901,18 @@ function showResult(result, name, fps = null) {
   list.dataset.seq = String((Number(list.dataset.seq) || 0) + 1);
   list.replaceChildren(
     ...result.top.map(({ label, rawLabel, index, prob }) => {
-      const li = el('li', { class: 'prediction', 'data-label': rawLabel, 'data-prob': String(prob), 'data-index': String(index) });
+      const li = el('li', {
+        class: 'prediction', 'data-label': rawLabel, 'data-prob': String(prob), 'data-index': String(index),
+        tabindex: '0', role: 'button', title: `Where the model sees ${label}: its relevance map`,
+      });
+      li.setAttribute('aria-pressed', String(index === pickedClass()?.index && $('map').value === 'relevance'));
+      li.addEventListener('click', () => pickClass(index));
+      li.addEventListener('keydown', (e) => {
+        if (e.key === 'Enter' || e.key === ' ') {
+          e.preventDefault();
+          pickClass(index);
+        }
+      });
       li.append(el('span', { class: 'label', title: rawLabel }, label), el('span', { class: 'prob' }, percent(prob)));
       const bar = el('span', { class: 'bar', role: 'presentation' });
       const fill = el('span');
@@ -868,6 +932,7 @@ function showResult(result, name, fps = null) {
   timing.dataset.ms = String(result.ms);
   const ms = result.ms < 100 ? result.ms.toFixed(1) : Math.round(result.ms);
   timing.textContent = fps ? `${ms} ms/image · ${fps.toFixed(1)} fps · ${where}` : `${ms} ms/image · ${where}`;
+  syncMapControls();
   drawOverlay();
 }
 
@@ -924,9 +989,38 @@ function redraw() {
 }
 
 function syncMapControls() {
-  const head = $('map').value === 'head';
-  $('layer-label').hidden = !head;
-  $('head-label').hidden = !head;
+  const kind = $('map').value;
+  const perHead = kind === 'head' || kind === 'mask';
+  $('layer-label').hidden = !perHead;
+  $('head-label').hidden = !perHead;
+  const picked = pickedClass();
+  const relevance = $('map').querySelector('option[value="relevance"]');
+  relevance.textContent = picked ? `Relevance for ${picked.label}` : 'Relevance for the top class';
+  relevance.disabled = state.model ? !state.model.num_labels : false;
+  if (relevance.disabled && kind === 'relevance') {
+    $('map').value = 'rollout';
+    return syncMapControls();
+  }
+  for (const li of $('predictions').children) {
+    li.setAttribute('aria-pressed', String(kind === 'relevance' && Number(li.dataset.index) === picked?.index));
+  }
+  const [low, high] = { relevance: ['less', 'more relevant'], mask: ['outside', 'inside the mask'] }[kind] ?? ['less', 'more attention'];
+  $('legend-low').textContent = low;
+  $('legend-high').textContent = high;
+  const note = $('map-note');
+  note.textContent = mapNote(kind);
+  note.hidden = !note.textContent;
+}
+
+// What the map on show needs said: relevance is computed on every token, and on a still image.
+function mapNote(kind) {
+  if (kind === 'relevance') {
+    if (!state.input && state.prediction) return 'Relevance is computed for a photo or a camera snapshot, not for live frames.';
+    if (tokenMerging() > 0) return 'Relevance is computed without token merging: it needs every token in every layer.';
+    return 'Relevance: the attention of every layer weighted by its gradient for this class (Chefer et al. 2021). Click a class to see its map.';
+  }
+  if (kind === 'mask') return 'The fewest patches that hold 60 % of this head’s attention, as DINO draws them.';
+  return '';
 }
 
 // Which row of the maps the controls select (the engine's ModelInfo.map_rows gives their order).
@@ -936,7 +1030,21 @@ function selectedMap() {
   const kind = $('map').value;
   if (kind === 'rollout') return rows.rollout;
   if (kind === 'mean') return rows.last_layer_mean;
-  return rows.first_head[Number($('layer').value)] + Number($('head').value);
+  const first = kind === 'mask' ? rows.first_mask : rows.first_head;
+  return first[Number($('layer').value)] + Number($('head').value);
+}
+
+// The values of the map the controls select, or null while a relevance map is being computed.
+function selectedValues(p) {
+  const cells = p.rows * p.cols;
+  if ($('map').value === 'relevance') {
+    const picked = pickedClass();
+    const map = picked && p.relevance?.get(picked.index);
+    if (!map) requestRelevance();
+    return map ?? null;
+  }
+  const row = selectedMap();
+  return p.maps.subarray(row * cells, (row + 1) * cells);
 }
 
 function drawOverlay() {
@@ -944,19 +1052,21 @@ function drawOverlay() {
   const { width, height } = fitCanvas(overlay, $('stage'));
   const ctx = overlay.getContext('2d');
   ctx.clearRect(0, 0, width, height);
+  delete overlay.dataset.map;
+  delete overlay.dataset.class;
   const p = state.prediction;
   if (!p || !p.rows) return;
   const source = state.bitmap ?? (!$('video').hidden ? $('video') : null);
   const sw = source?.videoWidth ?? source?.width ?? p.width;
   const sh = source?.videoHeight ?? source?.height ?? p.height;
   if (!sw || !sh) return;
-  const cells = p.rows * p.cols;
-  const row = selectedMap();
-  const values = p.maps.subarray(row * cells, (row + 1) * cells);
-  if (values.length !== cells) return;
+  const values = selectedValues(p);
+  if (!values || values.length !== p.rows * p.cols) return;
   const opacity = Number($('opacity').value) / 100;
   const { min, max } = drawMap(ctx, { values, rows: p.rows, cols: p.cols, region: p.region, sw, sh, width, height, opacity });
   overlay.dataset.map = $('map').value;
+  if ($('map').value === 'relevance') overlay.dataset.class = pickedClass()?.rawLabel ?? '';
+  stats.shownMap = Array.from(values); // the values under the overlay, for the end-to-end tests
   overlay.dataset.min = String(min);
   overlay.dataset.max = String(max);
 }

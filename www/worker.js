@@ -133,6 +133,16 @@ const handlers = {
     prediction.free();
     post(result, [maps.buffer]);
   },
+
+  // The relevance map of class `index` for an image given as `classify` takes it (rows x cols, peak 1).
+  async relevance({ id, index, file, rgba, width, height }) {
+    if (!classifier) throw new Error('no model is loaded yet');
+    const started = performance.now();
+    const map = file
+      ? await classifier.relevanceFile(new Uint8Array(file), index)
+      : await classifier.relevance(new Uint8Array(rgba), width, height, index);
+    post({ type: 'relevance', id, index, map, ms: performance.now() - started }, [map.buffer]);
+  },
 };
 
 // The bundle at `base` (a folder URL ending in '/'): config.json and model.safetensors, and

@@ -63,6 +63,36 @@ function native(image, bundle = BUNDLE, tome = 0, { webgpu = false } = {}) {
   return top;
 }
 
+// `vitrine explain --json`'s relevance map for `image` and class `label` (a fixture photo's name, or a path).
+function nativeRelevance(image, bundle, label) {
+  const path = image.startsWith('/') ? image : join(IMAGES, image);
+  const out = mkdtempSync(join(tmpdir(), 'vitrine-explain-'));
+  try {
+    const json = execFileSync(VITRINE, ['explain', '--model', bundle, '--class', label, '--out', out, '--json', path], { encoding: 'utf8' });
+    return JSON.parse(json)[0];
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+}
+
+// Clicks the row of `label` and waits for its relevance map on the overlay; the map's values are
+// those of `vitrine explain` within `tolerance` (both sides compute in f32: int8 weights are
+// dequantized for the gradients).
+async function checkRelevance(page, image, bundle, label, what, tolerance = 1e-4) {
+  await page.click(`#predictions [data-label="${label}"]`);
+  assert.equal(await page.inputValue('#map'), 'relevance');
+  await page.waitForSelector(`#overlay[data-map="relevance"][data-class="${label}"]`, { timeout: TIMEOUT });
+  assert.equal(await page.getAttribute(`#predictions [data-label="${label}"]`, 'aria-pressed'), 'true');
+  assert.match(await page.textContent('#map option[value="relevance"]'), new RegExp(`Relevance for ${label.replace(/_/g, ' ')}`, 'i'));
+  const shown = await page.evaluate(() => window.vitrineStats.shownMap);
+  const want = nativeRelevance(image, bundle, label);
+  assert.equal(shown.length, want.grid[0] * want.grid[1], `${what}: a ${want.grid} grid`);
+  const diff = shown.reduce((worst, v, i) => Math.max(worst, Math.abs(v - want.map[i])), 0);
+  assert.ok(diff <= tolerance, `${what}: relevance differs from vitrine explain by ${diff}`);
+  assertNonUniform(await overlayStats(page), `${what}: relevance`);
+  return shown;
+}
+
 async function launch(args) {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args });
 }
@@ -284,6 +314,17 @@ describe('with WebGPU', () => {
     await page.selectOption('#map', 'mean');
     assertNonUniform(await overlayStats(page), 'last-layer mean');
     await shot(page, 'webgpu-head-map');
+    await page.selectOption('#map', 'mask');
+    assert.equal(await page.getAttribute('#overlay', 'data-map'), 'mask');
+    const mask = await page.evaluate(() => window.vitrineStats.shownMap);
+    assert.ok(mask.every((v) => v === 0 || v === 1) && mask.includes(0) && mask.includes(1), `a head mask is 0 or 1: ${mask}`);
+
+    // Relevance, on WebGPU's autodiff, for the second class, then the first.
+    const second = rows[1].label;
+    const a = await checkRelevance(page, 'church.jpg', TINY, second, 'church.jpg on WebGPU');
+    const b = await checkRelevance(page, 'church.jpg', TINY, rows[0].label, 'church.jpg on WebGPU');
+    assert.ok(a.some((v, i) => Math.abs(v - b[i]) > 0.05), 'the map depends on the class');
+    await shot(page, 'webgpu-relevance');
     assert.deepEqual(errors, []);
     await context.close();
   });
@@ -581,6 +622,10 @@ describe('without WebGPU', () => {
     assert.match(await page.textContent('#timing'), /ms\/image · CPU/);
     assertNonUniform(await overlayStats(page), 'CPU rollout');
     await shot(page, 'cpu-fallback');
+    // The shipped bundle's relevance for its answer, on the CPU path.
+    await checkRelevance(page, 'parachute.jpg', BUNDLE, 'parachute', 'parachute.jpg on the CPU');
+    await shot(page, 'cpu-relevance');
+    await page.selectOption('#map', 'rollout');
 
     // The result as a PNG card: downloaded where the browser has no Web Share for files (here).
     const download = await downloadFrom(page, '#share');

@@ -67,3 +67,57 @@ pub fn relevance(model: &Vit, pixel_values: Tensor<4>, classes: &[usize]) -> Ten
     let prefix = model.vit.embeddings.num_prefix_tokens();
     peak_normalised(cls_to_patches(r, prefix, rows * cols)).reshape([batch, rows, cols])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    use crate::config::{Head, ModelType};
+    use crate::model::tests::tiny;
+
+    /// On pruned layers (4 and 3 heads), every family: the probes leave the logits as they are, and
+    /// the maps have the grid's shape, a peak of 1 and no negative value.
+    #[test]
+    fn relevance_on_pruned_layers_of_every_family() {
+        let device = Device::flex();
+        device.seed(3);
+        for (model_type, head) in [(ModelType::Vit, Head::Linear), (ModelType::Deit, Head::LinearWithDistillation), (ModelType::Dinov2, Head::Linear)] {
+            let model = tiny(model_type, head).init(&device);
+            let pixels = Tensor::<4>::random([2, 3, 32, 48], Distribution::Default, &device);
+            let gradients = for_gradients(&model);
+            let probed = gradients.forward_with_attention_probes(pixels.clone().autodiff()).logits.unwrap().inner();
+            let diff: f32 = (probed - model.forward(pixels.clone())).abs().max().into_scalar();
+            assert!(diff <= 1e-5, "{model_type:?}: the probes changed the logits by {diff}");
+            let map = relevance(&gradients, pixels.autodiff(), &[4, 0]);
+            assert_eq!(map.dims(), [2, 4, 6]);
+            let values = map.into_data().try_to_vec::<f32>().unwrap();
+            for image in values.chunks(24) {
+                let peak = image.iter().copied().fold(f32::MIN, f32::max);
+                assert!((peak - 1.0).abs() < 1e-6 && image.iter().all(|&v| v >= 0.0), "{model_type:?}: {image:?}");
+            }
+        }
+    }
+
+    /// An int8 model's relevance is its f32 rebuild's: the gradients run on dequantized weights.
+    #[test]
+    fn an_int8_model_explains_with_its_dequantized_weights() {
+        let device = Device::flex();
+        device.seed(4);
+        let model = tiny(ModelType::Vit, Head::Linear).init(&device);
+        let int8 = model.clone().with_int8_products();
+        let pixels = Tensor::<4>::random([1, 3, 32, 32], Distribution::Default, &device);
+        let ours = relevance(&for_gradients(&int8), pixels.clone().autodiff(), &[1]);
+        let f32s = relevance(&for_gradients(&model), pixels.autodiff(), &[1]);
+        let diff: f32 = (ours - f32s).abs().max().into_scalar();
+        assert!(diff <= 0.05, "int8 against f32 relevance: {diff}");
+    }
+
+    #[test]
+    #[should_panic(expected = "relevance needs gradients")]
+    fn relevance_off_autodiff_panics() {
+        let device = Device::flex();
+        let model = tiny(ModelType::Vit, Head::Linear).init(&device);
+        relevance(&model, Tensor::zeros([1, 3, 32, 32], &device), &[0]);
+    }
+}

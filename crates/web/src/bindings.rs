@@ -218,6 +218,21 @@ impl Classifier {
         output.try_into_vec::<f32>().map_err(|e| JsError::new(&format!("{e:?}")))
     }
 
+    /// The relevance of each patch for class `class` (an index) in RGBA pixels, as [`Classifier::classify`]
+    /// reads them: the prediction's `rows * cols` grid, peak 1 ([`Engine::relevance`]: gradients through
+    /// burn's autodiff, on this backend, without token merging).
+    pub async fn relevance(&self, rgba: Vec<u8>, width: u32, height: u32, class: usize) -> Result<Vec<f32>, JsValue> {
+        let pixels = on_pool(|| self.engine.pixels_from_rgba(&rgba, width, height, &self.device)).map_err(image_error)?;
+        self.relevance_of(pixels, class).await.map_err(|e| JsError::new(&e).into())
+    }
+
+    /// [`Classifier::relevance`] for an image file's bytes, as [`Classifier::classify_file`] reads them.
+    #[wasm_bindgen(js_name = relevanceFile)]
+    pub async fn relevance_file(&self, bytes: Vec<u8>, class: usize) -> Result<Vec<f32>, JsValue> {
+        let (pixels, _) = on_pool(|| self.engine.pixels_from_file(&bytes, &self.device)).map_err(image_error)?;
+        self.relevance_of(pixels, class).await.map_err(|e| JsError::new(&e).into())
+    }
+
     /// Why the WebGPU device was lost, if it was (the page then moves to the CPU).
     #[wasm_bindgen(js_name = lostReason)]
     pub fn lost_reason(&self) -> Option<String> {
@@ -244,6 +259,16 @@ impl Classifier {
     /// The loaded engine, for tests that feed exact pixel values.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The relevance map of `class` for one image's model input, read back.
+    pub async fn relevance_of(&self, pixel_values: Tensor<4>, class: usize) -> Result<Vec<f32>, String> {
+        if let Some(reason) = lost_reason(&self.lost) {
+            return Err(format!("the WebGPU device was lost ({reason})"));
+        }
+        let map = on_pool(|| self.engine.relevance(pixel_values, class))?;
+        let data = map.into_data_async().await.map_err(|e| format!("reading results back failed: {e:?}"))?;
+        data.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
     }
 
     /// One image's `[1, channels, height, width]` model input to a [`Prediction`].
@@ -310,8 +335,9 @@ impl Prediction {
         softmax(&picked)
     }
 
-    /// `(2 + heads) * rows * cols` values: rollout, last-layer head mean, then each head of each
-    /// layer, each a row-major `rows x cols` grid scaled to a peak of 1.
+    /// `(2 + 2 * heads) * rows * cols` values in the order of `info.map_rows`: rollout, last-layer
+    /// head mean, each head of each layer (each a row-major `rows x cols` grid scaled to a peak of
+    /// 1), then each head's mask (0 or 1).
     #[wasm_bindgen(getter)]
     pub fn maps(&self) -> Vec<f32> {
         self.maps.clone()

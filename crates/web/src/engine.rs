@@ -292,6 +292,25 @@ mod tests {
         out.logits.unwrap().into_data().assert_approx_eq::<f32>(&tensor::<2>(&file, "ns.logits", &device).into_data(), Tolerance::absolute(1e-4));
     }
 
+    /// The page's relevance is the model crate's, against the PyTorch reference of
+    /// `tests/fixtures/make_relevance_fixtures.py` (1e-4), with token merging on.
+    #[test]
+    fn relevance_matches_the_reference() {
+        let device = Device::flex();
+        let mut engine = load("deit", &device);
+        engine.set_token_merging(2).unwrap();
+        let inputs = std::fs::read(fixtures().join("deit/expected.safetensors")).unwrap();
+        let pixels: Tensor<4> = tensor(&SafeTensors::deserialize(&inputs).unwrap(), "ns.pixel_values", &device);
+        let reference = std::fs::read(fixtures().join("relevance.safetensors")).unwrap();
+        let want: Tensor<4> = tensor(&SafeTensors::deserialize(&reference).unwrap(), "deit.ns.relevance", &device);
+        for class in [0, 3] {
+            let got = engine.relevance(pixels.clone().narrow(0, 1, 1), class).unwrap();
+            let want = want.clone().narrow(0, 1, 1).narrow(1, class, 1).reshape([1, 24]);
+            got.into_data().assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-4));
+        }
+        assert!(engine.relevance(pixels.narrow(0, 0, 1), 5).unwrap_err().contains("class 5 of a model with 5 classes"));
+    }
+
     #[test]
     fn info_describes_the_bundle() {
         let device = Device::flex();

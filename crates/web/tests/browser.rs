@@ -7,7 +7,7 @@
 //! attention probabilities; WebGPU and CPU within 1e-5 of each other on photos (with and without
 //! token merging); photo probabilities within 2e-3 of transformers' PIL pipeline (JPEG decoder and
 //! resampler differences, measured in parity.rs); the int8 kernel within 1e-5 of burn's product of
-//! the same integers.
+//! the same integers; relevance maps within 1e-4 of the PyTorch reference on both backends.
 #![cfg(target_arch = "wasm32")]
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -53,6 +53,7 @@ const PHOTOS: [(&str, &[u8]); 4] = [
 ];
 
 const TOME: &[u8] = include_bytes!("../../../tests/fixtures/tome.safetensors");
+const RELEVANCE: &[u8] = include_bytes!("../../../tests/fixtures/relevance.safetensors");
 
 async fn webgpu() -> Backend {
     Backend::webgpu().await.map_err(JsValue::from).expect("WebGPU must be available to this test (--enable-unsafe-webgpu)")
@@ -137,6 +138,32 @@ async fn webgpu_matches_transformers() {
 #[wasm_bindgen_test]
 async fn cpu_matches_transformers() {
     check_against_transformers(&Backend::cpu()).await;
+}
+
+/// Class-specific relevance through burn's autodiff on each backend, against the reference of
+/// `tests/fixtures/make_relevance_fixtures.py` (PyTorch autograd on transformers' attention), every
+/// class of both images; token merging on changes nothing (relevance runs on every token).
+#[wasm_bindgen_test]
+async fn relevance_matches_the_reference_on_both_backends() {
+    let reference = SafeTensors::deserialize(RELEVANCE).unwrap();
+    let cpu = Device::flex();
+    for backend in [webgpu().await, Backend::cpu()] {
+        for f in fixtures() {
+            let mut classifier = load(&backend, &f);
+            classifier.set_token_merging(3).map_err(JsValue::from).expect("r = 3 fits");
+            let file = SafeTensors::deserialize(f.expected).unwrap();
+            for item in 0..2 {
+                let maps = expected::<4>(&reference, &format!("{}.square.relevance", f.name), item, &cpu);
+                for class in 0..5 {
+                    let pixels = expected::<4>(&file, "pixel_values", item, backend.device());
+                    let got = classifier.relevance_of(pixels, class).await.unwrap();
+                    let want = values(maps.clone().narrow(1, class, 1));
+                    let diff = max_diff(&got, &want);
+                    assert!(diff <= 1e-4, "{} on {}, image {item}, class {class}: relevance differs by {diff}", f.name, backend.kind());
+                }
+            }
+        }
+    }
 }
 
 async fn classify(classifier: &Classifier, bytes: &[u8]) -> Prediction {

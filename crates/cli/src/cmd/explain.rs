@@ -120,6 +120,9 @@ pub fn run(args: Args) -> Result<()> {
         bail!("{} is a backbone without a classifier: explanations are for a class", args.model);
     }
     check_method(args.method, &model.loaded.config.layer_num_attention_heads)?;
+    if args.top == 0 {
+        bail!("--top 0 explains nothing: give 1 or more");
+    }
     let labels = &model.loaded.labels;
     let fixed = args.class.as_deref().map(|name| class_index(name, labels)).transpose()?;
     let gradients = (args.method == Method::Relevance).then(|| for_gradients(vit));
@@ -181,8 +184,9 @@ fn explain(model: &Vit, gradients: Option<&Vit>, method: Method, pixels: Tensor<
         (Method::Relevance, None) => unreachable!("relevance is computed on the model made for gradients"),
     };
     let values: Vec<f32> = map.into_data().convert::<f32>().try_into_vec().expect("f32 maps");
-    let cells = grid[0] * grid[1];
-    (0..classes.len()).map(|i| values[(i * cells) % values.len()..][..cells].to_vec()).collect()
+    let maps: Vec<Vec<f32>> = values.chunks(grid[0] * grid[1]).map(<[f32]>::to_vec).collect();
+    // A class-agnostic map is one map, the same for every class.
+    (0..classes.len()).map(|i| maps[i.min(maps.len() - 1)].clone()).collect()
 }
 
 /// A layer or head out of the model's range is refused before any image is read.

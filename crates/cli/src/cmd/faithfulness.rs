@@ -57,9 +57,9 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!("{} images, each explained for its predicted class; top-1 accuracy as its patches are blanked", result.images);
-    println!("{:<16} {:>24} {:>24}", "map", "positive AUC (lower: better)", "negative AUC (higher: better)");
+    println!("{:<16} {:>30} {:>30}", "map", "positive AUC (lower: better)", "negative AUC (higher: better)");
     for curve in &result.curves {
-        println!("{:<16} {:>23.2}% {:>28.2}%", curve.explainer, 100.0 * curve.positive_auc, 100.0 * curve.negative_auc);
+        println!("{:<16} {:>29.2}% {:>29.2}%", curve.explainer, 100.0 * curve.positive_auc, 100.0 * curve.negative_auc);
     }
     Ok(())
 }

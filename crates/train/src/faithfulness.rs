@@ -138,8 +138,8 @@ pub fn measure(
         for (e, per_direction) in correct.iter_mut().enumerate() {
             for (d, counts) in per_direction.iter_mut().enumerate() {
                 counts[0] += base;
-                for step in 1..steps {
-                    counts[step] += usize::from(right(1 + (e * 2 + d) * (steps - 1) + step - 1));
+                for (step, count) in counts.iter_mut().enumerate().skip(1) {
+                    *count += usize::from(right(1 + (e * 2 + d) * (steps - 1) + step - 1));
                 }
             }
         }

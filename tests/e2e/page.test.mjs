@@ -77,11 +77,8 @@ function nativeRelevance(image, bundle, label) {
 
 // Clicks the row of `label` and waits for its relevance map on the overlay; the map's values are
 // those of `vitrine explain` within RELEVANCE_TOLERANCE. Both sides compute in f32 (int8 weights are
-// dequantized for the gradients); a map is a product of activations and gradients divided by its
-// peak, so the backend's order of summation shows more than in probabilities: seen 1.1e-4 on
-// WebGPU with the tiny random fixture. (On exact pixels, crates/web/tests/browser.rs holds both
-// backends to 1e-4 of the PyTorch reference.)
-const RELEVANCE_TOLERANCE = 5e-4;
+// dequantized for the gradients), from the same decoded pixels.
+const RELEVANCE_TOLERANCE = 1e-4;
 async function checkRelevance(page, image, bundle, label, what, tolerance = RELEVANCE_TOLERANCE) {
   await page.click(`#predictions [data-label="${label}"]`);
   assert.equal(await page.inputValue('#map'), 'relevance');

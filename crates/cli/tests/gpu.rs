@@ -69,3 +69,28 @@ fn training_and_evaluation_on_the_gpu_match_the_cpu() {
     assert_eq!(cpu["n"], gpu["n"]);
     assert_eq!(cpu["confusion"], gpu["confusion"], "cpu {cpu} vs wgpu {gpu}");
 }
+
+/// Relevance through burn's autodiff on the GPU: the maps of `vitrine explain` match the CPU's
+/// within 1e-5 (seen: 7e-7; 3.8e-4 before GELU's exact gradient off flex, `vitrine_kernels::gelu`).
+#[test]
+fn explain_on_the_gpu_matches_the_cpu() {
+    let out = tempfile::tempdir().unwrap();
+    let image = fixtures().join("images/church.jpg").display().to_string();
+    let mut worst = 0f64;
+    for model in ["vit", "deit", "dinov2"] {
+        let model = fixtures().join(model).display().to_string();
+        let run = |device: &str| {
+            let dir = out.path().join(device).display().to_string();
+            json(vitrine(&["explain", "--model", &model, "--top", "5", "--out", &dir, "--json", "--device", device, &image]))
+        };
+        let (cpu, gpu) = (run("cpu"), run("wgpu"));
+        for (c, g) in cpu.as_array().unwrap().iter().zip(gpu.as_array().unwrap()) {
+            assert_eq!(c["class"], g["class"]);
+            for (a, b) in c["map"].as_array().unwrap().iter().zip(g["map"].as_array().unwrap()) {
+                worst = worst.max((a.as_f64().unwrap() - b.as_f64().unwrap()).abs());
+            }
+        }
+    }
+    println!("relevance on wgpu against the cpu: {worst:.1e}");
+    assert!(worst <= 1e-5, "relevance on wgpu differs from the cpu's by {worst}");
+}

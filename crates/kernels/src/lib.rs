@@ -53,8 +53,15 @@ fn inference_on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// The exact (erf) GELU.
+///
+/// Under autodiff off flex it is written out as burn's forward writes it, `x (1 + erf(x / sqrt 2)) / 2`,
+/// so that the gradient is the exact one: burn's default `gelu_backward` (burn-cubecl's: wgpu, CUDA)
+/// is the derivative of the tanh approximation, off by up to 2e-4 (flex's own is exact).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if !kernels_serve(&x) {
+        if x.device().is_autodiff() {
+            return x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) / 2.0;
+        }
         return burn::tensor::activation::gelu(x);
     }
     Tensor::from_dispatch(<Dispatch as GeluOps>::gelu(x.into_dispatch()))

@@ -140,13 +140,16 @@ impl Int8Ops for Flex {
     }
 }
 
-/// The packing of an int8 weight, made on its first use and kept. The entry holds the weight
-/// itself (a shared handle on its bytes), so the address it is keyed by cannot be reused by
-/// another tensor: a packing is never taken for another weight's. Weights live as long as the
-/// process (an inference model, loaded once).
+/// Packings of int8 weights, by the address of the weight's values. Each entry holds the weight
+/// itself (a shared handle on its bytes), so that address cannot be reused by another tensor while
+/// the entry lives: a packing is never taken for another weight's.
+type Packings = BTreeMap<usize, (burn_flex::FlexQTensor, Arc<int8::Packed>)>;
+static PACKED: Mutex<Packings> = Mutex::new(BTreeMap::new());
+
+/// The packing of an int8 weight, made on its first use and kept while the weight lives: when a
+/// packing is made, those of weights that only the cache still holds (a model dropped, or replaced
+/// by another in the page) go.
 fn packed(weight: &burn_flex::FlexQTensor) -> Arc<int8::Packed> {
-    type Entry = (burn_flex::FlexQTensor, Arc<int8::Packed>);
-    static PACKED: Mutex<BTreeMap<usize, Entry>> = Mutex::new(BTreeMap::new());
     let values = weight.tensor().storage::<i8>();
     let key = values.as_ptr() as usize;
     if let Some((_, packed)) = PACKED.lock().expect("the packing cache").get(&key) {
@@ -154,8 +157,16 @@ fn packed(weight: &burn_flex::FlexQTensor) -> Arc<int8::Packed> {
     }
     let shape = weight.tensor().layout().shape();
     let packed = Arc::new(int8::Packed::new(values, shape[0], shape[1]));
-    PACKED.lock().expect("the packing cache").insert(key, (weight.clone(), packed.clone()));
+    let mut cache = PACKED.lock().expect("the packing cache");
+    cache.retain(|_, (held, _)| !held.tensor().is_unique());
+    cache.insert(key, (weight.clone(), packed.clone()));
     packed
+}
+
+/// How many weights the packing cache holds.
+#[cfg(test)]
+pub(crate) fn packings() -> usize {
+    PACKED.lock().expect("the packing cache").len()
 }
 
 impl LinearOps for Flex {

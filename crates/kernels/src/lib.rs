@@ -145,3 +145,34 @@ pub fn attention_probs(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
     }
     Tensor::from_dispatch(<Dispatch as InferenceOps>::attention_probs(q.into_dispatch(), k.into_dispatch()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+
+    /// A weight is packed once, and its packing goes once the weight is dropped (at the next
+    /// packing made): switching models does not keep the old one's weights alive.
+    #[test]
+    fn packings_go_with_their_weights() {
+        if !int8::available() {
+            eprintln!("no integer kernel on this CPU: nothing to check");
+            return;
+        }
+        let device = Device::flex();
+        let x = Tensor::<2>::ones([2, 32], &device);
+        let first = quantize_linear(LinearConfig::new(32, 16).init(&device));
+        linear(&first, x.clone());
+        let held = extension::packings();
+        linear(&first, x.clone());
+        assert_eq!(extension::packings(), held, "packed once");
+        drop(first);
+        let second = quantize_linear(LinearConfig::new(32, 16).init(&device));
+        linear(&second, x.clone());
+        assert_eq!(extension::packings(), held, "the dropped weight's packing went");
+        let third = quantize_linear(LinearConfig::new(32, 16).init(&device));
+        linear(&third, x);
+        assert_eq!(extension::packings(), held + 1, "a weight still in use keeps its packing");
+        drop(second);
+    }
+}

@@ -905,7 +905,6 @@ function showResult(result, name, fps = null) {
         class: 'prediction', 'data-label': rawLabel, 'data-prob': String(prob), 'data-index': String(index),
         tabindex: '0', role: 'button', title: `Where the model sees ${label}: its relevance map`,
       });
-      li.setAttribute('aria-pressed', String(index === pickedClass()?.index && $('map').value === 'relevance'));
       li.addEventListener('click', () => pickClass(index));
       li.addEventListener('keydown', (e) => {
         if (e.key === 'Enter' || e.key === ' ') {

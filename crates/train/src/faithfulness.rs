@@ -102,22 +102,25 @@ pub fn measure(
         let pixels = Tensor::<4>::from_data(TensorData::new(values.clone(), [1, 3, h, w]), device);
         let out = model.forward_with_attentions(pixels.clone());
         let logits = to_host(out.logits.expect("a classifier"))?;
-        let predicted = columns[argmax(&columns.iter().map(|&c| logits[c]).collect::<Vec<_>>())];
+        let predicted = predicted_among(&logits, columns);
         let grid = model.vit.embeddings.patch_grid([h, w]);
         let prefix = model.vit.embeddings.num_prefix_tokens();
-        let maps = Explainer::ALL.map(|explainer| match explainer {
-            Explainer::Relevance => to_host(relevance(&gradients, pixels.clone().autodiff(), &[predicted])),
-            Explainer::Rollout => to_host(attention_map(&out.attentions, AttentionMap::Rollout, prefix, grid)),
-            Explainer::LastLayerMean => to_host(attention_map(&out.attentions, AttentionMap::LastLayerMean, prefix, grid)),
-            Explainer::Random => {
-                let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
-                Ok((0..grid[0] * grid[1]).map(|_| rng.random::<f32>()).collect())
-            }
-        });
-        // Every blanked variant of the image in one batch; step 0 (nothing blanked) is shared.
-        let mut batch = values.clone();
+        let maps = Explainer::ALL
+            .iter()
+            .map(|explainer| match explainer {
+                Explainer::Relevance => to_host(relevance(&gradients, pixels.clone().autodiff(), &[predicted])),
+                Explainer::Rollout => to_host(attention_map(&out.attentions, AttentionMap::Rollout, prefix, grid)),
+                Explainer::LastLayerMean => to_host(attention_map(&out.attentions, AttentionMap::LastLayerMean, prefix, grid)),
+                Explainer::Random => {
+                    let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
+                    Ok((0..grid[0] * grid[1]).map(|_| rng.random::<f32>()).collect())
+                }
+            })
+            .collect::<Result<Vec<Vec<f32>>>>()?;
+        // Every blanked variant of the image in one batch, explainer by explainer, positive test
+        // first, then step by step; step 0 (nothing blanked) is the prediction above.
+        let mut batch = Vec::new();
         for map in &maps {
-            let map = map.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             for most_relevant_first in [true, false] {
                 let order = ranking(map, most_relevant_first);
                 for step in 1..steps {
@@ -127,19 +130,15 @@ pub fn measure(
             }
         }
         let variants = batch.len() / values.len();
-        let logits = model.forward(Tensor::from_data(TensorData::new(batch, [variants, 3, h, w]), device));
-        let logits = to_host(logits)?;
-        let labels = logits.len() / variants;
-        let right = |variant: usize| {
-            let row = &logits[variant * labels..][..labels];
-            columns[argmax(&columns.iter().map(|&c| row[c]).collect::<Vec<_>>())] == columns[sample.label]
-        };
-        let base = usize::from(right(0));
-        for (e, per_direction) in correct.iter_mut().enumerate() {
-            for (d, counts) in per_direction.iter_mut().enumerate() {
-                counts[0] += base;
-                for (step, count) in counts.iter_mut().enumerate().skip(1) {
-                    *count += usize::from(right(1 + (e * 2 + d) * (steps - 1) + step - 1));
+        let blanked_logits = to_host(model.forward(Tensor::from_data(TensorData::new(batch, [variants, 3, h, w]), device)))?;
+        let truth = columns[sample.label];
+        let right = |row: &[f32]| usize::from(predicted_among(row, columns) == truth);
+        let mut rows = blanked_logits.chunks(logits.len());
+        for per_direction in &mut correct {
+            for counts in per_direction.iter_mut() {
+                counts[0] += right(&logits);
+                for count in &mut counts[1..] {
+                    *count += right(rows.next().expect("a row per blanked variant"));
                 }
             }
         }
@@ -159,6 +158,11 @@ pub fn measure(
         })
         .collect();
     Ok(Faithfulness { images, fractions, curves })
+}
+
+/// The model's output among `columns` (the dataset's classes) with the largest logit.
+fn predicted_among(logits: &[f32], columns: &[usize]) -> usize {
+    columns[argmax(&columns.iter().map(|&c| logits[c]).collect::<Vec<_>>())]
 }
 
 /// Patch indices from the most relevant to the least (or the reverse), ties to the lower index.

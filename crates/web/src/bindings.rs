@@ -261,11 +261,17 @@ impl Classifier {
         &self.engine
     }
 
+    /// An error when the WebGPU device was lost: nothing more can run on it.
+    fn device_alive(&self) -> Result<(), String> {
+        match lost_reason(&self.lost) {
+            Some(reason) => Err(format!("the WebGPU device was lost ({reason})")),
+            None => Ok(()),
+        }
+    }
+
     /// The relevance map of `class` for one image's model input, read back.
     pub async fn relevance_of(&self, pixel_values: Tensor<4>, class: usize) -> Result<Vec<f32>, String> {
-        if let Some(reason) = lost_reason(&self.lost) {
-            return Err(format!("the WebGPU device was lost ({reason})"));
-        }
+        self.device_alive()?;
         let map = on_pool(|| self.engine.relevance(pixel_values, class))?;
         let data = map.into_data_async().await.map_err(|e| format!("reading results back failed: {e:?}"))?;
         data.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
@@ -273,9 +279,7 @@ impl Classifier {
 
     /// One image's `[1, channels, height, width]` model input to a [`Prediction`].
     pub async fn predict(&self, pixel_values: Tensor<4>, top_k_count: usize) -> Result<Prediction, String> {
-        if let Some(reason) = lost_reason(&self.lost) {
-            return Err(format!("the WebGPU device was lost ({reason})"));
-        }
+        self.device_alive()?;
         let out = on_pool(|| self.engine.run(pixel_values));
         let read = |e| format!("reading results back failed: {e:?}");
         let maps = out.maps.into_data_async().await.map_err(read)?.try_to_vec::<f32>().map_err(|e| format!("{e:?}"))?;

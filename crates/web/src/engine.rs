@@ -186,9 +186,7 @@ impl Engine {
         let maps = all_maps(&out.attentions, self.config.num_prefix_tokens(), grid);
         Outputs { logits: out.logits, maps, grid }
     }
-}
 
-impl Engine {
     /// The relevance of each patch for `class` ([`vitrine_model::explain`]), `[1, rows * cols]`,
     /// peak-normalised, for a `[1, channels, height, width]` model input: one forward and one
     /// backward pass on the autodiff flavour of the device, without token merging.

@@ -18,16 +18,8 @@ pub struct Args {
     /// Model folder or hf:ORG/NAME (with a classifier whose labels name the dataset's classes).
     #[arg(long)]
     model: String,
-    /// A folder of <class>/ folders (every image in it is evaluated), or one with train/, val/, test/.
-    #[arg(long)]
-    data: PathBuf,
-    /// With split folders: which one (default val). On a folder of <class>/ folders alone: the
-    /// seeded share that `vitrine train` would hold out (--split-seed).
-    #[arg(long)]
-    split: Option<String>,
-    /// The seed of that share (a run's `--seed`).
-    #[arg(long, default_value_t = 0)]
-    split_seed: u64,
+    #[command(flatten)]
+    data: EvalData,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Print one JSON object: {"n", "images", "top1", "top5", "per_class", "confusion", "classes", "evaluated"}.
@@ -40,6 +32,27 @@ pub struct Args {
     tome: usize,
 }
 
+/// The labelled images to evaluate on, as `vitrine eval` and `vitrine faithfulness` take them.
+#[derive(clap::Args)]
+pub struct EvalData {
+    /// A folder of <class>/ folders (all its images), or one with train/, val/, test/.
+    #[arg(long)]
+    data: PathBuf,
+    /// With split folders: which one (default val). On a folder of <class>/ folders alone: the
+    /// seeded share that `vitrine train` would hold out (--split-seed).
+    #[arg(long)]
+    split: Option<String>,
+    /// The seed of that share (a run's `--seed`).
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+}
+
+impl EvalData {
+    pub fn open(&self) -> Result<EvalSet> {
+        EvalSet::open(&self.data, self.split.as_deref(), self.split_seed)
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
     let mut model = source::load(&args.model, &device)?.int8_products_if_stored();
@@ -47,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);
     }
-    let set = EvalSet::open(&args.data, args.split.as_deref(), args.split_seed)?;
+    let set = args.data.open()?;
     let labels = &model.loaded.labels;
     let columns = match_labels("the model", labels, &set.classes)?;
     let all = set.samples.len();

@@ -139,7 +139,15 @@ pub fn run(args: Args) -> Result<()> {
                 continue;
             }
         };
-        let logits: Vec<f32> = vit.forward(pixels.clone()).into_data().convert::<f32>().try_into_vec().expect("f32 logits");
+        // The attention maps come with the logits; relevance needs its own pass, with gradients.
+        let (logits, attentions) = match args.method {
+            Method::Attention(_) => {
+                let out = vit.forward_with_attentions(pixels.clone());
+                (out.logits.expect("a classifier"), out.attentions)
+            }
+            Method::Relevance => (vit.forward(pixels.clone()), Vec::new()),
+        };
+        let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec().expect("f32 logits");
         let probs = softmax(&logits);
         let classes = match fixed {
             Some(index) => vec![TopClass { index, label: labels[index].clone(), prob: probs[index] }],
@@ -147,7 +155,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let [_, _, height, width] = pixels.dims();
         let grid = vit.vit.embeddings.patch_grid([height, width]);
-        let maps = explain(vit, gradients.as_ref(), args.method, pixels, &classes, grid, model.loaded.config.num_prefix_tokens());
+        let maps = explain(gradients.as_ref(), args.method, pixels, &attentions, &classes, grid, model.loaded.config.num_prefix_tokens());
         let region = model.preprocess.visible_region([rgb.height(), rgb.width()]);
         for (class, map) in classes.into_iter().zip(maps) {
             let png = format!("{:03}-{}-{}-{}.png", n + 1, file_part(&stem(path)), file_part(&class.label), file_part(&args.method.to_string()));
@@ -173,14 +181,22 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 /// One map per class (`[rows * cols]`, peak-normalised): relevance in one backward pass over the
-/// image repeated per class, or the class-agnostic map repeated.
-fn explain(model: &Vit, gradients: Option<&Vit>, method: Method, pixels: Tensor<4>, classes: &[TopClass], grid: [usize; 2], prefix: usize) -> Vec<Vec<f32>> {
+/// image repeated per class, or the class-agnostic map of `attentions`, repeated.
+fn explain(
+    gradients: Option<&Vit>,
+    method: Method,
+    pixels: Tensor<4>,
+    attentions: &[Tensor<4>],
+    classes: &[TopClass],
+    grid: [usize; 2],
+    prefix: usize,
+) -> Vec<Vec<f32>> {
     let map = match (method, gradients) {
         (Method::Relevance, Some(gradients)) => {
             let indices: Vec<usize> = classes.iter().map(|c| c.index).collect();
             relevance(gradients, pixels.repeat_dim(0, classes.len()).autodiff(), &indices)
         }
-        (Method::Attention(map), _) => attention_map(&model.forward_with_attentions(pixels).attentions, map, prefix, grid),
+        (Method::Attention(map), _) => attention_map(attentions, map, prefix, grid),
         (Method::Relevance, None) => unreachable!("relevance is computed on the model made for gradients"),
     };
     let values: Vec<f32> = map.into_data().convert::<f32>().try_into_vec().expect("f32 maps");

@@ -1,13 +1,12 @@
 //! `vitrine faithfulness`: the perturbation tests of explanation maps on a labelled folder.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use vitrine_train::data::loader::epoch_order;
-use vitrine_train::data::{EvalSet, match_labels};
+use vitrine_train::data::match_labels;
 use vitrine_train::faithfulness::measure;
 use vitrine_train::trainer::bar;
 
+use super::eval::EvalData;
 use crate::device::DeviceKind;
 use crate::source;
 
@@ -16,12 +15,8 @@ pub struct Args {
     /// Model folder or hf:ORG/NAME (a classifier whose labels name the dataset's classes).
     #[arg(long)]
     model: String,
-    /// A folder of <class>/ folders, or one with train/, val/, test/ (as for `vitrine eval`).
-    #[arg(long)]
-    data: PathBuf,
-    /// With split folders: which one (default val).
-    #[arg(long)]
-    split: Option<String>,
+    #[command(flatten)]
+    data: EvalData,
     /// Images to test, a seeded draw over the whole split (0: all).
     #[arg(long, default_value_t = 500)]
     images: usize,
@@ -41,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier: explanations are for a class", args.model);
     }
-    let set = EvalSet::open(&args.data, args.split.as_deref(), 0)?;
+    let set = args.data.open()?;
     let columns = match_labels("the model", &model.loaded.labels, &set.classes)?;
     let take = if args.images == 0 { set.samples.len() } else { args.images.min(set.samples.len()) };
     let samples: Vec<_> = epoch_order(set.samples.len(), Some((0, 0))).into_iter().take(take).map(|i| set.samples[i].clone()).collect();

@@ -4,7 +4,7 @@ with `vitrine train` and its defaults, on the same ImageFolder, and prints both 
 
     pip install torch transformers accelerate pillow
     cargo build --release -p vitrine
-    python3 scripts/hf_baseline.py DATA --image-size 112 --epochs 6
+    python3 scripts/hf_baseline.py DATA --image-size 112 --epochs 6 [--seeds 0 1 2 3 4]
 
 DATA holds train/ and val/ of <class>/<image> (scripts/subset.py lays out the subsets that
 docs/training.md compares on). Both sides see the same images at the same resolution for the same
@@ -14,6 +14,10 @@ The baseline is what a transformers user gets by default: `Trainer` with AdamW, 
 decay, no warmup and no weight decay, a new linear head (`*ForImageClassification`), and the
 augmentation of transformers' image-classification example (RandomResizedCrop, horizontal flip).
 Only the number of epochs and the batch size are set, to match vitrine's run.
+
+With several seeds, each seed runs both sides (the seed sets the head's initialisation, the
+augmentation and the batch order on each side), and the table ends with each side's mean and
+standard deviation: on a small validation set one seed says little.
 """
 
 import argparse
@@ -21,6 +25,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +36,7 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments
 
+NAMES = {"hf": "transformers Trainer (defaults)", "vitrine": "vitrine train (defaults)"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG"}
 
 
@@ -158,7 +164,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed on each side")
     parser.add_argument("--out", type=Path, default=Path("runs/baseline"), help="run folders (replaced)")
     parser.add_argument("--vitrine", default=os.environ.get("VITRINE", str(Path(os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/vitrine/target"))) / "release/vitrine")))
     parser.add_argument("--only", choices=["hf", "vitrine"], help="run one side only")
@@ -170,16 +176,25 @@ def main() -> int:
           f"{args.epochs} epochs, batch {args.batch_size}, {torch.get_num_threads()} threads", flush=True)
     if args.out.exists():
         subprocess.run(["rm", "-rf", str(args.out)], check=True)
-    args.out.mkdir(parents=True)
-    torch.manual_seed(args.seed)
-    rows = []
-    if args.only != "vitrine":
-        rows.append(("transformers Trainer (defaults)", *hf_run(args, classes, train, val)))
-    if args.only != "hf":
-        rows.append(("vitrine train (defaults)", *vitrine_run(args)))
-    print("\n| engine | val top-1 | seconds |\n|---|---:|---:|")
-    for name, accuracy, seconds in rows:
-        print(f"| {name} | {100 * accuracy:.2f} % | {seconds:.0f} |")
+    sides = [side for side in ("hf", "vitrine") if args.only in (None, side)]
+    results = {side: [] for side in sides}
+    for seed in args.seeds:
+        run = argparse.Namespace(**{**vars(args), "seed": seed, "out": args.out / f"seed{seed}"})
+        run.out.mkdir(parents=True)
+        torch.manual_seed(seed)
+        for side in sides:
+            accuracy, seconds = hf_run(run, classes, train, val) if side == "hf" else vitrine_run(run)
+            results[side].append((seed, accuracy, seconds))
+            print(f"seed {seed}: {NAMES[side]}: {100 * accuracy:.2f} % ({seconds:.0f} s)", flush=True)
+    print("\n| engine | seed | val top-1 | seconds |\n|---|---:|---:|---:|")
+    for side in sides:
+        for seed, accuracy, seconds in results[side]:
+            print(f"| {NAMES[side]} | {seed} | {100 * accuracy:.2f} % | {seconds:.0f} |")
+    if len(args.seeds) > 1:
+        print("\n| engine | seeds | mean val top-1 | standard deviation |\n|---|---:|---:|---:|")
+        for side in sides:
+            accuracies = [100 * accuracy for _, accuracy, _ in results[side]]
+            print(f"| {NAMES[side]} | {len(accuracies)} | {statistics.mean(accuracies):.2f} % | {statistics.stdev(accuracies):.2f} |")
     return 0
 
 

@@ -20,15 +20,26 @@ use crate::elementwise;
 #[cfg(threads)]
 use rayon::prelude::*;
 
-/// Rows of one micro-tile: each packed weight vector loaded is used this many times (6 rows x 4
-/// vectors of sums fill 24 of AVX-512's 32 registers; AVX2's and simd128's 6 x 2 fill 12 of 16).
+/// Rows of one register micro-tile: each packed weight vector loaded is used this many times (6
+/// rows x 4 vectors of sums fill 24 of AVX-512's 32 registers; AVX2's and simd128's 6 x 2 fill 12
+/// of 16). AMX tiles hold [`AMX_ROWS`].
 const ROWS: usize = 6;
-/// Most rows per thread task: a task's quantized rows stay in L1 while each weight block passes.
+/// Rows of one AMX tile.
+const AMX_ROWS: usize = 16;
+/// Most rows per thread task (a multiple of both tile heights): a task's quantized rows stay in
+/// L1 while each weight block passes.
 const MAX_TASK_ROWS: usize = 96;
+
+/// One micro-tile's sums: up to [`AMX_ROWS`] rows of a 64-column block (the register kernels fill
+/// the first [`ROWS`]).
+type Acc = [[i32; 64]; AMX_ROWS];
 
 /// The integer instruction set of this CPU, detected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Int8Isa {
+    /// AMX's `tdpbusd` on 16 x 64-byte tiles (Intel Xeon from Sapphire Rapids), with AVX-512
+    /// around it; the VNNI layout of weights.
+    Amx,
     Vnni512,
     Avx2,
     /// wasm simd128, which every browser with WebAssembly SIMD has (the build requires it).
@@ -50,7 +61,9 @@ impl Int8Isa {
                     && is_x86_feature_detected!("avx512f")
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni");
-                if avx512 {
+                if avx512 && x86::amx_int8() {
+                    Int8Isa::Amx
+                } else if avx512 {
                     Int8Isa::Vnni512
                 } else if is_x86_feature_detected!("avx2") {
                     Int8Isa::Avx2
@@ -65,10 +78,10 @@ impl Int8Isa {
         Int8Isa::None
     }
 
-    /// Products summed per 32-bit lane: 4 for `vpdpbusd`, 2 for `vpmaddwd`.
+    /// Products summed per 32-bit lane: 4 for `vpdpbusd` and `tdpbusd`, 2 for `vpmaddwd`.
     fn group(self) -> usize {
         match self {
-            Int8Isa::Vnni512 => 4,
+            Int8Isa::Amx | Int8Isa::Vnni512 => 4,
             _ => 2,
         }
     }
@@ -76,10 +89,27 @@ impl Int8Isa {
     /// Output columns of one packed block.
     fn block(self) -> usize {
         match self {
-            Int8Isa::Vnni512 => 64,
+            Int8Isa::Amx | Int8Isa::Vnni512 => 64,
             Int8Isa::Simd128 => 8,
             _ => 16,
         }
+    }
+
+    /// Quantized values per activation row for `d_in` inputs: whole groups, and whole 64-byte
+    /// tile rows for AMX (zero weights meet the padding).
+    fn depth(self, d_in: usize) -> usize {
+        let align = if self == Int8Isa::Amx { 64 } else { self.group() };
+        d_in.div_ceil(align) * align
+    }
+
+    /// Rows of one micro-tile.
+    fn tile_rows(self) -> usize {
+        if self == Int8Isa::Amx { AMX_ROWS } else { ROWS }
+    }
+
+    /// Whether activations are u8 (i8 + 128, for `vpdpbusd`/`tdpbusd`) rather than i16.
+    fn unsigned(self) -> bool {
+        matches!(self, Int8Isa::Amx | Int8Isa::Vnni512)
     }
 }
 
@@ -159,7 +189,8 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
     let threads = rayon::current_num_threads();
     #[cfg(not(threads))]
     let threads = 1;
-    let task_rows = (rows.div_ceil(2 * threads).div_ceil(ROWS) * ROWS).min(MAX_TASK_ROWS);
+    let tile_rows = w.isa.tile_rows();
+    let task_rows = (rows.div_ceil(2 * threads).div_ceil(tile_rows) * tile_rows).min(MAX_TASK_ROWS);
     let task = |(index, out): (usize, &mut [f32])| tile.rows_into(index * task_rows, out);
     #[cfg(threads)]
     out.par_chunks_mut(task_rows * d_out).enumerate().for_each(task);
@@ -188,11 +219,15 @@ impl Packed {
     /// # Panics
     /// If [`available`] is false or `w` is not `d_in * d_out` values.
     pub fn new(w: &[i8], d_in: usize, d_out: usize) -> Self {
-        let isa = Int8Isa::detect();
+        Self::for_isa(w, d_in, d_out, Int8Isa::detect())
+    }
+
+    /// [`Packed::new`] for the kernel of `isa`, which this CPU must have.
+    fn for_isa(w: &[i8], d_in: usize, d_out: usize, isa: Int8Isa) -> Self {
         assert_ne!(isa, Int8Isa::None, "int8 linear: no integer kernel for this CPU");
         assert_eq!(w.len(), d_in * d_out, "int8 linear: weight of {} values for [{d_in}, {d_out}]", w.len());
         let (group, block) = (isa.group(), isa.block());
-        let groups = d_in.div_ceil(group);
+        let groups = isa.depth(d_in) / group;
         let blocks = d_out.div_ceil(block);
         let stride = groups * block * group;
         let mut values = vec![0i8; blocks * stride];
@@ -219,9 +254,9 @@ impl Packed {
 }
 
 impl Packed {
-    /// Quantized values per activation row: `d_in` rounded up to whole groups.
+    /// Quantized values per activation row ([`Int8Isa::depth`]).
     fn depth(&self) -> usize {
-        self.d_in.div_ceil(self.isa.group()) * self.isa.group()
+        self.isa.depth(self.d_in)
     }
 }
 
@@ -235,7 +270,7 @@ struct Tile<'a> {
     gelu: bool,
 }
 
-/// One task's rows, quantized: u8 (VNNI, i8 + 128) or little-endian i16 (AVX2, simd128) values, padded to
+/// One task's rows, quantized: u8 (AMX, VNNI: i8 + 128) or little-endian i16 (AVX2, simd128) values, padded to
 /// whole tiles and groups, and each row's scale.
 struct Activations {
     bytes: Vec<u8>,
@@ -247,6 +282,9 @@ impl Tile<'_> {
     /// (the quantization and the epilogue vectorise with it).
     fn rows_into(&self, first: usize, out: &mut [f32]) {
         match self.packed.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: detect() saw AVX-512F, BW and VNNI, AMX-INT8, and the kernel's leave to use tiles.
+            Int8Isa::Amx => unsafe { x86::rows_amx(self, first, out) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: detect() saw AVX-512F, BW and VNNI.
             Int8Isa::Vnni512 => unsafe { x86::rows_vnni512(self, first, out) },
@@ -261,14 +299,14 @@ impl Tile<'_> {
 
     /// [`Tile::rows_into`]'s body, `tile` the instruction set's micro-kernel.
     #[inline(always)]
-    fn rows_with(&self, first: usize, out: &mut [f32], tile: impl Fn(&[u8], usize, &[i8], usize, &mut [[i32; 64]; ROWS])) {
+    fn rows_with(&self, first: usize, out: &mut [f32], tile: impl Fn(&[u8], usize, &[i8], usize, &mut Acc)) {
         let rows = out.len() / self.packed.d_out;
         let a = self.quantize(&self.x[first * self.packed.d_in..(first + rows) * self.packed.d_in], rows);
         let blocks = self.packed.d_out.div_ceil(self.packed.isa.block());
-        let mut acc = [[0i32; 64]; ROWS];
+        let mut acc = [[0i32; 64]; AMX_ROWS];
         // Each weight block (depth x 64 bytes) stays in L1 while every tile of rows passes over it.
         for b in 0..blocks {
-            for r0 in (0..rows).step_by(ROWS) {
+            for r0 in (0..rows).step_by(self.packed.isa.tile_rows()) {
                 tile(&a.bytes, self.packed.depth(), &self.packed.values[b * self.packed.stride..], r0, &mut acc);
                 self.store(&acc, &a.scales, r0, rows, b, out);
             }
@@ -277,15 +315,16 @@ impl Tile<'_> {
 
     #[inline(always)]
     fn quantize(&self, x: &[f32], rows: usize) -> Activations {
-        let padded = rows.div_ceil(ROWS) * ROWS;
+        let tile_rows = self.packed.isa.tile_rows();
+        let padded = rows.div_ceil(tile_rows) * tile_rows;
         let mut scales = vec![0f32; rows];
         let mut q = vec![0i32; self.packed.d_in];
-        let vnni = self.packed.isa == Int8Isa::Vnni512;
-        let width = if vnni { self.packed.depth() } else { 2 * self.packed.depth() };
-        let mut bytes = vec![if vnni { 128u8 } else { 0 }; padded * width];
+        let unsigned = self.packed.isa.unsigned();
+        let width = if unsigned { self.packed.depth() } else { 2 * self.packed.depth() };
+        let mut bytes = vec![if unsigned { 128u8 } else { 0 }; padded * width];
         for ((x, out), scale) in x.chunks_exact(self.packed.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales) {
             *scale = quantize_row(x, &mut q);
-            if vnni {
+            if unsigned {
                 out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8);
             } else {
                 out.chunks_exact_mut(2).zip(&q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes()));
@@ -297,15 +336,15 @@ impl Tile<'_> {
     /// `out[r, c] = (acc - offset * column_sum) * row_scale * col_scale + bias`, then GELU when
     /// asked, for the tile's real cells (rows `r0..` of the task's `rows`).
     #[inline(always)]
-    fn store(&self, acc: &[[i32; 64]; ROWS], row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
+    fn store(&self, acc: &Acc, row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
         let block = self.packed.isa.block();
-        let offset = if self.packed.isa == Int8Isa::Vnni512 { 128 } else { 0 };
+        let offset = if self.packed.isa.unsigned() { 128 } else { 0 };
         let c0 = b * block;
         let width = block.min(self.packed.d_out - c0);
         let sums = &self.packed.column_sums[c0..c0 + width];
         let col_scales = &self.col_scales[c0..c0 + width];
         let bias = &self.bias[c0..c0 + width];
-        for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0)) {
+        for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0).min(self.packed.isa.tile_rows())) {
             let r = r0 + i;
             let row = &mut out[r * self.packed.d_out + c0..][..width];
             let scale = row_scales[r];
@@ -321,9 +360,58 @@ impl Tile<'_> {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use core::arch::asm;
     use core::arch::x86_64::*;
 
-    use super::{ROWS, Tile};
+    use super::{AMX_ROWS, Acc, ROWS, Tile};
+
+    /// Whether this CPU has AMX-INT8 and the OS lets this process use its tiles (VITRINE_NO_AMX=1
+    /// takes the VNNI kernel instead, to compare the two).
+    pub(super) fn amx_int8() -> bool {
+        let leaf7 = __cpuid_count(7, 0);
+        let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+        std::env::var_os("VITRINE_NO_AMX").is_none() && tile && int8 && tile_data_permitted()
+    }
+
+    /// Linux hands AMX's 8 KB of tile state only to a process that asks for it, once, for all its
+    /// threads (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without it `tdpbusd` faults.
+    #[cfg(target_os = "linux")]
+    fn tile_data_permitted() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a request for a permission; it changes no memory.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn tile_data_permitted() -> bool {
+        false
+    }
+
+    /// `ldtilecfg`'s operand: palette 1, tiles 0-7 each 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    const TILES: TileConfig = {
+        let mut config = [0u8; 64];
+        config[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            config[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+            config[48 + t] = AMX_ROWS as u8;
+            t += 1;
+        }
+        TileConfig(config)
+    };
+
+    /// The tile registers' shape is state of the calling thread: set for this task, released after.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn rows_amx(t: &Tile, first: usize, out: &mut [f32]) {
+        // SAFETY: the caller checked AMX and the permission; the configuration is 64 aligned bytes.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) TILES.0.as_ptr(), options(nostack, readonly)) };
+        t.rows_with(first, out, |a, depth, w, r0, acc| unsafe { tile_amx(a, depth, w, r0, acc) });
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn rows_vnni512(t: &Tile, first: usize, out: &mut [f32]) {
@@ -335,11 +423,53 @@ mod x86 {
         t.rows_with(first, out, |a, depth, w, r0, acc| unsafe { tile_avx2(a, depth, w, r0, acc) });
     }
 
+    /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with AMX: 16 rows x 64
+    /// columns in tiles 0-3 (16 columns each), the rows' next 64 values in tile 4, the weights' in
+    /// tiles 5-7 (16 groups of 4 inputs x 16 columns, read from the VNNI layout with a stride of
+    /// one group, 256 bytes). `depth` is a multiple of 64.
+    #[inline]
+    unsafe fn tile_amx(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
+        debug_assert!(depth.is_multiple_of(64) && a.len() >= (r0 + AMX_ROWS) * depth && w.len() >= depth * 64);
+        // SAFETY: every tile read stays inside `a` (16 rows of `depth` from r0) and `w` (the
+        // block's depth / 4 groups of 256 bytes), every store inside `acc` (16 rows of 256 bytes).
+        unsafe {
+            let a = a.as_ptr().add(r0 * depth);
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            for step in 0..depth / 64 {
+                asm!(
+                    "tileloadd tmm4, [{a} + {a_stride}]",
+                    "tileloadd tmm5, [{w} + {w_stride}]",
+                    "tdpbusd tmm0, tmm4, tmm5",
+                    "tileloadd tmm6, [{w} + {w_stride} + 64]",
+                    "tdpbusd tmm1, tmm4, tmm6",
+                    "tileloadd tmm7, [{w} + {w_stride} + 128]",
+                    "tdpbusd tmm2, tmm4, tmm7",
+                    "tileloadd tmm5, [{w} + {w_stride} + 192]",
+                    "tdpbusd tmm3, tmm4, tmm5",
+                    a = in(reg) a.add(64 * step),
+                    a_stride = in(reg) depth,
+                    w = in(reg) w.as_ptr().add(step * 16 * 256),
+                    w_stride = in(reg) 256usize,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c} + {stride}], tmm0",
+                "tilestored [{c} + {stride} + 64], tmm1",
+                "tilestored [{c} + {stride} + 128], tmm2",
+                "tilestored [{c} + {stride} + 192], tmm3",
+                c = in(reg) acc.as_mut_ptr(),
+                stride = in(reg) 256usize,
+                options(nostack),
+            );
+        }
+    }
+
     /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with `vpdpbusd`: 6 rows x 4
     /// vectors of 16 columns. `a` holds u8 rows of `depth` values, `w` the block (from its start).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
-    unsafe fn tile_vnni512(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+    unsafe fn tile_vnni512(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
         let groups = depth / 4;
         debug_assert!(a.len() >= (r0 + ROWS) * depth && w.len() >= groups * 256);
         let (w, a) = (w.as_ptr(), unsafe { a.as_ptr().add(r0 * depth) });
@@ -372,7 +502,7 @@ mod x86 {
     /// `depth` little-endian i16 values.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn tile_avx2(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+    unsafe fn tile_avx2(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
         let pairs = depth / 2;
         debug_assert!(a.len() >= (r0 + ROWS) * 2 * depth && w.len() >= pairs * 32);
         let (w, a) = (w.as_ptr(), unsafe { a.as_ptr().add(r0 * 2 * depth) });
@@ -404,13 +534,13 @@ mod x86 {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::ROWS;
+    use super::{Acc, ROWS};
 
     /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with `i32x4.dot_i16x8_s`: 6
     /// rows x 2 vectors of 4 columns. `a` holds rows of `depth` little-endian i16 values, `w` the
     /// block (from its start): per pair of inputs, 8 columns of 2 i8 values.
     #[inline]
-    pub(super) fn tile_simd128(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut [[i32; 64]; ROWS]) {
+    pub(super) fn tile_simd128(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
         let pairs = depth / 2;
         assert!(a.len() >= (r0 + ROWS) * 2 * depth && w.len() >= pairs * 16, "int8 tile out of bounds");
         let (w, a) = (w.as_ptr(), a[r0 * 2 * depth..].as_ptr());
@@ -460,9 +590,31 @@ mod tests {
         out
     }
 
+    /// Every integer kernel this CPU runs, not only the one [`Int8Isa::detect`] picks.
+    fn kernels_here() -> Vec<Int8Isa> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+            let mut kernels = Vec::new();
+            if avx512 && x86::amx_int8() {
+                kernels.push(Int8Isa::Amx);
+            }
+            if avx512 {
+                kernels.push(Int8Isa::Vnni512);
+            }
+            if is_x86_feature_detected!("avx2") {
+                kernels.push(Int8Isa::Avx2);
+            }
+            kernels
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        [Int8Isa::detect()].into_iter().filter(|isa| *isa != Int8Isa::None).collect()
+    }
+
     #[test]
     fn integer_products_match_the_plain_reference_on_odd_shapes() {
-        if !available() {
+        let kernels = kernels_here();
+        if kernels.is_empty() {
             eprintln!("no integer kernel on this CPU: nothing to check");
             return;
         }
@@ -474,12 +626,15 @@ mod tests {
             let x = crate::test_values(rows * d_in, 1);
             let (w, scales) = quantize_columns(&crate::test_values(d_in * d_out, 2), d_out);
             let bias = crate::test_values(d_out, 3);
-            let got = forward(&x, rows, &Packed::new(&w, d_in, d_out), &scales, &bias, gelu);
             let want = reference(&x, rows, &w, &scales, &bias, gelu);
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
-            // The same integers and operations, in the same order.
-            assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}, gelu {gelu}: {worst}");
+            for &isa in &kernels {
+                let got = forward(&x, rows, &Packed::for_isa(&w, d_in, d_out, isa), &scales, &bias, gelu);
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+                // The same integers and operations, in the same order.
+                assert!(worst <= 1e-6, "{isa:?}, {rows}x{d_in}x{d_out}, gelu {gelu}: {worst}");
+            }
         }
+        eprintln!("checked: {kernels:?}");
     }
 
     #[test]

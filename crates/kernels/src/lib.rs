@@ -21,6 +21,8 @@ use burn::nn::Linear;
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+pub use parallel::on_pool;
+
 use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps};
 
 /// Deterministic values in [-2, 2) (xorshift) for the kernels' unit tests.

@@ -4,6 +4,17 @@
 #[cfg(threads)]
 use rayon::prelude::*;
 
+/// `f()` on a thread of rayon's pool (at once when already on one). A whole forward pass or
+/// training step run this way splits each kernel's work from inside the pool: handing every
+/// operation in from outside cost a wake-up and a sleep of the calling thread per operation, a
+/// fifth of the time of a small model's forward pass (`docs/performance.md`, "Running on the pool").
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(threads)]
+    return rayon::scope(|_| f());
+    #[cfg(not(threads))]
+    f()
+}
+
 /// `f` on each `chunk`-sized piece of `data`.
 pub fn for_each_chunk(data: &mut [f32], chunk: usize, f: impl Fn(&mut [f32]) + Send + Sync) {
     #[cfg(threads)]

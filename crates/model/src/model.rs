@@ -192,10 +192,12 @@ impl Vit {
     /// Runs blocks `blocks` (a range of block indices) on hidden states, without merging tokens.
     /// Training caches the output of frozen blocks with this.
     pub fn forward_blocks(&self, mut hidden_states: Tensor<3>, blocks: std::ops::Range<usize>) -> Tensor<3> {
-        for layer in &self.vit.encoder.layer[blocks] {
-            hidden_states = layer.forward(hidden_states, Probs::Skip, None).hidden_states;
-        }
-        hidden_states
+        vitrine_kernels::on_pool(|| {
+            for layer in &self.vit.encoder.layer[blocks] {
+                hidden_states = layer.forward(hidden_states, Probs::Skip, None).hidden_states;
+            }
+            hidden_states
+        })
     }
 
     /// `last_hidden_state` from the input of block `start`: the remaining blocks and the final
@@ -205,8 +207,13 @@ impl Vit {
         self.vit.layernorm.forward(self.forward_blocks(hidden_states, start..end))
     }
 
-    /// The embeddings and blocks, keeping the attention probabilities that `probs` asks for.
+    /// The embeddings and blocks, keeping the attention probabilities that `probs` asks for; on
+    /// the CPU's thread pool ([`vitrine_kernels::on_pool`]).
     fn run(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {
+        vitrine_kernels::on_pool(|| self.run_here(pixel_values, probs))
+    }
+
+    fn run_here(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {
         assert_shape!(pixel_values, [_, self.num_channels, _, _]);
         let mut x = self.vit.embeddings.forward(pixel_values);
         let mut merging = (self.token_merging > 0)

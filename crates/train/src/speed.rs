@@ -50,9 +50,11 @@ pub fn train_step_ms_per_image(loaded: Loaded, shape: [usize; 4], iters: usize, 
     let mut times = Vec::new();
     for i in 0..iters.max(1) + 2 {
         let start = Instant::now();
-        let loss = cross_entropy(model.forward(x.clone()), &labels, 0.0);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(1e-5, model, grads);
+        model = vitrine_kernels::on_pool(|| {
+            let loss = cross_entropy(model.forward(x.clone()), &labels, 0.0);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            optimizer.step(1e-5, model, grads)
+        });
         // Reading a parameter back makes lazy backends finish the update.
         model.vit.layernorm.gamma.val().into_data();
         if i >= 2 {

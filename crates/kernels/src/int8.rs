@@ -22,10 +22,10 @@ use rayon::prelude::*;
 
 /// Rows of one register micro-tile: each packed weight vector loaded is used this many times (6
 /// rows x 4 vectors of sums fill 24 of AVX-512's 32 registers; AVX2's and simd128's 6 x 2 fill 12
-/// of 16). AMX tiles hold [`AMX_ROWS`].
+/// of 16). AMX's micro-tile has [`AMX_ROWS`].
 const ROWS: usize = 6;
-/// Rows of one AMX tile.
-const AMX_ROWS: usize = 16;
+/// Rows of one AMX micro-tile: two tiles of 16 rows, so that each weight tile loaded serves 32 rows.
+const AMX_ROWS: usize = 32;
 /// Most rows per thread task (a multiple of both tile heights): a task's quantized rows stay in
 /// L1 while each weight block passes.
 const MAX_TASK_ROWS: usize = 96;
@@ -398,7 +398,7 @@ mod x86 {
         let mut t = 0;
         while t < 8 {
             config[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
-            config[48 + t] = AMX_ROWS as u8;
+            config[48 + t] = 16;
             t += 1;
         }
         TileConfig(config)
@@ -423,45 +423,50 @@ mod x86 {
         t.rows_with(first, out, |a, depth, w, r0, acc| unsafe { tile_avx2(a, depth, w, r0, acc) });
     }
 
-    /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with AMX: 16 rows x 64
-    /// columns in tiles 0-3 (16 columns each), the rows' next 64 values in tile 4, the weights' in
-    /// tiles 5-7 (16 groups of 4 inputs x 16 columns, read from the VNNI layout with a stride of
-    /// one group, 256 bytes). `depth` is a multiple of 64.
+    /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with AMX: 32 rows x 64
+    /// columns, as two halves of 32 columns, each summed in tiles 0-3 (rows 0-15 and 16-31 x
+    /// columns 0-15 and 16-31 of the half). Per 64 inputs, tiles 4 and 5 hold the two row tiles'
+    /// values and 6 and 7 the weights' (16 groups of 4 inputs x 16 columns, read from the VNNI
+    /// layout with a stride of one group, 256 bytes), so each tile loaded serves two products.
+    /// `depth` is a multiple of 64.
     #[inline]
     unsafe fn tile_amx(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
         debug_assert!(depth.is_multiple_of(64) && a.len() >= (r0 + AMX_ROWS) * depth && w.len() >= depth * 64);
-        // SAFETY: every tile read stays inside `a` (16 rows of `depth` from r0) and `w` (the
-        // block's depth / 4 groups of 256 bytes), every store inside `acc` (16 rows of 256 bytes).
+        // SAFETY: every tile read stays inside `a` (32 rows of `depth` from r0) and `w` (the
+        // block's depth / 4 groups of 256 bytes), every store inside `acc` (32 rows of 256 bytes).
         unsafe {
             let a = a.as_ptr().add(r0 * depth);
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            for step in 0..depth / 64 {
+            for half in 0..2 {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for step in 0..depth / 64 {
+                    asm!(
+                        "tileloadd tmm4, [{a} + {a_stride}]",
+                        "tileloadd tmm6, [{w} + {w_stride}]",
+                        "tdpbusd tmm0, tmm4, tmm6",
+                        "tileloadd tmm5, [{a2} + {a_stride}]",
+                        "tdpbusd tmm2, tmm5, tmm6",
+                        "tileloadd tmm7, [{w} + {w_stride} + 64]",
+                        "tdpbusd tmm1, tmm4, tmm7",
+                        "tdpbusd tmm3, tmm5, tmm7",
+                        a = in(reg) a.add(64 * step),
+                        a2 = in(reg) a.add(16 * depth + 64 * step),
+                        a_stride = in(reg) depth,
+                        w = in(reg) w.as_ptr().add(step * 16 * 256 + half * 128),
+                        w_stride = in(reg) 256usize,
+                        options(nostack, readonly),
+                    );
+                }
                 asm!(
-                    "tileloadd tmm4, [{a} + {a_stride}]",
-                    "tileloadd tmm5, [{w} + {w_stride}]",
-                    "tdpbusd tmm0, tmm4, tmm5",
-                    "tileloadd tmm6, [{w} + {w_stride} + 64]",
-                    "tdpbusd tmm1, tmm4, tmm6",
-                    "tileloadd tmm7, [{w} + {w_stride} + 128]",
-                    "tdpbusd tmm2, tmm4, tmm7",
-                    "tileloadd tmm5, [{w} + {w_stride} + 192]",
-                    "tdpbusd tmm3, tmm4, tmm5",
-                    a = in(reg) a.add(64 * step),
-                    a_stride = in(reg) depth,
-                    w = in(reg) w.as_ptr().add(step * 16 * 256),
-                    w_stride = in(reg) 256usize,
-                    options(nostack, readonly),
+                    "tilestored [{c} + {stride}], tmm0",
+                    "tilestored [{c} + {stride} + 64], tmm1",
+                    "tilestored [{c2} + {stride}], tmm2",
+                    "tilestored [{c2} + {stride} + 64], tmm3",
+                    c = in(reg) acc.as_mut_ptr().cast::<u8>().add(half * 128),
+                    c2 = in(reg) acc[16..].as_mut_ptr().cast::<u8>().add(half * 128),
+                    stride = in(reg) 256usize,
+                    options(nostack),
                 );
             }
-            asm!(
-                "tilestored [{c} + {stride}], tmm0",
-                "tilestored [{c} + {stride} + 64], tmm1",
-                "tilestored [{c} + {stride} + 128], tmm2",
-                "tilestored [{c} + {stride} + 192], tmm3",
-                c = in(reg) acc.as_mut_ptr(),
-                stride = in(reg) 256usize,
-                options(nostack),
-            );
         }
     }
 

@@ -4,14 +4,17 @@
 #[cfg(threads)]
 use rayon::prelude::*;
 
-/// `f()` on a thread of rayon's pool (at once when already on one). A whole forward pass or
-/// training step run this way splits each kernel's work from inside the pool: handing every
-/// operation in from outside cost a wake-up and a sleep of the calling thread per operation, a
-/// fifth of the time of a small model's forward pass (`docs/performance.md`, "Running on the pool").
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// `f()`, work on `device`: on a thread of rayon's pool when that is the flex CPU backend (at once
+/// when already on one), else here. A whole forward pass or training step run this way splits each
+/// CPU kernel's work from inside the pool: handing every operation in from outside cost a wake-up
+/// and a sleep of the calling thread per operation, a fifth of the time of a small model's forward
+/// pass (`docs/performance.md`, "Running on the pool"). GPU backends keep the caller's thread.
+pub fn on_pool<R: Send>(device: &burn::tensor::Device, f: impl FnOnce() -> R + Send) -> R {
     #[cfg(threads)]
-    return rayon::scope(|_| f());
-    #[cfg(not(threads))]
+    if crate::runs_on_flex(device) {
+        return rayon::scope(|_| f());
+    }
+    let _ = device;
     f()
 }
 

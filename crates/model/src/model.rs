@@ -192,7 +192,7 @@ impl Vit {
     /// Runs blocks `blocks` (a range of block indices) on hidden states, without merging tokens.
     /// Training caches the output of frozen blocks with this.
     pub fn forward_blocks(&self, mut hidden_states: Tensor<3>, blocks: std::ops::Range<usize>) -> Tensor<3> {
-        vitrine_kernels::on_pool(|| {
+        vitrine_kernels::on_pool(&hidden_states.device(), || {
             for layer in &self.vit.encoder.layer[blocks] {
                 hidden_states = layer.forward(hidden_states, Probs::Skip, None).hidden_states;
             }
@@ -210,7 +210,7 @@ impl Vit {
     /// The embeddings and blocks, keeping the attention probabilities that `probs` asks for; on
     /// the CPU's thread pool ([`vitrine_kernels::on_pool`]).
     fn run(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {
-        vitrine_kernels::on_pool(|| self.run_here(pixel_values, probs))
+        vitrine_kernels::on_pool(&pixel_values.device(), || self.run_here(pixel_values, probs))
     }
 
     fn run_here(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {

@@ -50,7 +50,7 @@ pub fn train_step_ms_per_image(loaded: Loaded, shape: [usize; 4], iters: usize, 
     let mut times = Vec::new();
     for i in 0..iters.max(1) + 2 {
         let start = Instant::now();
-        model = vitrine_kernels::on_pool(|| {
+        model = vitrine_kernels::on_pool(&ad_device, || {
             let loss = cross_entropy(model.forward(x.clone()), &labels, 0.0);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             optimizer.step(1e-5, model, grads)

@@ -206,7 +206,7 @@ impl Run {
             let lr = optimizer.scheduler.step();
             let head_lr = lr.base();
             let (adamw, grads) = (&mut optimizer.optimizer, accumulator.grads());
-            model = vitrine_kernels::on_pool(|| adamw.step(lr, model, grads));
+            model = vitrine_kernels::on_pool(&self.device, || adamw.step(lr, model, grads));
             state.step += 1;
             state.batch_in_epoch = batch_index + 1;
             state.epoch_loss_sum += tally.loss_sum;
@@ -260,7 +260,7 @@ impl Run {
         let loss_value = f64::from(loss.clone().into_scalar::<f32>());
         let classes = self.classes.len();
         let correct = host_logits.chunks_exact(classes).zip(&batch.labels).filter(|(row, l)| argmax(row) == **l).count();
-        let grads = vitrine_kernels::on_pool(|| GradientsParams::from_grads((loss / recipe.accumulation as f64).backward(), model));
+        let grads = vitrine_kernels::on_pool(device, || GradientsParams::from_grads((loss / recipe.accumulation as f64).backward(), model));
         Ok((grads, loss_value, correct, batch.labels.len()))
     }
 

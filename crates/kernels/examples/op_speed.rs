@@ -2,6 +2,7 @@
 //! `cargo run --release -p vitrine-kernels --example op_speed [-- batch tokens hidden heads]`
 //! (defaults: DINOv2-S/14 at 224 px, batch 1: 257 tokens, width 384, 6 heads). The last rows time a
 //! forward and its backward under autodiff (training), each weighted by a fixed random gradient.
+//! Everything runs on rayon's pool, as the model's passes do.
 
 use std::time::Instant;
 
@@ -24,6 +25,11 @@ fn time_ms<T>(iters: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() {
+    // On the thread pool, as the model runs its passes (`on_pool`).
+    vitrine_kernels::on_pool(&Device::flex(), compare);
+}
+
+fn compare() {
     let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
     let [batch, tokens, hidden, heads] = match args.as_slice() {
         [b, t, h, n] => [*b, *t, *h, *n],

@@ -213,6 +213,7 @@ impl Vit {
         vitrine_kernels::on_pool(&pixel_values.device(), || self.run_here(pixel_values, probs))
     }
 
+    /// [`Vit::run`]'s body, on the calling thread.
     fn run_here(&self, pixel_values: Tensor<4>, probs: Probs) -> Run {
         assert_shape!(pixel_values, [_, self.num_channels, _, _]);
         let mut x = self.vit.embeddings.forward(pixel_values);

@@ -48,34 +48,37 @@ pub enum Int8Isa {
 }
 
 impl Int8Isa {
+    /// The fastest kernel of [`Int8Isa::on_this_cpu`] that the environment allows, chosen once:
+    /// VITRINE_NO_INT8 keeps int8 bundles on f32 products, VITRINE_NO_AVX512 takes the AVX2 kernel
+    /// and VITRINE_NO_AMX the VNNI one (to compare them).
     pub fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Int8Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let off = |name: &str| std::env::var_os(name).is_some();
+            if off("VITRINE_NO_INT8") {
+                return Int8Isa::None;
+            }
+            let allowed = |isa: &Int8Isa| match isa {
+                Int8Isa::Amx => !off("VITRINE_NO_AMX") && !off("VITRINE_NO_AVX512"),
+                Int8Isa::Vnni512 => !off("VITRINE_NO_AVX512"),
+                _ => true,
+            };
+            Self::on_this_cpu().into_iter().find(allowed).unwrap_or(Int8Isa::None)
+        })
+    }
+
+    /// Every integer kernel this CPU (and OS) runs, fastest first.
+    fn on_this_cpu() -> Vec<Self> {
         #[cfg(target_arch = "x86_64")]
         {
-            static ISA: std::sync::OnceLock<Int8Isa> = std::sync::OnceLock::new();
-            *ISA.get_or_init(|| {
-                // VITRINE_NO_INT8 keeps int8 bundles on f32 products (to compare the two).
-                if std::env::var_os("VITRINE_NO_INT8").is_some() {
-                    return Int8Isa::None;
-                }
-                let avx512 = std::env::var_os("VITRINE_NO_AVX512").is_none()
-                    && is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni");
-                if avx512 && x86::amx_int8() {
-                    Int8Isa::Amx
-                } else if avx512 {
-                    Int8Isa::Vnni512
-                } else if is_x86_feature_detected!("avx2") {
-                    Int8Isa::Avx2
-                } else {
-                    Int8Isa::None
-                }
-            })
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+            let kernels = [(avx512 && x86::amx_int8(), Int8Isa::Amx), (avx512, Int8Isa::Vnni512), (is_x86_feature_detected!("avx2"), Int8Isa::Avx2)];
+            kernels.into_iter().filter_map(|(runs, isa)| runs.then_some(isa)).collect()
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return Int8Isa::Simd128;
+        return vec![Int8Isa::Simd128];
         #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
-        Int8Isa::None
+        Vec::new()
     }
 
     /// Products summed per 32-bit lane: 4 for `vpdpbusd` and `tdpbusd`, 2 for `vpmaddwd`.
@@ -365,12 +368,11 @@ mod x86 {
 
     use super::{AMX_ROWS, Acc, ROWS, Tile};
 
-    /// Whether this CPU has AMX-INT8 and the OS lets this process use its tiles (VITRINE_NO_AMX=1
-    /// takes the VNNI kernel instead, to compare the two).
+    /// Whether this CPU has AMX-INT8 and the OS lets this process use its tiles.
     pub(super) fn amx_int8() -> bool {
         let leaf7 = __cpuid_count(7, 0);
         let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
-        std::env::var_os("VITRINE_NO_AMX").is_none() && tile && int8 && tile_data_permitted()
+        tile && int8 && tile_data_permitted()
     }
 
     /// Linux hands AMX's 8 KB of tile state only to a process that asks for it, once, for all its
@@ -595,30 +597,10 @@ mod tests {
         out
     }
 
-    /// Every integer kernel this CPU runs, not only the one [`Int8Isa::detect`] picks.
-    fn kernels_here() -> Vec<Int8Isa> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
-            let mut kernels = Vec::new();
-            if avx512 && x86::amx_int8() {
-                kernels.push(Int8Isa::Amx);
-            }
-            if avx512 {
-                kernels.push(Int8Isa::Vnni512);
-            }
-            if is_x86_feature_detected!("avx2") {
-                kernels.push(Int8Isa::Avx2);
-            }
-            kernels
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        [Int8Isa::detect()].into_iter().filter(|isa| *isa != Int8Isa::None).collect()
-    }
-
     #[test]
     fn integer_products_match_the_plain_reference_on_odd_shapes() {
-        let kernels = kernels_here();
+        // Every kernel this CPU runs, not only the one detect() picks.
+        let kernels = Int8Isa::on_this_cpu();
         if kernels.is_empty() {
             eprintln!("no integer kernel on this CPU: nothing to check");
             return;

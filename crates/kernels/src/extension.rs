@@ -17,6 +17,7 @@ use burn::tensor::{DType, Shape};
 use burn_flex::{FlexTensor, Layout};
 
 use crate::attention::{self, Dims, Operand};
+use crate::optim::{self, AdamWBuffers, AdamWStep};
 use crate::{elementwise, int8};
 use crate::linear::{self, Matrix};
 
@@ -33,6 +34,19 @@ pub trait Int8Ops: Backend {
     /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`; the weight
     /// quantized per output column as [`crate::quantize_linear`] makes it.
     fn linear_int8(x: FloatTensor<Self>, weight: QuantizedTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
+}
+
+/// The optimizer's update, on parameters outside autodiff (as burn's optimizers see them).
+#[backend_extension(Flex)]
+pub trait OptimOps: Backend {
+    /// AdamW's step ([`crate::optim`]): the parameter and the two moments after it.
+    fn adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// Linear layers, also under autodiff: the backward of burn's own `linear`, on vitrine's products.
@@ -167,6 +181,17 @@ fn packed(weight: &burn_flex::FlexQTensor) -> Arc<int8::Packed> {
 #[cfg(test)]
 pub(crate) fn packings() -> usize {
     PACKED.lock().expect("the packing cache").len()
+}
+
+impl OptimOps for Flex {
+    fn adamw(param: FlexTensor, grad: FlexTensor, moment_1: FlexTensor, moment_2: FlexTensor, step: AdamWStep) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = param.layout().shape().clone();
+        // In place where the buffers are the optimizer's alone (they are, step after step).
+        let (mut param, grad, mut m, mut v) = (into_vec(param), dense(grad), into_vec(moment_1), into_vec(moment_2));
+        let grad = grad.as_slice::<f32>().expect("an f32 gradient");
+        optim::adamw_update(AdamWBuffers { param: &mut param, grad, moment_1: &mut m, moment_2: &mut v }, step);
+        (from_vec(param, shape.clone()), from_vec(m, shape.clone()), from_vec(v, shape))
+    }
 }
 
 impl LinearOps for Flex {

@@ -13,6 +13,7 @@ mod extension;
 pub mod int8;
 pub mod linear;
 mod math;
+pub mod optim;
 mod parallel;
 pub mod simd;
 
@@ -23,7 +24,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub use parallel::on_pool;
 
-use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps};
+use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps, OptimOps};
 
 /// Deterministic values in [-2, 2) (xorshift) for the kernels' unit tests.
 #[cfg(test)]
@@ -128,6 +129,21 @@ fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) ->
     let mut shape = dims;
     shape[D - 1] = layer.weight.dims()[1];
     Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
+}
+
+/// Whether [`adamw`] serves this parameter and gradient: f32 on flex, outside autodiff (as burn's
+/// optimizers hand them over), of one shape.
+pub fn adamw_serves<const D: usize>(param: &Tensor<D>, grad: &Tensor<D>) -> bool {
+    inference_on_flex(param) && inference_on_flex(grad) && param.shape() == grad.shape()
+}
+
+/// AdamW's step on `param` in one pass ([`optim`]): the parameter and its two moments after it,
+/// updated in place where no other tensor holds their buffers. Only where [`adamw_serves`].
+pub fn adamw<const D: usize>(param: Tensor<D>, grad: Tensor<D>, moments: (Tensor<D>, Tensor<D>), step: optim::AdamWStep) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    assert!(adamw_serves(&param, &grad), "adamw: f32 tensors of one shape on flex expected");
+    let [p, g, m, v] = [param, grad, moments.0, moments.1].map(|t| t.into_dispatch());
+    let (p, m, v) = <Dispatch as OptimOps>::adamw(p, g, m, v, step);
+    (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }
 
 /// Scaled dot-product attention `softmax(q k^T / sqrt(dim)) v` over `[batch, heads, tokens, dim]`,

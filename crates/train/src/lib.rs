@@ -1,6 +1,7 @@
 //! vitrine-train: the native side of vitrine: ImageFolder data and augmentation, the fine-tuning
 //! loop with checkpoints and resume, evaluation, model bundles and reports.
 
+pub mod adamw;
 pub mod bundle;
 pub mod cache;
 pub mod checkpoint;

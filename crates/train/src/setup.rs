@@ -4,12 +4,13 @@
 
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Tensor};
 use burn_store::ModuleSnapshot;
 use vitrine_model::config::Head;
 use vitrine_model::{HfVitConfig, Loaded, ModelType, Vit, VitConfig};
 
+use crate::adamw::AdamW;
 use crate::recipe::Recipe;
 
 /// Architecture and naming of a run's model: what a checkpoint or bundle is rebuilt from.
@@ -121,10 +122,7 @@ const NO_DECAY: &str = r"(\.bias$|layernorm|\.lambda1$|_token$|position_embeddin
 /// AdamW with weight decay on weights only.
 pub fn optimizer(recipe: &Recipe) -> Result<ModuleOptimizer> {
     let no_decay = group(&[NO_DECAY])?;
-    Ok(AdamWConfig::new()
-        .with_weight_decay(recipe.weight_decay as f32)
-        .init()
-        .with_group(no_decay, AdamWConfig::new().with_weight_decay(0.0).build(), None))
+    Ok(AdamW::new(recipe.weight_decay as f32).init().with_group(no_decay, AdamW::new(0.0), None))
 }
 
 /// Only the top `trainable` blocks (plus final norm and head) compute gradients; the embeddings

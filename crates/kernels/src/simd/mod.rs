@@ -33,6 +33,8 @@ pub trait F32x: Copy {
     unsafe fn sub(self, b: Self) -> Self;
     unsafe fn mul(self, b: Self) -> Self;
     unsafe fn div(self, b: Self) -> Self;
+    /// Correctly rounded, as IEEE 754 asks of every instruction set.
+    unsafe fn sqrt(self) -> Self;
     /// `self * b + c`: one fused instruction where the instruction set has it.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn max(self, b: Self) -> Self;

@@ -49,6 +49,10 @@ impl F32x for Scalar {
         Self(self.0 / b.0)
     }
     #[inline(always)]
+    unsafe fn sqrt(self) -> Self {
+        Self(self.0.sqrt())
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         // Not f32::mul_add: without FMA at compile time that is a slow software call.
         Self(self.0 * b.0 + c.0)

@@ -57,6 +57,10 @@ impl F32x for Simd128 {
         Self(f32x4_div(self.0, b.0))
     }
     #[inline(always)]
+    unsafe fn sqrt(self) -> Self {
+        Self(f32x4_sqrt(self.0))
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Self(f32x4_add(f32x4_mul(self.0, b.0), c.0))
     }

@@ -56,6 +56,10 @@ impl F32x for Avx512 {
         Self(_mm512_div_ps(self.0, b.0))
     }
     #[inline(always)]
+    unsafe fn sqrt(self) -> Self {
+        Self(_mm512_sqrt_ps(self.0))
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Self(_mm512_fmadd_ps(self.0, b.0, c.0))
     }
@@ -141,6 +145,10 @@ impl F32x for Avx2 {
     #[inline(always)]
     unsafe fn div(self, b: Self) -> Self {
         Self(_mm256_div_ps(self.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn sqrt(self) -> Self {
+        Self(_mm256_sqrt_ps(self.0))
     }
     #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {

@@ -31,17 +31,31 @@ pub fn product(a: Matrix, b: Matrix, m: usize, k: usize, n: usize) -> Vec<f32> {
     if m * n * k == 0 {
         return out;
     }
-    // SAFETY: `a` and `b` are read within the m x k and k x n windows their strides describe;
-    // `out` is m x n, row-major.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize, false,
-            a.data.as_ptr().add(a.offset), a.cols, a.rows,
-            b.data.as_ptr().add(b.offset), b.cols, b.rows,
-            0.0, 1.0, false, false, false, parallel::gemm_parallelism(m * n * k),
-        );
-    }
+    let parts = parallel::product_parts(m * n * k);
+    let dst = parallel::SharedMut(out.as_mut_ptr());
+    // Split the smaller operand's partner: each part packs its own share of the larger operand.
+    let by_columns = m * k <= k * n;
+    let (len, align) = if by_columns { (n, 16) } else { (m, 8) };
+    let step = len.div_ceil(parts).div_ceil(align) * align;
+    parallel::for_each_index(len.div_ceil(step), |i| {
+        let (start, size) = (i * step, step.min(len - i * step));
+        let (rows, cols, a_at, b_at, out_at) = if by_columns {
+            (m, size, a.offset as isize, b.offset as isize + start as isize * b.cols, start)
+        } else {
+            (size, n, a.offset as isize + start as isize * a.rows, b.offset as isize, start * n)
+        };
+        // SAFETY: `a` and `b` are read within the windows their strides describe; each part writes
+        // its own rows or columns of the m x n row-major `out`.
+        unsafe {
+            gemm::gemm(
+                rows, cols, k,
+                dst.at(out_at), 1, n as isize, false,
+                a.data.as_ptr().offset(a_at), a.cols, a.rows,
+                b.data.as_ptr().offset(b_at), b.cols, b.rows,
+                0.0, 1.0, false, false, false, gemm::Parallelism::None,
+            );
+        }
+    });
     out
 }
 

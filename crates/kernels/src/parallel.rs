@@ -50,12 +50,25 @@ pub fn for_each_index(n: usize, f: impl Fn(usize) + Send + Sync) {
     (0..n).for_each(f);
 }
 
-/// Threads for one matrix product of `work` multiply-adds: all of them once it pays.
-pub fn gemm_parallelism(work: usize) -> gemm::Parallelism {
+/// How many single-threaded products one product of `work` multiply-adds splits into.
+pub fn product_parts(work: usize) -> usize {
     #[cfg(threads)]
     if work >= 1 << 17 {
-        return gemm::Parallelism::Rayon(0);
+        return rayon::current_num_threads();
     }
     let _ = work;
-    gemm::Parallelism::None
+    1
+}
+
+/// A buffer's pointer, for tasks that each write their own part of it.
+#[derive(Clone, Copy)]
+pub struct SharedMut(pub *mut f32);
+// SAFETY: users write disjoint parts of the buffer.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    pub fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }

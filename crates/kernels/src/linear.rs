@@ -27,13 +27,15 @@ impl Matrix<'_> {
 
 /// `a [m, k] @ b [k, n]`, row-major.
 pub fn product(a: Matrix, b: Matrix, m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; m * n];
     if m * n * k == 0 {
-        return out;
+        return vec![0.0f32; m * n];
     }
+    // Not cleared first: the parts below write every element (gemm without reading `out`).
+    let mut out = Vec::<f32>::with_capacity(m * n);
     let parts = parallel::product_parts(m * n * k);
     let dst = parallel::SharedMut(out.as_mut_ptr());
-    // Split the smaller operand's partner: each part packs its own share of the larger operand.
+    // Split the output along the larger operand: by columns when `b` is larger (each part packs
+    // its own columns of `b`, and all of the smaller `a`), else by rows.
     let by_columns = m * k <= k * n;
     let (len, align) = if by_columns { (n, 16) } else { (m, 8) };
     let step = len.div_ceil(parts).div_ceil(align) * align;
@@ -56,6 +58,8 @@ pub fn product(a: Matrix, b: Matrix, m: usize, k: usize, n: usize) -> Vec<f32> {
             );
         }
     });
+    // SAFETY: the parts wrote all m x n elements.
+    unsafe { out.set_len(m * n) };
     out
 }
 

@@ -9,7 +9,9 @@ use std::time::Instant;
 use vitrine_kernels::linear::{Matrix, product};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
+    // Warm up for a fixed time: the first products of a process also wake threads and fault pages in.
+    let warm = Instant::now();
+    while warm.elapsed().as_secs_f64() < 0.3 {
         f();
     }
     let mut times: Vec<f64> = (0..30)

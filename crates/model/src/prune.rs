@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Device};
 use burn_store::burn_pack::{Bytes, Tensor as PackTensor};
-use burn_store::{BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn_store::{ModuleAdapter, ModuleSnapshot};
 
 use crate::config::VitConfig;
 use crate::error::{ConfigError, LoadError};
@@ -60,7 +60,7 @@ pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> R
         ..config.clone()
     };
     let mut tensors = Vec::new();
-    for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
+    for tensor in model.collect(None, Some(crate::weights::adapter::to_pytorch()), false) {
         let shape = tensor.shape.to_vec();
         let bytes = tensor.to_bytes().map_err(|e| LoadError::Tensor { name: tensor.name.clone(), message: e.to_string() })?;
         let values = le::f32s(&bytes);
@@ -72,7 +72,7 @@ pub fn prune(model: &Vit, config: &VitConfig, keep: &Keep, device: &Device) -> R
         let bytes = Bytes::from_bytes_vec(le::bytes(&values));
         tensors.push(PackTensor::new(tensor.name.clone(), DType::F32, shape, None, bytes));
     }
-    let pruned = rebuild(&pruned_config, tensors, Some(Box::new(PyTorchToBurnAdapter)), device, "pruned weights")?;
+    let pruned = rebuild(&pruned_config, tensors, Some(crate::weights::adapter::to_burn()), device, "pruned weights")?;
     Ok((pruned, pruned_config))
 }
 

@@ -5,5 +5,15 @@ pub fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 pub fn bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    bytes_of(values.iter().copied())
+}
+
+/// The bytes of `values`, written into one allocation of the right size (collecting a `flat_map`
+/// of each value's bytes grows the vector as it goes, several times slower on a model's weights).
+pub fn bytes_of(values: impl ExactSizeIterator<Item = f32>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }

@@ -6,6 +6,7 @@
 //! what a user can find in their checkpoint. The library takes bytes, never paths, so the same code
 //! runs in the browser.
 
+pub mod adapter;
 pub mod le;
 mod names;
 pub mod storage;
@@ -15,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{DType, Device, Tensor};
 use burn_store::burn_pack::{Bytes, Error as PackError, Tensor as PackTensor};
-use burn_store::{ApplyError, BurnToPyTorchAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot, PyTorchToBurnAdapter};
+use burn_store::{ApplyError, ModuleContext, ModuleSnapshot};
 use safetensors::{Dtype, SafeTensors};
 
 pub use names::{Family, Mapped, to_canonical, to_hf};
@@ -242,9 +243,13 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             if values.is_none() {
                 values = Some(finite_f32_bytes(file, &name, &view)?);
             }
-            let values = values.as_deref().expect("converted above");
-            let block = values.len() / parts;
-            let bytes = values[part * block..(part + 1) * block].to_vec();
+            let bytes = if parts == 1 {
+                values.take().expect("converted above")
+            } else {
+                let values = values.as_deref().expect("converted above");
+                let block = values.len() / parts;
+                values[part * block..(part + 1) * block].to_vec()
+            };
             tensors.push(PackTensor::new(canonical, DType::F32, part_shape, None, Bytes::from_bytes_vec(bytes)));
         }
     }
@@ -258,7 +263,7 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
         return Err(LoadError::MissingKeys(missing));
     }
 
-    let result = model.apply(tensors, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    let result = model.apply(tensors, None, Some(adapter::to_burn()), false);
     if let Some(error) = result.errors.first() {
         return Err(match error {
             ApplyError::ShapeMismatch { path, expected, found } => LoadError::Shape {
@@ -311,7 +316,7 @@ impl ModuleVisitor for ExpectedShapes {
         let bytes = shape.num_elements() * DType::F32.size();
         let unread = || Err(PackError::ValidationError("a placeholder for its name and shape".to_string()));
         let placeholder = PackTensor::deferred(self.path.join("."), DType::F32, shape, None, bytes, unread);
-        let adapted = BurnToPyTorchAdapter.adapt(placeholder, ModuleContext::new(&self.containers));
+        let adapted = adapter::to_pytorch().adapt(placeholder, ModuleContext::new(&self.containers));
         self.found.insert(adapted.name, adapted.shape.to_vec());
     }
 }
@@ -353,9 +358,7 @@ fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> R
 
 /// Little-endian f32 bytes of a tensor stored as f32, f16, bf16 or f64.
 fn to_f32_bytes(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>, LoadError> {
-    let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> {
-        data.chunks_exact(width).flat_map(|c| f(c).to_le_bytes()).collect()
-    };
+    let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> { le::bytes_of(data.chunks_exact(width).map(f)) };
     Ok(match dtype {
         Dtype::F32 => data.to_vec(),
         Dtype::F16 => convert(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
@@ -377,7 +380,7 @@ pub fn save_safetensors_as(model: &Vit, model_type: ModelType, storage: Storage)
     let with_head = model.has_head();
     let teacher = model.distillation_classifier.is_some();
     let mut named: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for tensor in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false) {
+    for tensor in model.collect(None, Some(adapter::to_pytorch()), false) {
         let name = to_hf(model_type, &tensor.name, with_head, teacher);
         let shape = tensor.shape.to_vec();
         let bytes = tensor
@@ -433,7 +436,7 @@ mod tests {
             let loaded = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
             let collected: BTreeMap<String, Vec<usize>> = loaded
                 .model
-                .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+                .collect(None, Some(adapter::to_pytorch()), false)
                 .into_iter()
                 .map(|t| (t.name.clone(), t.shape.to_vec()))
                 .collect();

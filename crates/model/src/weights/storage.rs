@@ -77,16 +77,18 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
 /// Little-endian f32 bytes of an int8 `[rows, cols]` matrix times its per-row scales.
 pub fn dequantize_rows(q: &[u8], scales: &[f32]) -> Vec<u8> {
     let cols = q.len() / scales.len().max(1);
-    q.chunks_exact(cols.max(1))
-        .zip(scales)
-        .flat_map(|(row, &s)| row.iter().flat_map(move |&v| (f32::from(v as i8) * s).to_le_bytes()))
-        .collect()
+    let scale_of = |i: usize| scales[i / cols.max(1)];
+    super::le::bytes_of(q.iter().enumerate().map(|(i, &v)| f32::from(v as i8) * scale_of(i)))
 }
 
 /// Little-endian bytes of `values` as `dtype` (F32 or F16).
 pub fn float_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
-        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::F16 => {
+            let mut out = Vec::with_capacity(values.len() * 2);
+            values.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()));
+            out
+        }
         _ => super::le::bytes(values),
     }
 }

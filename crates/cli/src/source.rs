@@ -18,12 +18,6 @@ pub struct Model {
 }
 
 impl Model {
-    /// For inference: [`Loaded::int8_products_if_stored`].
-    pub fn int8_products_if_stored(mut self) -> Self {
-        self.loaded = self.loaded.int8_products_if_stored();
-        self
-    }
-
     /// Turns on token merging (ToMe) with `r` pairs per block (0: off), within what the model's
     /// inputs allow ([`vitrine_model::tome::check_pairs`]).
     pub fn merge_tokens(&mut self, r: usize) -> Result<()> {
@@ -36,11 +30,21 @@ impl Model {
 /// Loads `--model`: a folder with `config.json` + `model.safetensors` (+ `preprocessor_config.json`),
 /// or `hf:ORG/NAME[@REVISION]`, fetched into the standard Hugging Face cache (`HF_HOME`) the first time.
 pub fn load(model: &str, device: &Device) -> Result<Model> {
+    load_with(model, device, vitrine_train::bundle::read)
+}
+
+/// [`load`] for inference: an int8 bundle computes in int8 where it can
+/// ([`vitrine_train::bundle::read_for_inference`]).
+pub fn load_for_inference(model: &str, device: &Device) -> Result<Model> {
+    load_with(model, device, vitrine_train::bundle::read_for_inference)
+}
+
+fn load_with(model: &str, device: &Device, read: fn(&std::path::Path, &Device) -> Result<vitrine_train::bundle::Bundle>) -> Result<Model> {
     let dir = match model.strip_prefix("hf:") {
         Some(repo) => fetch(repo)?,
         None => PathBuf::from(model),
     };
-    let bundle = vitrine_train::bundle::read(&dir, device)?;
+    let bundle = read(&dir, device)?;
     Ok(Model { loaded: bundle.loaded, preprocess: bundle.preprocess, dir, weight_bytes: bundle.weight_bytes })
 }
 

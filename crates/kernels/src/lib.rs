@@ -87,20 +87,49 @@ pub fn linear_gelu<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 pub fn quantize_linear(layer: Linear) -> Linear {
     let weight = layer.weight.val();
     let [d_in, d_out] = weight.dims();
-    // The scales are stored per block of `[block, 1]` (burn's block sides are at most 255): the
-    // same row of per-column scales repeated `d_in / block` times.
-    let block = (16..=255.min(d_in)).rev().find(|b| d_in.is_multiple_of(*b));
     let device = weight.device();
-    let serves = runs_on_flex(&device) && !device.is_autodiff() && weight.dtype() == DType::F32 && int8::available();
-    let (Some(block), true) = (block, serves) else {
+    if holds_int8(&layer) || weight.dtype() != DType::F32 || !int8_serves(&device) || int8_block(d_in).is_none() {
         return layer;
-    };
+    }
     let values: Vec<f32> = weight.into_data().try_to_vec().expect("an f32 weight");
     let (q, scales) = int8::quantize_columns(&values, d_out);
+    let weight = int8_weight(q, &scales, d_in, &device).expect("a block was found above");
+    Linear { weight: layer.weight.map(|_| weight), ..layer }
+}
+
+/// A Linear weight `[d_in, d_out]` held as int8 for [`int8`]'s products, from integers stored per
+/// output channel in PyTorch's layout (`q_out_in`, `[d_out, d_in]`, as int8 bundles hold them)
+/// and their scales: the stored integers themselves, with no f32 in between. `None` where the
+/// products do not serve `device`.
+pub fn int8_weight_from_rows(q_out_in: &[i8], scales: &[f32], d_in: usize, device: &Device) -> Option<Tensor<2>> {
+    let d_out = scales.len();
+    assert_eq!(q_out_in.len(), d_in * d_out, "int8 weight: {} values for [{d_out}, {d_in}]", q_out_in.len());
+    if !int8_serves(device) || int8_block(d_in).is_none() {
+        return None;
+    }
+    let mut q = vec![0i8; q_out_in.len()];
+    transpose::transpose(q_out_in, &mut q, d_in, d_out);
+    int8_weight(q, scales, d_in, device)
+}
+
+/// Whether [`int8`]'s products serve `device`: flex without autodiff, on a CPU that has them.
+fn int8_serves(device: &Device) -> bool {
+    runs_on_flex(device) && !device.is_autodiff() && int8::available()
+}
+
+/// The side of the scale blocks for an input width `d_in` (burn's block sides are at most 255).
+fn int8_block(d_in: usize) -> Option<usize> {
+    (16..=255.min(d_in)).rev().find(|b| d_in.is_multiple_of(*b))
+}
+
+/// The int8 weight tensor of `q` (`[d_in, d_out]`, row-major) with per-column `scales`.
+fn int8_weight(q: Vec<i8>, scales: &[f32], d_in: usize, device: &Device) -> Option<Tensor<2>> {
+    let (d_out, block) = (scales.len(), int8_block(d_in)?);
     let scheme = QuantScheme::default().with_value(QuantValue::Q8S).with_store(QuantStore::Native).per_block([block as u8, 1], ScaleDtype::F32);
+    // The scales are stored per block of `[block, 1]`: the same row of per-column scales repeated
+    // `d_in / block` times.
     let grid: Vec<f32> = scales.iter().copied().cycle().take(d_in / block * d_out).collect();
-    let data = TensorData::quantized(q, [d_in, d_out], scheme, &grid, None);
-    Linear { weight: layer.weight.map(|_| Tensor::from_data(data, &device)), ..layer }
+    Some(Tensor::from_data(TensorData::quantized(q, [d_in, d_out], scheme, &grid, None), device))
 }
 
 /// Whether `layer`'s weight is one [`quantize_linear`] made.

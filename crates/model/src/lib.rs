@@ -26,4 +26,4 @@ pub use config::{HfVitConfig, ModelType, VitConfig};
 pub use error::{ConfigError, ImageError, LoadError};
 pub use model::{Heads, Vit, VitOutput};
 pub use preprocess::PreprocessConfig;
-pub use weights::{Loaded, Storage, load_bundle, load_safetensors, save_safetensors, save_safetensors_as};
+pub use weights::{Loaded, Storage, load_bundle, load_bundle_for_inference, load_safetensors, save_safetensors, save_safetensors_as};

@@ -121,17 +121,27 @@ impl Vit {
     /// the integer kernels (flex, no autodiff, AVX2 or AVX-512 VNNI); unchanged elsewhere. For
     /// inference: an int8 bundle's weights give back its own integers.
     pub fn with_int8_products(mut self) -> Self {
-        let quantize = |layer: &mut Linear| *layer = vitrine_kernels::quantize_linear(layer.clone());
-        for layer in &mut self.vit.encoder.layer {
-            let attention = &mut layer.attention.attention;
-            for linear in [&mut attention.query, &mut attention.key, &mut attention.value] {
-                quantize(linear);
-            }
-            quantize(&mut layer.attention.output.dense);
-            quantize(&mut layer.intermediate.dense);
-            quantize(&mut layer.output.dense);
+        for (_, linear) in self.block_linears_mut() {
+            *linear = vitrine_kernels::quantize_linear(linear.clone());
         }
         self
+    }
+
+    /// The blocks' Linear layers, the ones int8 applies to, each with its parameter path
+    /// (`vit.encoder.layer.<i>.attention.attention.query`, ...).
+    pub fn block_linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut linears = Vec::new();
+        for (i, layer) in self.vit.encoder.layer.iter_mut().enumerate() {
+            let path = |part: &str| format!("vit.encoder.layer.{i}.{part}");
+            let attention = &mut layer.attention.attention;
+            linears.push((path("attention.attention.query"), &mut attention.query));
+            linears.push((path("attention.attention.key"), &mut attention.key));
+            linears.push((path("attention.attention.value"), &mut attention.value));
+            linears.push((path("attention.output.dense"), &mut layer.attention.output.dense));
+            linears.push((path("intermediate.dense"), &mut layer.intermediate.dense));
+            linears.push((path("output.dense"), &mut layer.output.dense));
+        }
+        linears
     }
 
     /// Token pairs merged per block (0: off).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
-use vitrine_model::{LoadError, Storage, load_safetensors, save_safetensors_as};
+use vitrine_model::{LoadError, Storage, load_bundle_for_inference, load_safetensors, save_safetensors_as};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
@@ -78,6 +78,40 @@ fn int8_products_stay_near_the_f32_products_of_the_same_int8_weights() {
         let range = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&a, &b);
         assert!(diff > 0.0 && diff < 0.02 * range, "{name}: {diff} vs logit range {range}");
+    }
+}
+
+/// Loaded for inference, an int8 bundle's block weights go straight from the file's integers to
+/// the products' layout: the same integers and scales as the f32 rebuild quantized again, so the
+/// same logits (within 1e-5 of their range: the scales may differ by an ulp), and no f32 weight.
+#[test]
+fn int8_loaded_for_inference_computes_on_the_stored_integers() {
+    if !vitrine_kernels::int8::available() {
+        eprintln!("no integer kernel on this CPU: nothing to check");
+        return;
+    }
+    for name in ["vit", "deit", "dinov2"] {
+        let dir = fixture(name);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let device = Device::flex();
+        let f32_model = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
+        let stored = save_safetensors_as(&f32_model.model, f32_model.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
+        // As `vitrine quantize` writes it: the config records the scheme.
+        let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+        json["quantization"] = Storage::Int8.config_entry().unwrap();
+        let config = json.to_string();
+        let rebuilt = load_safetensors(&config, &stored, &device).unwrap().int8_products_if_stored().model;
+        let (direct, _) = load_bundle_for_inference(&config, &stored, None, &device).unwrap();
+        for layer in &direct.model.vit.encoder.layer {
+            for linear in [&layer.attention.attention.query, &layer.intermediate.dense, &layer.output.dense] {
+                assert!(matches!(linear.weight.val().dtype(), burn::tensor::DType::QFloat(_)), "{name}: int8 weights");
+            }
+        }
+        let side = f32_model.config.image_size;
+        let a = rebuilt.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+        let b = direct.model.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
+        let range = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(max_abs_diff(&a, &b) <= 1e-5 * range.max(1.0), "{name}: {} vs logit range {range}", max_abs_diff(&a, &b));
     }
 }
 

@@ -26,13 +26,25 @@ pub struct Bundle {
 
 /// Reads the bundle in `dir` onto `device`.
 pub fn read(dir: &Path, device: &Device) -> Result<Bundle> {
+    read_with(dir, device, load_bundle)
+}
+
+/// [`read`] for inference: an int8 bundle computes in int8 where it can, straight from its stored
+/// integers ([`vitrine_model::load_bundle_for_inference`]).
+pub fn read_for_inference(dir: &Path, device: &Device) -> Result<Bundle> {
+    read_with(dir, device, vitrine_model::load_bundle_for_inference)
+}
+
+type LoadBundle = fn(&str, &[u8], Option<&str>, &Device) -> Result<(Loaded, PreprocessConfig), vitrine_model::LoadError>;
+
+fn read_with(dir: &Path, device: &Device, load: LoadBundle) -> Result<Bundle> {
     let read_to_string = |path: &Path| fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()));
     let config = read_to_string(&dir.join(CONFIG))?;
     let weights_path = dir.join(WEIGHTS);
     let weights = fs::read(&weights_path).with_context(|| format!("cannot read {}", weights_path.display()))?;
     let preprocess_path = dir.join(PREPROCESSOR);
     let preprocessor = preprocess_path.exists().then(|| read_to_string(&preprocess_path)).transpose()?;
-    let (loaded, preprocess) = load_bundle(&config, &weights, preprocessor.as_deref(), device)
+    let (loaded, preprocess) = load(&config, &weights, preprocessor.as_deref(), device)
         .with_context(|| format!("cannot load the model bundle in {}", dir.display()))?;
     Ok(Bundle { loaded, preprocess, weight_bytes: weights.len() as u64 })
 }

@@ -11,7 +11,7 @@ use vitrine_model::attention_map::{AttentionMap, attention_map, head_mask, peak_
 use vitrine_model::decode::{decode_image, rgb_from_rgba};
 use vitrine_model::explain::{for_gradients, relevance};
 use vitrine_model::weights::Family;
-use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_bundle};
+use vitrine_model::{ImageError, LoadError, PreprocessConfig, Vit, VitConfig, load_bundle_for_inference};
 
 /// A loaded model bundle and the recipe that turns images into its input.
 #[derive(Debug)]
@@ -91,15 +91,14 @@ pub struct Outputs {
 impl Engine {
     /// Builds the model of `config_json` on `device` and loads `weights` (safetensors) strictly.
     /// Without `preprocessor_json`, the family's Hugging Face defaults apply. An int8 bundle
-    /// computes with integer products on the CPU ([`vitrine_model::Loaded::int8_products_if_stored`]).
+    /// computes with integer products on the CPU ([`vitrine_model::load_bundle_for_inference`]).
     pub fn load(
         config_json: &str,
         weights: &[u8],
         preprocessor_json: Option<&str>,
         device: &Device,
     ) -> Result<Self, LoadError> {
-        let (loaded, preprocess) = load_bundle(config_json, weights, preprocessor_json, device)?;
-        let loaded = loaded.int8_products_if_stored();
+        let (loaded, preprocess) = load_bundle_for_inference(config_json, weights, preprocessor_json, device)?;
         Ok(Self {
             model: loaded.model,
             gradients: std::sync::OnceLock::new(),

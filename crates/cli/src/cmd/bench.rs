@@ -75,9 +75,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     let settings: Vec<(&String, usize)> = args.model.iter().flat_map(|m| args.tome.iter().map(move |&r| (m, r))).collect();
     for (name, tome) in settings {
-        let model = source::load(name, &device)?;
         // Training needs float weights; inference of an int8 bundle runs on integer products.
-        let mut model = if args.train { model } else { model.int8_products_if_stored() };
+        let mut model = if args.train { source::load(name, &device)? } else { source::load_for_inference(name, &device)? };
         model.merge_tokens(tome)?;
         let [h, w] = match args.image_size {
             Some(side) => [side, side],

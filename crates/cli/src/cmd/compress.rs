@@ -230,7 +230,7 @@ fn report(args: &Args, data: &ImageFolder, device: &burn::tensor::Device) -> Res
                 top1
             }
             None => {
-                let mut model = source::load(&path, device)?.int8_products_if_stored();
+                let mut model = source::load_for_inference(&path, device)?;
                 model.merge_tokens(*tome)?;
                 let progress = trainer::bar(val.len() as u64, &format!("val: {name}"));
                 let eval = evaluate(&model.loaded.model, val.clone(), Arc::new(Transform::Eval(model.preprocess.clone())), Columns::All(data.classes.len()), 32, device, &progress)?;

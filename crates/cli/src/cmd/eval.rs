@@ -55,7 +55,7 @@ impl EvalData {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
-    let mut model = source::load(&args.model, &device)?.int8_products_if_stored();
+    let mut model = source::load_for_inference(&args.model, &device)?;
     model.merge_tokens(args.tome)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier; fine-tune it first (vitrine train)", args.model);

@@ -114,7 +114,7 @@ pub struct Entry {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
-    let model = source::load(&args.model, &device)?.int8_products_if_stored();
+    let model = source::load_for_inference(&args.model, &device)?;
     let vit = &model.loaded.model;
     if !vit.has_head() {
         bail!("{} is a backbone without a classifier: explanations are for a class", args.model);

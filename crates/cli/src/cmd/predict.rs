@@ -43,7 +43,7 @@ struct Prediction {
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.device.device()?;
-    let mut model = source::load(&args.model, &device)?.int8_products_if_stored();
+    let mut model = source::load_for_inference(&args.model, &device)?;
     model.merge_tokens(args.tome)?;
     if !model.loaded.model.has_head() {
         bail!("{} is a backbone without a classifier: fine-tune a head first", args.model);

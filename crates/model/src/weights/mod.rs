@@ -51,6 +51,20 @@ impl Loaded {
     }
 }
 
+/// [`load_bundle`] for inference: an int8 bundle computes its blocks' products in int8 where the
+/// device and CPU can, its weights going straight from the file's integers to the products'
+/// layout (no f32 rebuild, no second quantization); anything else loads as [`load_bundle`] loads
+/// it, then takes [`Loaded::int8_products_if_stored`].
+pub fn load_bundle_for_inference(
+    config_json: &str,
+    safetensors: &[u8],
+    preprocessor_json: Option<&str>,
+    device: &Device,
+) -> Result<(Loaded, PreprocessConfig), LoadError> {
+    let loaded = load_safetensors_as(config_json, safetensors, device, Int8Weights::AsStored)?.int8_products_if_stored();
+    with_preprocessing(loaded, preprocessor_json)
+}
+
 /// A model bundle's three files (`config.json`, `model.safetensors`, and `preprocessor_config.json`
 /// where the bundle has one) loaded together: the model, and the preprocessing it was trained with,
 /// checked against it. Without a preprocessor file the family's Hugging Face defaults apply.
@@ -60,7 +74,11 @@ pub fn load_bundle(
     preprocessor_json: Option<&str>,
     device: &Device,
 ) -> Result<(Loaded, PreprocessConfig), LoadError> {
-    let loaded = load_safetensors(config_json, safetensors, device)?;
+    with_preprocessing(load_safetensors(config_json, safetensors, device)?, preprocessor_json)
+}
+
+/// `loaded` with its preprocessing, checked against it (the family's defaults without a file).
+fn with_preprocessing(loaded: Loaded, preprocessor_json: Option<&str>) -> Result<(Loaded, PreprocessConfig), LoadError> {
     let preprocess = match preprocessor_json {
         Some(json) => PreprocessConfig::from_json(json).map_err(LoadError::Preprocessor)?,
         None => PreprocessConfig::default_for(&loaded.config),
@@ -71,6 +89,19 @@ pub fn load_bundle(
 
 /// Builds the model described by `config_json` (HF `config.json`) and loads `safetensors` into it.
 pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) -> Result<Loaded, LoadError> {
+    load_safetensors_as(config_json, safetensors, device, Int8Weights::AsF32)
+}
+
+/// How an int8 bundle's weights load.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Int8Weights {
+    /// Rebuilt in f32: what training, pruning, export and every backend can use.
+    AsF32,
+    /// The stored integers themselves, for int8 products, where they serve the device; else f32.
+    AsStored,
+}
+
+fn load_safetensors_as(config_json: &str, safetensors: &[u8], device: &Device, int8_weights: Int8Weights) -> Result<Loaded, LoadError> {
     let hf_config = HfVitConfig::from_json(config_json)?;
     let model_type = hf_config.model_type()?;
     let file = SafeTensors::deserialize(safetensors).map_err(|e| LoadError::Safetensors(diagnose(safetensors, e)))?;
@@ -97,7 +128,7 @@ pub fn load_safetensors(config_json: &str, safetensors: &[u8], device: &Device) 
     check_size_against_file(&config, &file, family)?;
     let labels = if head == Head::None { Vec::new() } else { hf_config.labels()? };
     let mut model = config.init(device);
-    load_into(&mut model, &file, family)?;
+    load_into(&mut model, &file, family, int8_weights)?;
     Ok(Loaded { model, config, hf_config, labels, family })
 }
 
@@ -187,7 +218,8 @@ fn duplicated_tensor(bytes: &[u8]) -> Option<String> {
 }
 
 /// Loads every tensor of `file` into `model`, strictly.
-fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), LoadError> {
+fn load_into(model: &mut Vit, file: &SafeTensors, family: Family, int8_weights: Int8Weights) -> Result<(), LoadError> {
+    let device = model.devices().into_iter().next().expect("a model lives on a device");
     let expected = expected_shapes(model);
     let file_name = |canonical: &str| match family {
         Family::Hf(model_type) => {
@@ -197,6 +229,8 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
     };
 
     let mut tensors = Vec::new();
+    // int8 block weights kept as their integers (`Int8Weights::AsStored`), by their Linear's path.
+    let mut stored_int8: BTreeMap<String, Tensor<2>> = BTreeMap::new();
     let mut unexpected = Vec::new();
     // In name order, so that the first error reported is the same on every run.
     let mut entries = file.tensors();
@@ -240,6 +274,15 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             if &part_shape != want {
                 return Err(LoadError::Shape { name: name.clone(), expected: want.clone(), found: shape });
             }
+            if int8_weights == Int8Weights::AsStored && parts == 1 && view.dtype() == Dtype::I8 && storage::is_quantized_weight(&canonical) {
+                let scales = int8_scales(file, &name, &shape)?;
+                // SAFETY: i8 and u8 have the same size and alignment.
+                let q = unsafe { std::slice::from_raw_parts(view.data().as_ptr().cast::<i8>(), view.data().len()) };
+                if let Some(weight) = vitrine_kernels::int8_weight_from_rows(q, &scales, shape[1], &device) {
+                    stored_int8.insert(canonical.trim_end_matches(".weight").to_string(), weight);
+                    continue;
+                }
+            }
             if values.is_none() {
                 values = Some(finite_f32_bytes(file, &name, &view)?);
             }
@@ -256,7 +299,8 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
     if !unexpected.is_empty() {
         return Err(LoadError::UnexpectedKeys(unexpected));
     }
-    let provided: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let kept: BTreeSet<String> = stored_int8.keys().map(|path| format!("{path}.weight")).collect();
+    let provided: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).chain(kept.iter().map(String::as_str)).collect();
     let missing: Vec<String> =
         expected.keys().filter(|k| !provided.contains(k.as_str())).map(|k| file_name(k)).collect();
     if !missing.is_empty() {
@@ -274,9 +318,16 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family) -> Result<(), 
             other => LoadError::Tensor { name: String::new(), message: other.to_string() },
         });
     }
-    if !result.missing.is_empty() {
-        return Err(LoadError::MissingKeys(result.missing.into_iter().map(|(path, _)| path).collect()));
+    let missing: Vec<String> = result.missing.into_iter().map(|(path, _)| path).filter(|path| !kept.contains(path)).collect();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingKeys(missing));
     }
+    for (path, linear) in model.block_linears_mut() {
+        if let Some(weight) = stored_int8.remove(&path) {
+            linear.weight = Param::initialized(linear.weight.id, weight);
+        }
+    }
+    debug_assert!(stored_int8.is_empty(), "every int8 weight kept is a block Linear's: {:?}", stored_int8.keys());
     Ok(())
 }
 
@@ -338,6 +389,11 @@ fn finite_f32_bytes(file: &SafeTensors, name: &str, view: &safetensors::tensor::
 
 /// f32 bytes of the int8 matrix `name` times its per-row scales `<name>_scale`.
 fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> Result<Vec<u8>, LoadError> {
+    Ok(storage::dequantize_rows(data, &int8_scales(file, name, shape)?))
+}
+
+/// The per-row scales `<name>_scale` of the int8 matrix `name`, checked: F32, one per row, finite.
+fn int8_scales(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
     let scale_name = format!("{name}{}", storage::SCALE_SUFFIX);
     let bad = |message: String| LoadError::Tensor { name: name.to_string(), message };
     let scale = file.tensor(&scale_name).map_err(|_| bad(format!("an int8 tensor needs its scales in {scale_name}")))?;
@@ -353,7 +409,7 @@ fn dequantize(file: &SafeTensors, name: &str, shape: &[usize], data: &[u8]) -> R
     if scales.iter().any(|s| !s.is_finite()) {
         return Err(bad(format!("{scale_name} holds non-finite scales")));
     }
-    Ok(storage::dequantize_rows(data, &scales))
+    Ok(scales)
 }
 
 /// Little-endian f32 bytes of a tensor stored as f32, f16, bf16 or f64.

@@ -3,9 +3,9 @@
 //! int8 applies to the Linear weights of the encoder blocks (query, key, value, attention output,
 //! MLP), symmetric per output channel: `w[o, i] ~= q[o, i] * scale[o]` with `q` in -127..=127.
 //! `<name>` is stored as I8 `[out, in]` and `<name>_scale` as F32 `[out]`; norms, biases, embeddings
-//! and the classifier stay f32. Loading rebuilds f32 weights (natively and in the browser), so every
-//! backend runs the same model; the file is about 4x smaller. For inference on a CPU with integer
-//! kernels, `Vit::with_int8_products` turns those weights back into int8 and computes on them.
+//! and the classifier stay f32; the file is about 4x smaller. `load_safetensors` rebuilds f32
+//! weights, so every backend runs the same model; `load_bundle_for_inference` keeps the stored
+//! integers as they are for the int8 products, where the device and CPU have them.
 
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};

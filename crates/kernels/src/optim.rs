@@ -116,7 +116,9 @@ unsafe fn update_chunk<V: F32x>(
                 V::load(m.add(i)),
                 V::load(v.add(i)),
             );
-            (p2.store(p.add(i)), m2.store(m.add(i)), v2.store(v.add(i)));
+            p2.store(p.add(i));
+            m2.store(m.add(i));
+            v2.store(v.add(i));
             i += V::LANES;
         }
         if i < n {
@@ -127,11 +129,9 @@ unsafe fn update_chunk<V: F32x>(
                 V::load_partial(m.add(i), k),
                 V::load_partial(v.add(i), k),
             );
-            (
-                p2.store_partial(p.add(i), k),
-                m2.store_partial(m.add(i), k),
-                v2.store_partial(v.add(i), k),
-            );
+            p2.store_partial(p.add(i), k);
+            m2.store_partial(m.add(i), k);
+            v2.store_partial(v.add(i), k);
         }
     }
 }

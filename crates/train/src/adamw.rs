@@ -102,7 +102,7 @@ mod tests {
     }
 
     fn values(model: &Linear) -> Vec<f32> {
-        let mut v: Vec<f32> = model.weight.val().into_data().to_vec().unwrap();
+        let mut v: Vec<f32> = model.weight.val().into_data().try_to_vec().unwrap();
         v.extend(
             model
                 .bias
@@ -110,7 +110,7 @@ mod tests {
                 .unwrap()
                 .val()
                 .into_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap(),
         );
         v

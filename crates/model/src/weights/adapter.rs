@@ -68,7 +68,7 @@ mod tests {
         let values: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         let out = transposed(TensorData::new(values.clone(), [rows, cols]));
         assert_eq!(out.shape().to_vec(), vec![cols, rows]);
-        let out: Vec<f32> = out.to_vec().unwrap();
+        let out: Vec<f32> = out.try_to_vec().unwrap();
         for r in 0..rows {
             for c in 0..cols {
                 assert_eq!(out[c * rows + r], values[r * cols + c]);

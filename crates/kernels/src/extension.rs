@@ -18,6 +18,7 @@ use burn_flex::{FlexTensor, Layout};
 
 use crate::attention::{self, Dims, Operand};
 use crate::optim::{self, AdamWBuffers, AdamWStep};
+use crate::norm;
 use crate::{elementwise, int8};
 use crate::linear::{self, Matrix};
 
@@ -34,6 +35,22 @@ pub trait Int8Ops: Backend {
     /// `x [rows, in] @ weight [in, out] + bias [out]`, then the exact GELU when `gelu`; the weight
     /// quantized per output column as [`crate::quantize_linear`] makes it.
     fn linear_int8(x: FloatTensor<Self>, weight: QuantizedTensor<Self>, bias: FloatTensor<Self>, gelu: bool) -> FloatTensor<Self>;
+}
+
+/// LayerNorm over the last axis of `[rows, width]`, also under autodiff: the forward keeps each
+/// row's statistics for the backward.
+#[backend_extension(Flex, Autodiff)]
+pub trait NormOps: Backend {
+    fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f32) -> FloatTensor<Self>;
+    /// [`NormOps::layer_norm`] and its statistics, `[rows, 2]`: each row's mean and `1 / std`.
+    fn layer_norm_keeping_stats(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f32) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// The gradients of x, gamma and beta from the output's.
+    fn layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// The optimizer's update, on parameters outside autodiff (as burn's optimizers see them).
@@ -181,6 +198,85 @@ fn packed(weight: &burn_flex::FlexQTensor) -> Arc<int8::Packed> {
 #[cfg(test)]
 pub(crate) fn packings() -> usize {
     PACKED.lock().expect("the packing cache").len()
+}
+
+/// LayerNorm's forward on flex, with the statistics when `keep_stats`.
+fn layer_norm_forward(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32, keep_stats: bool) -> (FlexTensor, Option<FlexTensor>) {
+    let shape = x.layout().shape().clone();
+    let rows = shape[0];
+    let (x, gamma, beta) = (dense(x), dense(gamma), dense(beta));
+    let x = x.as_slice::<f32>().expect("an f32 input");
+    let mut out = vec![0f32; x.len()];
+    let mut stats = keep_stats.then(|| vec![0f32; 2 * rows]);
+    let (gamma, beta) = (gamma.as_slice::<f32>().expect("an f32 gamma"), beta.as_slice::<f32>().expect("an f32 beta"));
+    norm::forward(x, gamma, beta, epsilon, &mut out, stats.as_deref_mut());
+    (from_vec(out, shape), stats.map(|s| from_vec(s, Shape::new([rows, 2]))))
+}
+
+impl NormOps for Flex {
+    fn layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> FlexTensor {
+        layer_norm_forward(x, gamma, beta, epsilon, false).0
+    }
+
+    fn layer_norm_keeping_stats(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f32) -> (FlexTensor, FlexTensor) {
+        let (out, stats) = layer_norm_forward(x, gamma, beta, epsilon, true);
+        (out, stats.expect("kept"))
+    }
+
+    fn layer_norm_backward(x: FlexTensor, gamma: FlexTensor, stats: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().clone();
+        let width = shape[1];
+        let (x, gamma, stats, grad) = (dense(x), dense(gamma), dense(stats), dense(grad));
+        let (dx, dgamma, dbeta) = norm::backward(
+            x.as_slice::<f32>().expect("an f32 input"),
+            gamma.as_slice::<f32>().expect("an f32 gamma"),
+            stats.as_slice::<f32>().expect("f32 statistics"),
+            grad.as_slice::<f32>().expect("an f32 gradient"),
+        );
+        (from_vec(dx, shape), from_vec(dgamma, Shape::new([width])), from_vec(dbeta, Shape::new([width])))
+    }
+}
+
+impl<B: Backend + NormOps, C: CheckpointStrategy> NormOps for Autodiff<B, C> {
+    fn layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNormBackward;
+
+        impl<B: Backend + NormOps> Backward<B, 3> for LayerNormBackward {
+            /// x, gamma and the statistics.
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, stats) = ops.state;
+                let (dx, dgamma, dbeta) = <B as NormOps>::layer_norm_backward(x, gamma, stats, grad);
+                for (node, grad) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        match LayerNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (x, gamma) = (x.into_primitive(), gamma.into_primitive());
+                let (out, stats) = <B as NormOps>::layer_norm_keeping_stats(x.clone(), gamma.clone(), beta.into_primitive(), epsilon);
+                prep.finish((x, gamma, stats), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(<B as NormOps>::layer_norm(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon))
+            }
+        }
+    }
+
+    fn layer_norm_keeping_stats(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!("LayerNorm's statistics are kept inside its own backward node")
+    }
+
+    fn layer_norm_backward(_: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>, _: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unimplemented!("LayerNorm's backward is not differentiated again")
+    }
 }
 
 impl OptimOps for Flex {

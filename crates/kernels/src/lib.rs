@@ -13,18 +13,19 @@ mod extension;
 pub mod int8;
 pub mod linear;
 mod math;
+pub mod norm;
 pub mod optim;
 mod parallel;
 pub mod simd;
 
 use burn::backend::Dispatch;
-use burn::nn::Linear;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 pub use parallel::on_pool;
 
-use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps, OptimOps};
+use extension::{AttentionOps, GeluOps, InferenceOps, Int8Ops, LinearOps, NormOps, OptimOps};
 
 /// Deterministic values in [-2, 2) (xorshift) for the kernels' unit tests.
 #[cfg(test)]
@@ -158,6 +159,20 @@ fn linear_then<const D: usize>(layer: &Linear, x: Tensor<D>, with_gelu: bool) ->
     let mut shape = dims;
     shape[D - 1] = layer.weight.dims()[1];
     Ok(Tensor::<2>::from_dispatch(out).reshape(shape))
+}
+
+/// `norm.forward(x)`: LayerNorm over the last axis, forward and backward in one pass each on flex.
+/// `epsilon` is the one `norm` was built with (burn keeps its own private).
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, epsilon: f64, x: Tensor<D>) -> Tensor<D> {
+    let Some(beta) = &norm.beta else { return norm.forward(x) };
+    if !kernels_serve(&x) {
+        return norm.forward(x);
+    }
+    let dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, dims[D - 1]]).into_dispatch();
+    let out = <Dispatch as NormOps>::layer_norm(x, norm.gamma.val().into_dispatch(), beta.val().into_dispatch(), epsilon as f32);
+    Tensor::<2>::from_dispatch(out).reshape(dims)
 }
 
 /// Whether [`adamw`] serves this parameter and gradient: f32 on flex, outside autodiff (as burn's

@@ -165,3 +165,25 @@ fn an_int8_linear_computes_on_integers_near_the_f32_one() {
     let trained = vitrine_kernels::quantize_linear(LinearConfig::new(64, 8).init(&Device::flex().autodiff()));
     assert_eq!(trained.weight.val().dtype(), burn::tensor::DType::F32);
 }
+
+#[test]
+fn layer_norm_matches_flex_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    for (shape, epsilon) in [([2, 257, 384], 1e-6), ([3, 7, 5], 1e-5)] {
+        let width = shape[2];
+        let mut norm = burn::nn::LayerNormConfig::new(width).with_epsilon(epsilon).init(&device);
+        norm.gamma = norm.gamma.map(|_| Tensor::<1>::random([width], Distribution::Normal(1.0, 0.5), &device).require_grad());
+        norm.beta = norm.beta.map(|b| b.map(|_| Tensor::<1>::random([width], Distribution::Normal(0.0, 0.5), &device).require_grad()));
+        let x = Tensor::<3>::random(shape, Distribution::Normal(0.5, 2.0), &device).require_grad();
+        let ours = vitrine_kernels::layer_norm(&norm, epsilon, x.clone());
+        let theirs = norm.forward(x.clone());
+        assert_close(ours.clone().detach(), theirs.clone().detach(), 1e-5, "layer norm");
+        let weights = Tensor::<3>::random(shape, Distribution::Default, &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_theirs = (theirs * weights).sum().backward();
+        let beta = norm.beta.as_ref().unwrap();
+        assert_close(x.grad(&g_ours).unwrap(), x.grad(&g_theirs).unwrap(), 1e-5, "layer norm: input gradient");
+        assert_close(norm.gamma.grad(&g_ours).unwrap(), norm.gamma.grad(&g_theirs).unwrap(), 1e-5, "layer norm: gamma gradient");
+        assert_close(beta.grad(&g_ours).unwrap(), beta.grad(&g_theirs).unwrap(), 1e-5, "layer norm: beta gradient");
+    }
+}

@@ -10,7 +10,7 @@ use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear,
 use burn::tensor::Tensor;
 use burn::tensor::Device;
 
-use vitrine_kernels::linear;
+use vitrine_kernels::{layer_norm, linear};
 
 use crate::attention::{Attended, Attention, Probs};
 use crate::config::{Activation, VitConfig};
@@ -114,6 +114,9 @@ pub struct Layer {
     pub layer_scale1: Option<LayerScale>,
     pub layer_scale2: Option<LayerScale>,
     drop_path: DropPath,
+    /// The norms' epsilon, for vitrine's kernel (burn keeps each norm's own private).
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl Layer {
@@ -147,6 +150,7 @@ impl Layer {
             layer_scale1: scale(),
             layer_scale2: scale(),
             drop_path: DropPath::new(rate),
+            layer_norm_eps: config.layer_norm_eps,
         }
     }
 
@@ -164,13 +168,13 @@ impl Layer {
         assert!(merging.is_none() || probs != Probs::Probe, "attention probes need every token: no token merging");
         let size = merging.as_ref().map(|(state, _)| &state.size);
         let Attended { output, mut probs, probe, metric } =
-            self.attention.forward(self.layernorm_before.forward(hidden_states.clone()), probs, size);
+            self.attention.forward(layer_norm(&self.layernorm_before, self.layer_norm_eps, hidden_states.clone()), probs, size);
         let mut x = hidden_states + self.drop_path.forward(scaled(&self.layer_scale1, output));
         if let (Some((state, r)), Some(metric)) = (merging, metric) {
             probs = probs.map(|p| state.unmerge_attention(p));
             x = state.merge(x, metric, r);
         }
-        let hidden = self.intermediate.forward(self.layernorm_after.forward(x.clone()));
+        let hidden = self.intermediate.forward(layer_norm(&self.layernorm_after, self.layer_norm_eps, x.clone()));
         let mlp = linear(&self.output.dense, hidden);
         LayerOutput { hidden_states: x + self.drop_path.forward(scaled(&self.layer_scale2, mlp)), probs, probe }
     }

@@ -60,6 +60,9 @@ pub struct Vit {
     /// Token pairs merged per block at inference ([`crate::tome`]); 0 = off.
     #[module(skip)]
     token_merging: usize,
+    /// The final LayerNorm's epsilon, for vitrine's kernel (burn keeps the norm's own private).
+    #[module(skip)]
+    layer_norm_eps: f64,
 }
 
 impl VitConfig {
@@ -93,6 +96,7 @@ impl VitConfig {
             pooling: self.pooling,
             num_channels: self.num_channels,
             token_merging: 0,
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -214,7 +218,7 @@ impl Vit {
     /// LayerNorm (training from cached blocks; `start` 0 takes [`Vit::embed`]'s output).
     pub fn forward_features_from(&self, hidden_states: Tensor<3>, start: usize) -> Tensor<3> {
         let end = self.vit.encoder.layer.len();
-        self.vit.layernorm.forward(self.forward_blocks(hidden_states, start..end))
+        vitrine_kernels::layer_norm(&self.vit.layernorm, self.layer_norm_eps, self.forward_blocks(hidden_states, start..end))
     }
 
     /// The embeddings and blocks, keeping the attention probabilities that `probs` asks for; on
@@ -236,7 +240,7 @@ impl Vit {
             attentions.extend(out.probs);
             probes.extend(out.probe);
         }
-        Run { last_hidden_state: self.vit.layernorm.forward(x), attentions, probes, size: merging.map(|m| m.size) }
+        Run { last_hidden_state: vitrine_kernels::layer_norm(&self.vit.layernorm, self.layer_norm_eps, x), attentions, probes, size: merging.map(|m| m.size) }
     }
 
     /// The classifier's input: CLS, or CLS concatenated with the mean patch token (DINOv2).

@@ -130,7 +130,7 @@ unsafe fn backward_row<V: F32x>(x: &[f32], dy: &[f32], gamma: &[f32], mean: f32,
         let x_hat = |i: usize, k: usize| load::<V>(px.add(i), k).sub(m).mul(r);
         let g = |i: usize, k: usize| load::<V>(pdy.add(i), k).mul(load::<V>(pg.add(i), k));
         // Padding lanes: dy loads as 0 there, so both sums ignore them.
-        let a = sum_lanes::<V>(n, #[inline(always)] |i, k| g(i, k)) / n as f32;
+        let a = sum_lanes::<V>(n, &g) / n as f32;
         let b = sum_lanes::<V>(n, #[inline(always)] |i, k| g(i, k).mul(x_hat(i, k))) / n as f32;
         let (a, b) = (V::splat(a), V::splat(b));
         let (pdx, pdg, pdb) = (dx.as_mut_ptr(), dgamma.as_mut_ptr(), dbeta.as_mut_ptr());

@@ -327,7 +327,11 @@ fn load_into(model: &mut Vit, file: &SafeTensors, family: Family, int8_weights: 
             linear.weight = Param::initialized(linear.weight.id, weight);
         }
     }
-    debug_assert!(stored_int8.is_empty(), "every int8 weight kept is a block Linear's: {:?}", stored_int8.keys());
+    // Only block Linear weights are kept as int8, and each has its layer: nothing may be left over
+    // (a weight left out would keep its placeholder values).
+    if let Some(path) = stored_int8.keys().next() {
+        return Err(LoadError::Tensor { name: format!("{path}.weight"), message: "an int8 weight with no block Linear to hold it".into() });
+    }
     Ok(())
 }
 

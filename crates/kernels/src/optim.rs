@@ -5,7 +5,7 @@
 //! (`docs/performance.md`). This kernel does the same arithmetic, in the same order and without
 //! fused multiply-adds, so that its result is bit for bit burn's.
 
-use crate::parallel;
+use crate::parallel::{self, SharedMut};
 use crate::simd::{F32x, dispatch};
 
 /// Elements per thread task.
@@ -64,37 +64,13 @@ pub fn adamw_update(b: AdamWBuffers<'_>, step: AdamWStep) {
         "adamw: parameter, gradient and moments differ in length"
     );
     // Chunks of the parameter by index; every buffer is cut at the same places.
-    let (param, grad, m, v) = (
-        Shared(b.param.as_mut_ptr()),
-        Shared(b.grad.as_ptr() as *mut f32),
-        Shared(b.moment_1.as_mut_ptr()),
-        Shared(b.moment_2.as_mut_ptr()),
-    );
+    let (param, m, v) = (SharedMut(b.param.as_mut_ptr()), SharedMut(b.moment_1.as_mut_ptr()), SharedMut(b.moment_2.as_mut_ptr()));
+    let grad = b.grad;
     parallel::for_each_index(n.div_ceil(CHUNK), |i| {
         let (start, len) = (i * CHUNK, CHUNK.min(n - i * CHUNK));
         // Each index owns the chunk [start, start + len) of every buffer, inside its length.
-        dispatch!(update_chunk(
-            param.at(start),
-            grad.at(start),
-            m.at(start),
-            v.at(start),
-            len,
-            step
-        ))
+        dispatch!(update_chunk(param.at(start), grad[start..].as_ptr(), m.at(start), v.at(start), len, step))
     });
-}
-
-/// A buffer's pointer, shared by tasks that each touch their own chunk of it.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: the tasks of `adamw_update` read and write disjoint chunks.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 #[inline(always)]

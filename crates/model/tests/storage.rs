@@ -55,6 +55,15 @@ fn int8_storage_stays_within_2_percent_of_the_logit_range() {
     }
 }
 
+/// The fixture `name`'s config, its f32 model on flex, and its weights stored as int8.
+fn stored_as_int8(name: &str) -> (String, vitrine_model::Loaded, Vec<u8>) {
+    let dir = fixture(name);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let f32_model = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &Device::flex()).unwrap();
+    let stored = save_safetensors_as(&f32_model.model, f32_model.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
+    (config, f32_model, stored)
+}
+
 #[test]
 fn int8_products_stay_near_the_f32_products_of_the_same_int8_weights() {
     if !vitrine_kernels::int8::available() {
@@ -62,11 +71,8 @@ fn int8_products_stay_near_the_f32_products_of_the_same_int8_weights() {
         return;
     }
     for name in ["vit", "deit", "dinov2"] {
-        let dir = fixture(name);
-        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let (config, f32_model, stored) = stored_as_int8(name);
         let device = Device::flex();
-        let f32_model = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
-        let stored = save_safetensors_as(&f32_model.model, f32_model.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
         let int8 = load_safetensors(&config, &stored, &device).unwrap().model;
         let side = f32_model.config.image_size;
         let a = int8.forward(input(side)).into_data().try_into_vec::<f32>().unwrap();
@@ -91,11 +97,8 @@ fn int8_loaded_for_inference_computes_on_the_stored_integers() {
         return;
     }
     for name in ["vit", "deit", "dinov2"] {
-        let dir = fixture(name);
-        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let (config, f32_model, stored) = stored_as_int8(name);
         let device = Device::flex();
-        let f32_model = load_safetensors(&config, &std::fs::read(dir.join("model.safetensors")).unwrap(), &device).unwrap();
-        let stored = save_safetensors_as(&f32_model.model, f32_model.hf_config.model_type().unwrap(), Storage::Int8).unwrap();
         // As `vitrine quantize` writes it: the config records the scheme.
         let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
         json["quantization"] = Storage::Int8.config_entry().unwrap();

@@ -418,7 +418,7 @@ fn int8_scales(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f3
 
 /// Little-endian f32 bytes of a tensor stored as f32, f16, bf16 or f64.
 fn to_f32_bytes(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<u8>, LoadError> {
-    let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> { le::bytes_of(data.chunks_exact(width).map(f)) };
+    let convert = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> Vec<u8> { le::bytes_of(data.chunks_exact(width).map(|c| f(c).to_le_bytes())) };
     Ok(match dtype {
         Dtype::F32 => data.to_vec(),
         Dtype::F16 => convert(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),

@@ -78,17 +78,13 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
 pub fn dequantize_rows(q: &[u8], scales: &[f32]) -> Vec<u8> {
     let cols = q.len() / scales.len().max(1);
     let scale_of = |i: usize| scales[i / cols.max(1)];
-    super::le::bytes_of(q.iter().enumerate().map(|(i, &v)| f32::from(v as i8) * scale_of(i)))
+    super::le::bytes_of(q.iter().enumerate().map(|(i, &v)| (f32::from(v as i8) * scale_of(i)).to_le_bytes()))
 }
 
 /// Little-endian bytes of `values` as `dtype` (F32 or F16).
 pub fn float_bytes(values: &[f32], dtype: Dtype) -> Vec<u8> {
     match dtype {
-        Dtype::F16 => {
-            let mut out = Vec::with_capacity(values.len() * 2);
-            values.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()));
-            out
-        }
+        Dtype::F16 => super::le::bytes_of(values.iter().map(|v| half::f16::from_f32(*v).to_le_bytes())),
         _ => super::le::bytes(values),
     }
 }

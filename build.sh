@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the browser app into dist/ (a folder that a Hugging Face static Space serves as it is).
 #
-#   ./build.sh            build the two wasm builds (release) and lay out the site in dist/
+#   ./build.sh            build the three wasm builds (release) and lay out the site in dist/
 #   ./build.sh serve      the same, then serve dist/ on http://127.0.0.1:8080 (PORT=... to change),
 #                         cross-origin isolated as the Space is (wasm threads)
 #   ./build.sh tools      only install the build tools (wasm32 target, wasm-pack, wasm-bindgen-cli)
@@ -63,23 +63,36 @@ wasm_pack_build() {
   log "$name: $(du -h "$wasm" | cut -f1) wasm, $(gzip -9c "$wasm" | wc -c | awk '{ printf "%.1f MB", $1 / 1e6 }') gzipped"
 }
 
-# The two builds the page chooses from (www/worker.js): pkg/, WebGPU with a one-thread CPU path, and
-# pkg-threads/, the CPU path on wasm threads (rayon on Web Workers). Threads need the standard library
-# built with atomics: -Z build-std on the stable toolchain (RUSTC_BOOTSTRAP), with rust-src. Atomics
-# no longer imply a shared memory (rust-lang/rust#147225): the linker is asked for one (imported, so that
-# every worker gets the same), up to the 4 GiB that wasm32 can address, with the thread-local storage
-# symbols wasm-bindgen's thread support needs. That build has its own target folder, as its flags
-# differ from the other's.
+# The three builds the page chooses from (www/worker.js):
+# - pkg/: WebGPU, and the CPU path on one thread;
+# - pkg-threads/: the CPU path on wasm threads (rayon on Web Workers);
+# - pkg-relaxed/: the same, with the matrix products compiled for relaxed SIMD (fused multiply-add in
+#   gemm's microkernel, crates/vendor/gemm-f32/PATCH.md, and the int8 dot), for the browsers that
+#   have it: a module with one relaxed instruction does not load elsewhere. Only the products, through
+#   the crates' relaxed-simd feature: with +relaxed-simd for the whole build, burn-flex's macerator
+#   0.5.2 does not compile.
+# Threads need the standard library built with atomics: -Z build-std on the stable toolchain
+# (RUSTC_BOOTSTRAP), with rust-src. Atomics no longer imply a shared memory (rust-lang/rust#147225):
+# the linker is asked for one (imported, so that every worker gets the same), up to the 4 GiB that
+# wasm32 can address, with the thread-local storage symbols wasm-bindgen's thread support needs.
+# Each threaded build has its own target folder, as its flags or features differ from the others'.
 THREADS_RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+simd128
   -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=4294967296
   -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size
   -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base"
+threaded_build() { # folder, log name, cargo arguments
+  local out=$1 name=$2
+  shift 2
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-${out#pkg-}" RUSTFLAGS="$(echo $THREADS_RUSTFLAGS)" \
+    wasm_pack_build "$out" "$name" -- -Z build-std=panic_abort,std "$@"
+}
 build_wasm() {
   log "building crates/web for wasm32 (release): WebGPU + one-thread CPU"
   wasm_pack_build pkg "pkg (WebGPU)"
   log "building crates/web for wasm32 (release): the CPU on wasm threads"
-  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/wasm-threads" RUSTFLAGS="$(echo $THREADS_RUSTFLAGS)" \
-    wasm_pack_build pkg-threads "pkg-threads (CPU threads)" -- -Z build-std=panic_abort,std
+  threaded_build pkg-threads "pkg-threads (CPU threads)"
+  log "building crates/web for wasm32 (release): the CPU on wasm threads, with relaxed SIMD"
+  threaded_build pkg-relaxed "pkg-relaxed (CPU threads, relaxed SIMD)" --features relaxed-simd
 }
 
 layout_site() {
@@ -87,7 +100,7 @@ layout_site() {
   mkdir -p "$DIST/www"
   # Start clean, except for the wasm builds.
   find "$DIST" -mindepth 1 -maxdepth 1 ! -name www -exec rm -rf {} +
-  find "$DIST/www" -mindepth 1 -maxdepth 1 ! -name pkg ! -name pkg-threads -exec rm -rf {} +
+  find "$DIST/www" -mindepth 1 -maxdepth 1 ! -name pkg ! -name pkg-threads ! -name pkg-relaxed -exec rm -rf {} +
   cp index.html sw.js "$DIST/"
   # www/ without the wasm build output, which lives only in dist/.
   (cd www && find . -type f ! -path './pkg/*' -print0 | while IFS= read -r -d '' f; do
@@ -124,7 +137,7 @@ EOF
 *.safetensors filter=lfs diff=lfs merge=lfs -text
 *.wasm filter=lfs diff=lfs merge=lfs -text
 EOF
-  for pkg in pkg pkg-threads; do
+  for pkg in pkg pkg-threads pkg-relaxed; do
     [ -f "$DIST/www/$pkg/vitrine_web_bg.wasm" ] || { echo "dist/www/$pkg has no wasm: run ./build.sh first" >&2; exit 1; }
   done
 }

@@ -57,7 +57,8 @@ const call = (message, transfer) => thread.call(message, transfer);
 
 function startWorker(wanted) {
   const threads = Number.parseInt(params.get('threads') ?? '', 10);
-  return thread.start({ backend: wanted, threads: threads > 0 ? threads : 0 });
+  // ?simd=128 keeps the CPU path off relaxed SIMD (to compare the two builds).
+  return thread.start({ backend: wanted, threads: threads > 0 ? threads : 0, relaxed: params.get('simd') !== '128' });
 }
 
 async function boot() {
@@ -135,8 +136,10 @@ async function initBackend(wanted) {
   const badge = $('backend');
   badge.dataset.backend = backend.kind;
   badge.dataset.threads = backend.threads ?? '';
+  badge.dataset.simd = backend.simd ?? '';
   const threads = backend.threads > 1 ? `${backend.threads} threads` : '1 thread';
-  $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : `CPU · WebAssembly SIMD · ${threads}`;
+  const simd = backend.simd === 'relaxed' ? 'relaxed SIMD' : 'SIMD';
+  $('backend-text').textContent = backend.kind === 'webgpu' ? `WebGPU · ${backend.adapter}` : `CPU · WebAssembly ${simd} · ${threads}`;
   badge.title = backend.kind === 'webgpu' ? `Runs on the GPU through WebGPU (${backend.adapter})` : `Runs on the CPU (${backend.adapter})`;
   const oneThread = backend.single ? ` on one thread, since ${backend.single}` : '';
   if (backend.fallback) {

@@ -2,10 +2,11 @@
 // The page talks to it with messages (see app.js); nothing here touches the DOM.
 import { MODEL_CACHE, forgetModel } from './model-cache.js';
 
-// The build of crates/web this worker runs (build.sh makes two): `pkg/` has WebGPU and a CPU path on
+// The build of crates/web this worker runs (build.sh makes three): `pkg/` has WebGPU and a CPU path on
 // one thread; `pkg-threads/` is the CPU path alone, on a pool of Web Workers (wasm threads, which need
-// cross-origin isolation). Only the one in use is downloaded.
-const BUILDS = { webgpu: './pkg/vitrine_web.js', threads: './pkg-threads/vitrine_web.js' };
+// cross-origin isolation); `pkg-relaxed/` is the same with relaxed SIMD (fused multiply-add), for the
+// browsers that have it. Only the one in use is downloaded.
+const BUILDS = { webgpu: './pkg/vitrine_web.js', threads: './pkg-threads/vitrine_web.js', relaxed: './pkg-relaxed/vitrine_web.js' };
 
 let wasm = null; // the module of the build in use
 let backend = null;
@@ -26,8 +27,9 @@ self.onmessage = async ({ data }) => {
 };
 
 const handlers = {
-  // `wanted`: 'auto', 'webgpu' or 'cpu'; `threads`: the CPU threads asked for (0: every core).
-  async init({ id, backend: wanted, threads: asked = 0 }) {
+  // `wanted`: 'auto', 'webgpu' or 'cpu'; `threads`: the CPU threads asked for (0: every core);
+  // `relaxed`: false keeps the CPU path off relaxed SIMD even where the browser has it.
+  async init({ id, backend: wanted, threads: asked = 0, relaxed = true }) {
     let fallback = null; // why WebGPU is not used
     if (wanted !== 'cpu') {
       const adapter = 'gpu' in navigator ? await navigator.gpu.requestAdapter().catch(() => null) : null;
@@ -52,20 +54,24 @@ const handlers = {
     if (!backend) {
       const plan = cpuThreads(asked);
       single = plan.single;
-      if (plan.threads > 1) {
+      // Relaxed SIMD's build runs on the pool whatever its size; the other threaded build only on two
+      // threads or more (one thread is the one-thread build's, which needs no isolation).
+      const threaded = plan.isolated && relaxed && relaxedSimd() ? 'relaxed' : plan.threads > 1 ? 'threads' : null;
+      if (threaded) {
         try {
-          wasm = await start('threads', plan.threads);
+          wasm = await start(threaded, plan.threads);
         } catch (err) {
           single = `the threaded build did not start (${messageOf(err)})`;
         }
       }
-      if (wasm?.build() !== 'threads') wasm = await start('webgpu');
+      if (wasm?.build() !== threaded) wasm = await start('webgpu');
       backend = wasm.Backend.cpu();
     }
     const adapter = backend.kind === 'webgpu' ? await describeAdapter(backend.adapter) : backend.adapter;
     post({
       type: 'backend', id, kind: backend.kind, adapter, fallback: wanted === 'cpu' ? null : fallback, wanted,
       threads: backend.kind === 'cpu' ? wasm.threads() : null, single: backend.kind === 'cpu' ? single : null,
+      simd: backend.kind === 'cpu' ? (wasm.build() === 'relaxed' ? 'relaxed' : 'simd128') : null,
       files: loadedFiles(),
     });
   },
@@ -274,7 +280,7 @@ function start(build, threads = 1) {
   started[build] ??= (async () => {
     const module = await import(BUILDS[build]);
     await module.default();
-    if (build === 'threads') await module.initThreadPool(threads);
+    if (build !== 'webgpu') await module.initThreadPool(threads);
     return module;
   })();
   return started[build];
@@ -284,12 +290,19 @@ function start(build, threads = 1) {
 // memory, which browsers give only to cross-origin isolated pages (COOP and COEP headers).
 function cpuThreads(asked) {
   if (!self.crossOriginIsolated || typeof SharedArrayBuffer === 'undefined') {
-    return { threads: 1, single: 'the page is not cross-origin isolated, so the browser allows no WebAssembly threads' };
+    return { threads: 1, isolated: false, single: 'the page is not cross-origin isolated, so the browser allows no WebAssembly threads' };
   }
   const cores = navigator.hardwareConcurrency || 1;
-  if (asked === 1) return { threads: 1, single: 'the page address asks for one thread (threads=1)' };
-  if (cores < 2 && !asked) return { threads: 1, single: 'the browser reports one core' };
-  return { threads: asked || cores, single: null };
+  if (asked === 1) return { threads: 1, isolated: true, single: 'the page address asks for one thread (threads=1)' };
+  if (cores < 2 && !asked) return { threads: 1, isolated: true, single: 'the browser reports one core' };
+  return { threads: asked || cores, isolated: true, single: null };
+}
+
+// Whether this browser runs relaxed SIMD: a module of one relaxed instruction (i8x16.relaxed_swizzle)
+// validates only where it does.
+function relaxedSimd() {
+  const probe = [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15, 65, 2, 253, 15, 253, 128, 2, 11];
+  return WebAssembly.validate(new Uint8Array(probe));
 }
 
 // The site's files this worker fetched (the build in use), for the service worker to keep offline.

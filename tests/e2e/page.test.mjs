@@ -5,7 +5,9 @@
 // (but for ties at that precision: assertMatchesNative).
 // The page decodes uploaded files with the same Rust decoder and preprocessing as the CLI, so only the
 // backend's float arithmetic differs (WebGPU or wasm CPU vs native flex; seen: under 1e-6).
-// An int8 bundle on the CPU path: within 5e-3. Both sides compute integer products on activations
+// An int8 bundle on the CPU path: within 5e-3, against `vitrine predict` on the bundle that the
+// page's build computes with (the relaxed-SIMD build halves int8 weights to 7 bits: the reference
+// is then the same bundle halved, tests/e2e/seven-bit.mjs). Both sides compute integer products on activations
 // rounded per token, and a last-bit difference in the f32 arithmetic before a product (wasm has no
 // fused multiply-add) moves some values across a rounding step; seen: up to 2.0e-3 (the shipped
 // bundle, church.jpg), where two native runs of the same model through different f32 kernels
@@ -21,6 +23,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from './server.mjs';
+import { sevenBitCopy } from './seven-bit.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = join(ROOT, 'dist');
@@ -52,15 +55,24 @@ const gpuUrl = (server) => `${server.url}?backend=webgpu&model=/fixtures/vit/`;
 mkdirSync(ARTIFACTS, { recursive: true });
 
 // `vitrine predict`'s top-5 for `image` (a fixture photo's name, or a path), with the tolerance the
-// page's answer is held to.
-function native(image, bundle = BUNDLE, tome = 0, { webgpu = false } = {}) {
+// page's answer is held to. `relaxed`: the page ran its relaxed-SIMD build (Chromium's CPU path when
+// the page is cross-origin isolated), which computes an int8 bundle with 7-bit weights.
+function native(image, bundle = BUNDLE, tome = 0, { webgpu = false, relaxed = true } = {}) {
   const env = webgpu ? F32_PRODUCTS : process.env;
   const path = image.startsWith('/') ? image : join(IMAGES, image);
-  const out = execFileSync(VITRINE, ['predict', '--model', bundle, '--tome', String(tome), '--json', path], { encoding: 'utf8', env });
-  const top = JSON.parse(out)[0].top;
   const int8 = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')).quantization?.weights === 'int8';
+  const reference = int8 && !webgpu && relaxed ? sevenBit(bundle) : bundle;
+  const out = execFileSync(VITRINE, ['predict', '--model', reference, '--tome', String(tome), '--json', path], { encoding: 'utf8', env });
+  const top = JSON.parse(out)[0].top;
   top.tolerance = int8 && !webgpu ? INT8_TOLERANCE : TOLERANCE;
   return top;
+}
+
+// The 7-bit copy of each int8 bundle, made once.
+const sevenBitCopies = new Map();
+function sevenBit(bundle) {
+  if (!sevenBitCopies.has(bundle)) sevenBitCopies.set(bundle, sevenBitCopy(bundle));
+  return sevenBitCopies.get(bundle);
 }
 
 // `vitrine explain --json`'s relevance map for `image` and class `label` (a fixture photo's name, or a path).
@@ -581,10 +593,11 @@ describe('with WebGPU', () => {
     await nextResult(page, 0, 'tench.jpg');
     await page.evaluate(() => navigator.serviceWorker.ready);
     await page.waitForFunction(() => navigator.serviceWorker.controller || document.readyState === 'complete');
-    // The build the page runs (the threaded one: this server sends the isolation headers) is kept.
+    // The build the page runs (the threaded one with relaxed SIMD: this server sends the isolation
+    // headers, and Chromium has relaxed SIMD) is kept.
     await page.waitForFunction(async () => {
       const keys = await Promise.all((await caches.keys()).map(async (name) => (await caches.open(name)).keys()));
-      return keys.flat().some((request) => request.url.endsWith('/pkg-threads/vitrine_web_bg.wasm'));
+      return keys.flat().some((request) => request.url.endsWith('/pkg-relaxed/vitrine_web_bg.wasm'));
     }, null, { timeout: TIMEOUT });
     await own.close(); // the network is gone
     await page.reload();
@@ -645,6 +658,29 @@ describe('without WebGPU', () => {
     await checkTokenMerging(browser, `${server.url}?model=/fixtures/vit/&tome=3`, 'CPU');
   });
 
+  test('relaxed SIMD where the browser has it; ?simd=128 runs the threaded build without; both give the native top-5', { timeout: TIMEOUT * 2 }, async () => {
+    for (const [query, simd, pkg] of [['', 'relaxed', 'pkg-relaxed'], ['?simd=128', 'simd128', 'pkg-threads']]) {
+      const own = await serve(DIST, 0, FIXTURES);
+      try {
+        const { context, page, errors } = await open(browser, `${own.url}${query}`);
+        await page.waitForSelector('#backend[data-backend="cpu"]', { timeout: TIMEOUT });
+        assert.equal(await page.getAttribute('#backend', 'data-simd'), simd, query || 'by default');
+        assert.ok(Number(await page.getAttribute('#backend', 'data-threads')) >= 2, `${simd} on threads`);
+        await nextResult(page, 0, 'tench.jpg');
+        const seq = await seqOf(page);
+        await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
+        const reference = native('church.jpg', BUNDLE, 0, { relaxed: simd === 'relaxed' });
+        assertMatchesNative(await nextResult(page, seq, 'church.jpg'), reference, `church.jpg, ${simd}`);
+        const builds = new Set(own.requests.filter((path) => path.endsWith('_bg.wasm')).map((path) => path.split('/').at(-2)));
+        assert.deepEqual([...builds], [pkg], `only ${pkg} is downloaded`);
+        assert.deepEqual(errors, []);
+        await context.close();
+      } finally {
+        await own.close();
+      }
+    }
+  });
+
   test('served without isolation headers and no service worker: one thread, and the page says why; ?threads=1 too', { timeout: TIMEOUT * 2 }, async () => {
     const plain = await serve(DIST, 0, FIXTURES, { isolate: false });
     try {
@@ -655,7 +691,7 @@ describe('without WebGPU', () => {
       await nextResult(page, 0, 'tench.jpg');
       const seq = await seqOf(page);
       await page.setInputFiles('#file', join(IMAGES, 'church.jpg'));
-      assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg'), 'church.jpg on one thread');
+      assertMatchesNative(await nextResult(page, seq, 'church.jpg'), native('church.jpg', BUNDLE, 0, { relaxed: false }), 'church.jpg on one thread');
       assert.ok(!plain.requests.some((path) => path.includes('/pkg-threads/')), 'the threaded build is not downloaded');
       await context.close();
       assert.deepEqual(errors, []);
@@ -723,7 +759,8 @@ describe('without WebGPU', () => {
       mkdirSync(join(folder, name), { recursive: true });
       for (const image of images) writeFileSync(join(folder, name, image), readFileSync(join(IMAGES, image)));
     }
-    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', BUNDLE, '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+    // The page runs its relaxed-SIMD build here, on the shipped int8 bundle's 7-bit weights.
+    const reference = JSON.parse(execFileSync(VITRINE, ['eval', '--model', sevenBit(BUNDLE), '--data', folder, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
 
     const { context, page, errors } = await open(browser, server.url);
     await nextResult(page, 0, 'tench.jpg');

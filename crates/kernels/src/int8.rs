@@ -8,6 +8,10 @@
 //!   adding 128; the 128 x column sums that this adds are taken off in the epilogue.
 //! - AVX2: `vpmaddwd` on values widened to i16, 16 products per instruction, exact (the u8 x i8
 //!   `vpmaddubsw` would saturate its i16 pair sums at full 8-bit range).
+//! - wasm relaxed SIMD: `i32x4.relaxed_dot_i8x16_i7x16_add_s`, 16 products per instruction, in the
+//!   build that has relaxed SIMD. Its second operand has 7 bits (0..=127, or the result is the
+//!   browser's choice): the weights are halved to -63..=63 (their scale doubled) and stored + 64; the
+//!   64 x row sums of the activations that this adds are taken off in the epilogue.
 //! - wasm simd128: `i32x4.dot_i16x8_s` on i16 pairs, 8 products per instruction (the AVX2 scheme
 //!   at half the width; the browser compiles it to `pmaddwd`).
 //! - elsewhere: [`available`] is false and the layer keeps f32 weights.
@@ -42,6 +46,8 @@ pub enum Int8Isa {
     Amx,
     Vnni512,
     Avx2,
+    /// wasm relaxed SIMD's 8-bit dot product, on 7-bit weights (the build with the `relaxed-simd` feature).
+    RelaxedSimd,
     /// wasm simd128, which every browser with WebAssembly SIMD has (the build requires it).
     Simd128,
     None,
@@ -76,15 +82,16 @@ impl Int8Isa {
             kernels.into_iter().filter_map(|(runs, isa)| runs.then_some(isa)).collect()
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return vec![Int8Isa::Simd128];
+        return if cfg!(feature = "relaxed-simd") { vec![Int8Isa::RelaxedSimd, Int8Isa::Simd128] } else { vec![Int8Isa::Simd128] };
         #[cfg(not(any(target_arch = "x86_64", all(target_arch = "wasm32", target_feature = "simd128"))))]
         Vec::new()
     }
 
-    /// Products summed per 32-bit lane: 4 for `vpdpbusd` and `tdpbusd`, 2 for `vpmaddwd`.
+    /// Products summed per 32-bit lane: 4 for `vpdpbusd`, `tdpbusd` and the relaxed dot, 2 for
+    /// `vpmaddwd`.
     fn group(self) -> usize {
         match self {
-            Int8Isa::Amx | Int8Isa::Vnni512 => 4,
+            Int8Isa::Amx | Int8Isa::Vnni512 | Int8Isa::RelaxedSimd => 4,
             _ => 2,
         }
     }
@@ -93,7 +100,7 @@ impl Int8Isa {
     fn block(self) -> usize {
         match self {
             Int8Isa::Amx | Int8Isa::Vnni512 => 64,
-            Int8Isa::Simd128 => 8,
+            Int8Isa::Simd128 | Int8Isa::RelaxedSimd => 8,
             _ => 16,
         }
     }
@@ -110,10 +117,43 @@ impl Int8Isa {
         if self == Int8Isa::Amx { AMX_ROWS } else { ROWS }
     }
 
-    /// Whether activations are u8 (i8 + 128, for `vpdpbusd`/`tdpbusd`) rather than i16.
-    fn unsigned(self) -> bool {
-        matches!(self, Int8Isa::Amx | Int8Isa::Vnni512)
+    /// How the kernel reads quantized activations.
+    fn activations(self) -> Encoding {
+        match self {
+            Int8Isa::Amx | Int8Isa::Vnni512 => Encoding::Unsigned,
+            Int8Isa::RelaxedSimd => Encoding::Signed,
+            _ => Encoding::Wide,
+        }
     }
+
+    /// What packing adds to each weight (the relaxed dot's operand must not be negative).
+    fn weight_offset(self) -> i32 {
+        if self == Int8Isa::RelaxedSimd { 64 } else { 0 }
+    }
+}
+
+/// Quantized activations as a kernel reads them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// i8 + 128, one byte each (`vpdpbusd`, `tdpbusd`: unsigned x signed).
+    Unsigned,
+    /// i8, one byte each (the relaxed dot: signed x 7-bit).
+    Signed,
+    /// i8 widened to little-endian i16 (`vpmaddwd`, `i32x4.dot_i16x8_s`).
+    Wide,
+}
+
+impl Encoding {
+    /// What the encoding adds to each activation.
+    fn offset(self) -> i32 {
+        if self == Encoding::Unsigned { 128 } else { 0 }
+    }
+}
+
+/// A weight of int8's -127..=127 in the relaxed dot's 7 bits: halved, ties to even, within
+/// -63..=63 (its column's scale doubles).
+fn seven_bits(w: i8) -> i8 {
+    (f32::from(w) / 2.0).round_ties_even().clamp(-63.0, 63.0) as i8
 }
 
 /// Whether this CPU computes int8 products faster than f32 ones here.
@@ -207,8 +247,10 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
 /// Packing reads the weight once; a layer's packing is kept and reused ([`crate::quantize_linear`]).
 pub struct Packed {
     values: Vec<i8>,
-    /// `sum_k w[k, c]`, for the VNNI offset of 128.
-    column_sums: Vec<i32>,
+    /// `offset * sum_k w[k, c]`, taken off each sum: what the activations' offset (128 for VNNI) adds.
+    column_offsets: Vec<i32>,
+    /// The step of a packed weight in units of the bundle's: 2 for the relaxed dot's halved weights.
+    weight_step: f32,
     /// Bytes of one block.
     stride: usize,
     d_in: usize,
@@ -234,8 +276,9 @@ impl Packed {
         let blocks = d_out.div_ceil(block);
         let stride = groups * block * group;
         let mut values = vec![0i8; blocks * stride];
-        let mut column_sums = vec![0i32; blocks * block];
-        let pack = |(b, (values, sums)): (usize, (&mut [i8], &mut [i32]))| {
+        let mut column_offsets = vec![0i32; blocks * block];
+        let (halved, weight_offset, activation_offset) = (isa == Int8Isa::RelaxedSimd, isa.weight_offset(), isa.activations().offset());
+        let pack = |(b, (values, offsets)): (usize, (&mut [i8], &mut [i32]))| {
             let c0 = b * block;
             let width = block.min(d_out - c0);
             for k in 0..d_in {
@@ -243,16 +286,18 @@ impl Packed {
                 let (g, t) = (k / group, k % group);
                 let out = &mut values[g * block * group..][..block * group];
                 for (j, &v) in row.iter().enumerate() {
-                    out[j * group + t] = v;
+                    let v = if halved { seven_bits(v) } else { v };
+                    out[j * group + t] = (i32::from(v) + weight_offset) as i8;
+                    offsets[j] += activation_offset * i32::from(v);
                 }
-                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += i32::from(v));
             }
         };
         #[cfg(threads)]
-        values.par_chunks_mut(stride).zip(column_sums.par_chunks_mut(block)).enumerate().for_each(pack);
+        values.par_chunks_mut(stride).zip(column_offsets.par_chunks_mut(block)).enumerate().for_each(pack);
         #[cfg(not(threads))]
-        values.chunks_mut(stride).zip(column_sums.chunks_mut(block)).enumerate().for_each(pack);
-        Self { values, column_sums, stride, d_in, d_out, isa }
+        values.chunks_mut(stride).zip(column_offsets.chunks_mut(block)).enumerate().for_each(pack);
+        let weight_step = if halved { 2.0 } else { 1.0 };
+        Self { values, column_offsets, weight_step, stride, d_in, d_out, isa }
     }
 }
 
@@ -273,11 +318,13 @@ struct Tile<'a> {
     gelu: bool,
 }
 
-/// One task's rows, quantized: u8 (AMX, VNNI: i8 + 128) or little-endian i16 (AVX2, simd128) values, padded to
-/// whole tiles and groups, and each row's scale.
+/// One task's rows, quantized ([`Encoding`]: u8 for AMX and VNNI, i8 for the relaxed dot,
+/// little-endian i16 for AVX2 and simd128), padded to whole tiles and groups, each row's scale, and
+/// what the weights' offset adds to each row's sums (`offset * sum_k q[r, k]`).
 struct Activations {
     bytes: Vec<u8>,
     scales: Vec<f32>,
+    offsets: Vec<i32>,
 }
 
 impl Tile<'_> {
@@ -296,6 +343,12 @@ impl Tile<'_> {
             Int8Isa::Avx2 => unsafe { x86::rows_avx2(self, first, out) },
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
             Int8Isa::Simd128 => self.rows_with(first, out, wasm::tile_simd128),
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+            // SAFETY: this build is only loaded where the browser validated relaxed SIMD (www/worker.js).
+            Int8Isa::RelaxedSimd => self.rows_with(first, out, |a, depth, w, r0, acc| unsafe { wasm::tile_relaxed(a, depth, w, r0, acc) }),
+            // Natively, the tests check the relaxed dot's packing and epilogue on its scalar model.
+            #[cfg(all(test, not(target_arch = "wasm32")))]
+            Int8Isa::RelaxedSimd => self.rows_with(first, out, tests::tile_relaxed_scalar),
             _ => unreachable!("int8 products without an integer kernel"),
         }
     }
@@ -311,7 +364,7 @@ impl Tile<'_> {
         for b in 0..blocks {
             for r0 in (0..rows).step_by(self.packed.isa.tile_rows()) {
                 tile(&a.bytes, self.packed.depth(), &self.packed.values[b * self.packed.stride..], r0, &mut acc);
-                self.store(&acc, &a.scales, r0, rows, b, out);
+                self.store(&acc, &a, r0, rows, b, out);
             }
         }
     }
@@ -321,38 +374,42 @@ impl Tile<'_> {
         let tile_rows = self.packed.isa.tile_rows();
         let padded = rows.div_ceil(tile_rows) * tile_rows;
         let mut scales = vec![0f32; rows];
+        let mut offsets = vec![0i32; rows];
         let mut q = vec![0i32; self.packed.d_in];
-        let unsigned = self.packed.isa.unsigned();
-        let width = if unsigned { self.packed.depth() } else { 2 * self.packed.depth() };
-        let mut bytes = vec![if unsigned { 128u8 } else { 0 }; padded * width];
-        for ((x, out), scale) in x.chunks_exact(self.packed.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales) {
+        let encoding = self.packed.isa.activations();
+        let weight_offset = self.packed.isa.weight_offset();
+        let width = if encoding == Encoding::Wide { 2 * self.packed.depth() } else { self.packed.depth() };
+        let mut bytes = vec![encoding.offset() as u8; padded * width];
+        for (((x, out), scale), offset) in x.chunks_exact(self.packed.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales).zip(&mut offsets) {
             *scale = quantize_row(x, &mut q);
-            if unsigned {
-                out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8);
-            } else {
-                out.chunks_exact_mut(2).zip(&q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes()));
+            match encoding {
+                Encoding::Unsigned => out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8),
+                Encoding::Signed => out.iter_mut().zip(&q).for_each(|(a, &v)| *a = v as i8 as u8),
+                Encoding::Wide => out.chunks_exact_mut(2).zip(&q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes())),
+            }
+            if weight_offset != 0 {
+                *offset = weight_offset * q.iter().sum::<i32>();
             }
         }
-        Activations { bytes, scales }
+        Activations { bytes, scales, offsets }
     }
 
-    /// `out[r, c] = (acc - offset * column_sum) * row_scale * col_scale + bias`, then GELU when
-    /// asked, for the tile's real cells (rows `r0..` of the task's `rows`).
+    /// `out[r, c] = (acc - column_offset - row_offset) * row_scale * weight_step * col_scale + bias`,
+    /// then GELU when asked, for the tile's real cells (rows `r0..` of the task's `rows`).
     #[inline(always)]
-    fn store(&self, acc: &Acc, row_scales: &[f32], r0: usize, rows: usize, b: usize, out: &mut [f32]) {
+    fn store(&self, acc: &Acc, a: &Activations, r0: usize, rows: usize, b: usize, out: &mut [f32]) {
         let block = self.packed.isa.block();
-        let offset = if self.packed.isa.unsigned() { 128 } else { 0 };
         let c0 = b * block;
         let width = block.min(self.packed.d_out - c0);
-        let sums = &self.packed.column_sums[c0..c0 + width];
+        let offsets = &self.packed.column_offsets[c0..c0 + width];
         let col_scales = &self.col_scales[c0..c0 + width];
         let bias = &self.bias[c0..c0 + width];
         for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0).min(self.packed.isa.tile_rows())) {
             let r = r0 + i;
             let row = &mut out[r * self.packed.d_out + c0..][..width];
-            let scale = row_scales[r];
-            for ((((o, &acc), &sum), &col), &b) in row.iter_mut().zip(acc).zip(sums).zip(col_scales).zip(bias) {
-                *o = (acc - offset * sum) as f32 * scale * col + b;
+            let (scale, row_offset) = (a.scales[r] * self.packed.weight_step, a.offsets[r]);
+            for ((((o, &acc), &offset), &col), &b) in row.iter_mut().zip(acc).zip(offsets).zip(col_scales).zip(bias) {
+                *o = (acc - offset - row_offset) as f32 * scale * col + b;
             }
             if self.gelu {
                 elementwise::gelu_row_in_place(row);
@@ -565,7 +622,40 @@ mod wasm {
                 }
             }
         }
-        for (acc, sums) in acc.iter_mut().zip(&sums) {
+        store(&sums, acc);
+    }
+
+    /// The same with relaxed SIMD's `i32x4.relaxed_dot_i8x16_i7x16_add_s`: 6 rows x 2 vectors of 4
+    /// columns. `a` holds rows of `depth` i8 values, `w` the block: per group of 4 inputs, 8 columns
+    /// of 4 values in 1..=127 (7-bit weights + 64). Compiled with relaxed SIMD whatever the crate's
+    /// flags, so that only this build's products use it.
+    #[cfg(feature = "relaxed-simd")]
+    #[target_feature(enable = "relaxed-simd")]
+    pub(super) unsafe fn tile_relaxed(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
+        let groups = depth / 4;
+        assert!(a.len() >= (r0 + ROWS) * depth && w.len() >= groups * 32, "int8 tile out of bounds");
+        let (w, a) = (w.as_ptr(), a[r0 * depth..].as_ptr());
+        let mut sums = [[i32x4_splat(0); 2]; ROWS];
+        for g in 0..groups {
+            // SAFETY: the assert above keeps every read inside `a` and `w`.
+            unsafe {
+                let wp = w.add(g * 32);
+                let wv = [v128_load(wp.cast()), v128_load(wp.add(16).cast())];
+                for (i, sums) in sums.iter_mut().enumerate() {
+                    let x = i32x4_splat(a.add(i * depth + 4 * g).cast::<i32>().read_unaligned());
+                    for v in 0..2 {
+                        sums[v] = i32x4_relaxed_dot_i8x16_i7x16_add(x, wv[v], sums[v]);
+                    }
+                }
+            }
+        }
+        store(&sums, acc);
+    }
+
+    /// A micro-tile's sums into the first 8 columns of its rows of `acc`.
+    #[inline(always)]
+    fn store(sums: &[[v128; 2]; ROWS], acc: &mut Acc) {
+        for (acc, sums) in acc.iter_mut().zip(sums) {
             for (v, s) in sums.iter().enumerate() {
                 // SAFETY: 4 lanes at 4 * v, inside the row of 64.
                 unsafe { v128_store(acc.as_mut_ptr().add(4 * v).cast(), *s) };
@@ -577,6 +667,15 @@ mod wasm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`wasm::tile_relaxed`] in scalar code: the same packed bytes, the same sums.
+    pub(super) fn tile_relaxed_scalar(a: &[u8], depth: usize, w: &[i8], r0: usize, acc: &mut Acc) {
+        for (i, acc) in acc.iter_mut().enumerate().take(ROWS) {
+            for (j, sum) in acc.iter_mut().enumerate().take(8) {
+                *sum = (0..depth).map(|k| i32::from(a[(r0 + i) * depth + k] as i8) * i32::from(w[(k / 4) * 32 + j * 4 + k % 4])).sum();
+            }
+        }
+    }
 
     /// The same integer product, computed plainly (then the GELU checked in `elementwise`, when
     /// `gelu`): the kernels must give exactly this.
@@ -622,6 +721,25 @@ mod tests {
             }
         }
         eprintln!("checked: {kernels:?}");
+    }
+
+    #[test]
+    fn the_relaxed_dot_packing_gives_the_product_of_seven_bit_weights() {
+        // Its wasm tile runs in the browser only (the page's relaxed-SIMD build, tests/e2e); here its
+        // scalar model checks the packing (halved weights + 64), the row offsets and the epilogue.
+        for (case, (rows, d_in, d_out)) in [(1, 3, 5), (5, 7, 17), (37, 64, 70), (13, 130, 129)].into_iter().enumerate() {
+            let gelu = case % 2 == 1;
+            let x = crate::test_values(rows * d_in, 1);
+            let (w, scales) = quantize_columns(&crate::test_values(d_in * d_out, 2), d_out);
+            let bias = crate::test_values(d_out, 3);
+            let halved: Vec<i8> = w.iter().map(|&v| seven_bits(v)).collect();
+            let doubled: Vec<f32> = scales.iter().map(|s| s * 2.0).collect();
+            let want = reference(&x, rows, &halved, &doubled, &bias, gelu);
+            let got = forward(&x, rows, &Packed::for_isa(&w, d_in, d_out, Int8Isa::RelaxedSimd), &scales, &bias, gelu);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{rows}x{d_in}x{d_out}, gelu {gelu}: {worst}");
+        }
+        assert_eq!([127, 126, 125, 3, 1, -1, -127].map(seven_bits), [63, 63, 62, 2, 0, 0, -63]);
     }
 
     #[test]

@@ -73,7 +73,8 @@ impl Backend {
     pub fn cpu() -> Backend {
         let threads = threads();
         let on = if threads == 1 { "1 thread".to_string() } else { format!("{threads} threads") };
-        Backend { device: Device::flex(), kind: "cpu", adapter: format!("CPU (burn flex, wasm simd128, {on})"), lost: None }
+        let simd = if cfg!(feature = "relaxed-simd") { "relaxed SIMD" } else { "simd128" };
+        Backend { device: Device::flex(), kind: "cpu", adapter: format!("CPU (burn flex, wasm {simd}, {on})"), lost: None }
     }
 
     /// `"webgpu"` or `"cpu"`.
@@ -148,10 +149,16 @@ pub fn threads() -> usize {
     1
 }
 
-/// `"threads"` for the threaded CPU build (no WebGPU), `"webgpu"` for the other.
+/// Which build this is (build.sh): `"relaxed"` for the threaded CPU build with relaxed SIMD,
+/// `"threads"` for the one without, `"webgpu"` for the one with WebGPU and one CPU thread.
 #[wasm_bindgen]
 pub fn build() -> String {
-    if cfg!(target_feature = "atomics") { "threads" } else { "webgpu" }.to_string()
+    match (cfg!(target_feature = "atomics"), cfg!(feature = "relaxed-simd")) {
+        (true, true) => "relaxed",
+        (true, false) => "threads",
+        _ => "webgpu",
+    }
+    .to_string()
 }
 
 /// A model bundle loaded onto a backend.

@@ -1,9 +1,11 @@
 // One engine on one model in this Web Worker, for tests/e2e/peer-bench.mjs. Messages:
-//   { type: 'load', engine: 'vitrine' | 'ort', model, threads }  ->  { loadMs, threads }
+//   { type: 'load', engine: 'vitrine' | 'vitrine-simd128' | 'ort', model, threads }  ->  { loadMs, threads, build }
 //   { type: 'forward', runs }  ->  { times, output }   (the bare forward pass, `runs` times)
 //   { type: 'page', runs, photo }  ->  { times }      (vitrine only: the site's whole path per photo)
-// vitrine on 1 thread is the site's one-thread build (pkg/), on more the threaded one (pkg-threads/);
-// onnxruntime-web (its files at /ort/) runs its own wasm threads. Both get the same pixel values.
+// 'vitrine' runs the build the site would (www/worker.js): relaxed SIMD's threaded build (pkg-relaxed/)
+// on any number of threads where the browser has relaxed SIMD; 'vitrine-simd128' the builds without:
+// the one-thread build (pkg/) on 1 thread, the threaded one (pkg-threads/) on more. onnxruntime-web
+// (its files at /ort/) runs its own wasm threads. All get the same pixel values.
 
 const SIZE = 224;
 
@@ -21,7 +23,7 @@ async function handle(message) {
   if (message.type === 'load') {
     const started = performance.now();
     engine = await (message.engine === 'ort' ? ort : vitrine)(message);
-    return { loadMs: performance.now() - started, threads: engine.threads };
+    return { loadMs: performance.now() - started, threads: engine.threads, build: engine.build };
   }
   if (message.type === 'forward') return timed(message.runs, () => engine.forward());
   if (message.type === 'page') {
@@ -54,10 +56,14 @@ async function timed(runs, run) {
   return { times, output: output && Array.from(output) };
 }
 
-async function vitrine({ model, threads }) {
-  const wasm = await import(threads > 1 ? '/www/pkg-threads/vitrine_web.js' : '/www/pkg/vitrine_web.js');
+const RELAXED_PROBE = [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15, 65, 2, 253, 15, 253, 128, 2, 11];
+
+async function vitrine({ engine, model, threads }) {
+  const relaxed = engine === 'vitrine' && WebAssembly.validate(new Uint8Array(RELAXED_PROBE));
+  const pkg = relaxed ? 'pkg-relaxed' : threads > 1 ? 'pkg-threads' : 'pkg';
+  const wasm = await import(`/www/${pkg}/vitrine_web.js`);
   await wasm.default();
-  if (threads > 1) await wasm.initThreadPool(threads);
+  if (pkg !== 'pkg') await wasm.initThreadPool(threads);
   const base = `/bench-models/${model}/`;
   const [config, weights] = await Promise.all([
     fetch(base + 'config.json').then((r) => r.text()),
@@ -67,6 +73,7 @@ async function vitrine({ model, threads }) {
   const input = pixels();
   return {
     threads: wasm.threads(),
+    build: pkg,
     forward: () => classifier.forward(input, SIZE, SIZE),
     // The site's path: decode the photo, preprocess, forward pass with every attention map, top-5.
     page: async (bytes) => (await classifier.classifyFile(bytes, 5)).free(),

@@ -57,7 +57,7 @@ const call = (message, transfer) => thread.call(message, transfer);
 
 function startWorker(wanted) {
   const threads = Number.parseInt(params.get('threads') ?? '', 10);
-  // ?simd=128 keeps the CPU path off relaxed SIMD (to compare the two builds).
+  // ?simd=128 keeps the CPU path off relaxed SIMD (to compare the threaded builds).
   return thread.start({ backend: wanted, threads: threads > 0 ? threads : 0, relaxed: params.get('simd') !== '128' });
 }
 

@@ -274,7 +274,7 @@ async function readWithProgress(response, label, patience) {
   return bytes.buffer;
 }
 
-// The module of one build, instantiated (and its thread pool started, for the threaded build).
+// The module of one build, instantiated (and its thread pool started, for the threaded builds).
 const started = {};
 function start(build, threads = 1) {
   started[build] ??= (async () => {

@@ -243,8 +243,9 @@ pub fn forward(x: &[f32], rows: usize, w: &Packed, scales: &[f32], bias: &[f32],
 }
 
 /// A weight in the order of this CPU's integer kernel: per block of columns, per group of input
-/// rows, the block's columns each with its group of values (zero-padded), and what each column takes off its sums.
-/// Packing reads the weight once; a layer's packing is kept and reused ([`crate::quantize_linear`]).
+/// rows, the block's columns each with its group of values (zero-padded), and what each column
+/// takes off its sums. Packing reads the weight once; a layer's packing is kept and reused
+/// ([`crate::quantize_linear`]).
 pub struct Packed {
     values: Vec<i8>,
     /// `offset * sum_k w[k, c]`, taken off each sum: what the activations' offset (128 for VNNI) adds.

@@ -3,7 +3,7 @@
 // model files are cached by the page's worker itself (www/worker.js), with download progress.
 // It also makes the site cross-origin isolated where the host sends no such headers (wasm threads need
 // it): every response it serves carries COOP, COEP and CORP, as the Space's README front matter sets them.
-const SHELL = 'vitrine-shell-v4';
+const SHELL = 'vitrine-shell-v5';
 const ISOLATION = {
   'cross-origin-embedder-policy': 'require-corp',
   'cross-origin-opener-policy': 'same-origin',
@@ -19,6 +19,7 @@ const CORE = [
   'www/overlay.js',
   'www/result-card.js',
   'www/worker.js',
+  'www/relaxed-simd.js',
   'www/model-cache.js',
   'www/evaluate.js',
   'www/style.css',

@@ -1,6 +1,7 @@
 // The model's thread: loads the wasm, picks the backend, fetches and caches model bundles, classifies.
 // The page talks to it with messages (see app.js); nothing here touches the DOM.
 import { MODEL_CACHE, forgetModel } from './model-cache.js';
+import { relaxedSimd } from './relaxed-simd.js';
 
 // The build of crates/web this worker runs (build.sh makes three): `pkg/` has WebGPU and a CPU path on
 // one thread; `pkg-threads/` is the CPU path alone, on a pool of Web Workers (wasm threads, which need
@@ -296,13 +297,6 @@ function cpuThreads(asked) {
   if (asked === 1) return { threads: 1, isolated: true, single: 'the page address asks for one thread (threads=1)' };
   if (cores < 2 && !asked) return { threads: 1, isolated: true, single: 'the browser reports one core' };
   return { threads: asked || cores, isolated: true, single: null };
-}
-
-// Whether this browser runs relaxed SIMD: a module of one relaxed instruction (i8x16.relaxed_swizzle)
-// validates only where it does.
-function relaxedSimd() {
-  const probe = [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15, 65, 2, 253, 15, 253, 128, 2, 11];
-  return WebAssembly.validate(new Uint8Array(probe));
 }
 
 // The site's files this worker fetched (the build in use), for the service worker to keep offline.

@@ -126,9 +126,19 @@ impl Int8Isa {
         }
     }
 
+    /// Whether packing halves the weights to 7 bits (the relaxed dot's second operand).
+    fn seven_bit_weights(self) -> bool {
+        self == Int8Isa::RelaxedSimd
+    }
+
     /// What packing adds to each weight (the relaxed dot's operand must not be negative).
     fn weight_offset(self) -> i32 {
-        if self == Int8Isa::RelaxedSimd { 64 } else { 0 }
+        if self.seven_bit_weights() { 64 } else { 0 }
+    }
+
+    /// The step of a packed weight in units of the bundle's: 2 for halved weights.
+    fn weight_step(self) -> f32 {
+        if self.seven_bit_weights() { 2.0 } else { 1.0 }
     }
 }
 
@@ -250,8 +260,6 @@ pub struct Packed {
     values: Vec<i8>,
     /// `offset * sum_k w[k, c]`, taken off each sum: what the activations' offset (128 for VNNI) adds.
     column_offsets: Vec<i32>,
-    /// The step of a packed weight in units of the bundle's: 2 for the relaxed dot's halved weights.
-    weight_step: f32,
     /// Bytes of one block.
     stride: usize,
     d_in: usize,
@@ -278,7 +286,7 @@ impl Packed {
         let stride = groups * block * group;
         let mut values = vec![0i8; blocks * stride];
         let mut column_offsets = vec![0i32; blocks * block];
-        let (halved, weight_offset, activation_offset) = (isa == Int8Isa::RelaxedSimd, isa.weight_offset(), isa.activations().offset());
+        let (halved, weight_offset, activation_offset) = (isa.seven_bit_weights(), isa.weight_offset(), isa.activations().offset());
         let pack = |(b, (values, offsets)): (usize, (&mut [i8], &mut [i32]))| {
             let c0 = b * block;
             let width = block.min(d_out - c0);
@@ -297,8 +305,7 @@ impl Packed {
         values.par_chunks_mut(stride).zip(column_offsets.par_chunks_mut(block)).enumerate().for_each(pack);
         #[cfg(not(threads))]
         values.chunks_mut(stride).zip(column_offsets.chunks_mut(block)).enumerate().for_each(pack);
-        let weight_step = if halved { 2.0 } else { 1.0 };
-        Self { values, column_offsets, weight_step, stride, d_in, d_out, isa }
+        Self { values, column_offsets, stride, d_in, d_out, isa }
     }
 }
 
@@ -408,7 +415,7 @@ impl Tile<'_> {
         for (i, acc) in acc.iter().enumerate().take(rows.saturating_sub(r0).min(self.packed.isa.tile_rows())) {
             let r = r0 + i;
             let row = &mut out[r * self.packed.d_out + c0..][..width];
-            let (scale, row_offset) = (a.scales[r] * self.packed.weight_step, a.offsets[r]);
+            let (scale, row_offset) = (a.scales[r] * self.packed.isa.weight_step(), a.offsets[r]);
             for ((((o, &acc), &offset), &col), &b) in row.iter_mut().zip(acc).zip(offsets).zip(col_scales).zip(bias) {
                 *o = (acc - offset - row_offset) as f32 * scale * col + b;
             }

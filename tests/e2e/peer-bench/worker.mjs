@@ -7,6 +7,8 @@
 // the one-thread build (pkg/) on 1 thread, the threaded one (pkg-threads/) on more. onnxruntime-web
 // (its files at /ort/) runs its own wasm threads. All get the same pixel values.
 
+import { relaxedSimd } from '/www/relaxed-simd.js';
+
 const SIZE = 224;
 
 let engine = null; // { forward(), page?(bytes), threads }
@@ -56,10 +58,8 @@ async function timed(runs, run) {
   return { times, output: output && Array.from(output) };
 }
 
-const RELAXED_PROBE = [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 15, 1, 13, 0, 65, 1, 253, 15, 65, 2, 253, 15, 253, 128, 2, 11];
-
 async function vitrine({ engine, model, threads }) {
-  const relaxed = engine === 'vitrine' && WebAssembly.validate(new Uint8Array(RELAXED_PROBE));
+  const relaxed = engine === 'vitrine' && relaxedSimd();
   const pkg = relaxed ? 'pkg-relaxed' : threads > 1 ? 'pkg-threads' : 'pkg';
   const wasm = await import(`/www/${pkg}/vitrine_web.js`);
   await wasm.default();

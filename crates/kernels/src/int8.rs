@@ -222,6 +222,25 @@ fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
     scale
 }
 
+/// One row of [`quantize_row`] into `out` in `encoding`; returns its scale and, when `with_sum`,
+/// the sum of its values (else 0). `q` is scratch of the row's length.
+#[inline(always)]
+fn encode_row(x: &[f32], out: &mut [u8], encoding: Encoding, with_sum: bool, q: &mut [i32]) -> (f32, i32) {
+    // In wasm, explicit simd128: the code below does not vectorise there (3.7x slower).
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if encoding != Encoding::Unsigned {
+        let (scale, sum) = wasm::quantize_row(x, out, encoding == Encoding::Wide);
+        return (scale, if with_sum { sum } else { 0 });
+    }
+    let scale = quantize_row(x, q);
+    match encoding {
+        Encoding::Unsigned => out.iter_mut().zip(&*q).for_each(|(a, &v)| *a = (v + 128) as u8),
+        Encoding::Signed => out.iter_mut().zip(&*q).for_each(|(a, &v)| *a = v as i8 as u8),
+        Encoding::Wide => out.chunks_exact_mut(2).zip(&*q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes())),
+    }
+    (scale, if with_sum { q.iter().sum() } else { 0 })
+}
+
 /// `x [rows, d_in] @ (w * scales per column) + bias`, then the exact GELU when `gelu`, with `w`
 /// the `[d_in, d_out]` weight [`Packed::new`] packed.
 ///
@@ -389,15 +408,9 @@ impl Tile<'_> {
         let width = if encoding == Encoding::Wide { 2 * self.packed.depth() } else { self.packed.depth() };
         let mut bytes = vec![encoding.offset() as u8; padded * width];
         for (((x, out), scale), offset) in x.chunks_exact(self.packed.d_in).zip(bytes.chunks_exact_mut(width)).zip(&mut scales).zip(&mut offsets) {
-            *scale = quantize_row(x, &mut q);
-            match encoding {
-                Encoding::Unsigned => out.iter_mut().zip(&q).for_each(|(a, &v)| *a = (v + 128) as u8),
-                Encoding::Signed => out.iter_mut().zip(&q).for_each(|(a, &v)| *a = v as i8 as u8),
-                Encoding::Wide => out.chunks_exact_mut(2).zip(&q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes())),
-            }
-            if weight_offset != 0 {
-                *offset = weight_offset * q.iter().sum::<i32>();
-            }
+            let sum;
+            (*scale, sum) = encode_row(x, out, encoding, weight_offset != 0, &mut q);
+            *offset = weight_offset * sum;
         }
         Activations { bytes, scales, offsets }
     }
@@ -416,8 +429,18 @@ impl Tile<'_> {
             let r = r0 + i;
             let row = &mut out[r * self.packed.d_out + c0..][..width];
             let (scale, row_offset) = (a.scales[r] * self.packed.isa.weight_step(), a.offsets[r]);
-            for ((((o, &acc), &offset), &col), &b) in row.iter_mut().zip(acc).zip(offsets).zip(col_scales).zip(bias) {
-                *o = (acc - offset - row_offset) as f32 * scale * col + b;
+            // In wasm, a whole block's row in explicit simd128 (the loop below stays scalar there).
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+            let done = width == 8 && {
+                wasm::store_row(row, acc, offsets, row_offset, scale, col_scales, bias);
+                true
+            };
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+            let done = false;
+            if !done {
+                for ((((o, &acc), &offset), &col), &b) in row.iter_mut().zip(acc).zip(offsets).zip(col_scales).zip(bias) {
+                    *o = (acc - offset - row_offset) as f32 * scale * col + b;
+                }
             }
             if self.gelu {
                 elementwise::gelu_row_in_place(row);
@@ -658,6 +681,80 @@ mod wasm {
             }
         }
         store(&sums, acc);
+    }
+
+    /// [`super::quantize_row`] and the encoding of its values into `out` (i8, or little-endian
+    /// i16 when `wide`), in one pass of simd128, which the scalar code does not vectorise to:
+    /// the same scale and bytes, and the sum of the values.
+    pub(super) fn quantize_row(row: &[f32], out: &mut [u8], wide: bool) -> (f32, i32) {
+        let width = if wide { 2 } else { 1 };
+        assert!(out.len() >= width * row.len(), "int8: {} bytes for a row of {}", out.len(), row.len());
+        let chunks = row.len() / 16;
+        let (tail, p) = (&row[16 * chunks..], row.as_ptr());
+        // SAFETY: only called with i < 4 * chunks, 4 values each, inside `row`.
+        let load = |i: usize| unsafe { v128_load(p.add(4 * i).cast()) };
+        let mut peaks = f32x4_splat(0.0);
+        // Compare and select: a NaN is passed over, as the scalar `max` does.
+        let keep_larger = |m: v128, v: v128| v128_bitselect(v, m, f32x4_gt(v, m));
+        for i in 0..4 * chunks {
+            peaks = keep_larger(peaks, f32x4_abs(load(i)));
+        }
+        let lanes = [f32x4_extract_lane::<0>(peaks), f32x4_extract_lane::<1>(peaks), f32x4_extract_lane::<2>(peaks), f32x4_extract_lane::<3>(peaks)];
+        let peak = tail.iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+        let inverse = 1.0 / scale;
+        let (low, high, inv) = (f32x4_splat(-127.0), f32x4_splat(127.0), f32x4_splat(inverse));
+        // Clamped by compare and select, so that a NaN becomes -127, as in the scalar code.
+        let quantize = |v: v128| {
+            let v = f32x4_nearest(f32x4_mul(v, inv));
+            let v = v128_bitselect(v, low, f32x4_ge(v, low));
+            i32x4_trunc_sat_f32x4(v128_bitselect(v, high, f32x4_le(v, high)))
+        };
+        let mut sums = i32x4_splat(0);
+        for c in 0..chunks {
+            let q = [quantize(load(4 * c)), quantize(load(4 * c + 1)), quantize(load(4 * c + 2)), quantize(load(4 * c + 3))];
+            sums = i32x4_add(i32x4_add(sums, i32x4_add(q[0], q[1])), i32x4_add(q[2], q[3]));
+            let (a, b) = (i16x8_narrow_i32x4(q[0], q[1]), i16x8_narrow_i32x4(q[2], q[3]));
+            // SAFETY: `out` holds `width` bytes for each value of `row` (the assert above).
+            unsafe {
+                let o = out.as_mut_ptr().add(16 * width * c);
+                if wide {
+                    v128_store(o.cast(), a);
+                    v128_store(o.add(16).cast(), b);
+                } else {
+                    v128_store(o.cast(), i8x16_narrow_i16x8(a, b));
+                }
+            }
+        }
+        let mut sum = i32x4_extract_lane::<0>(sums) + i32x4_extract_lane::<1>(sums) + i32x4_extract_lane::<2>(sums) + i32x4_extract_lane::<3>(sums);
+        for (k, v) in tail.iter().enumerate() {
+            #[allow(clippy::manual_clamp)]
+            let q = (v * inverse).round_ties_even().max(-127.0).min(127.0) as i32;
+            sum += q;
+            let k = 16 * chunks + k;
+            if wide {
+                out[2 * k..2 * k + 2].copy_from_slice(&(q as i16).to_le_bytes());
+            } else {
+                out[k] = q as i8 as u8;
+            }
+        }
+        (scale, sum)
+    }
+
+    /// One row of a whole 8-column block of [`super::Tile::store`]: the same arithmetic, in order.
+    #[inline(always)]
+    pub(super) fn store_row(row: &mut [f32], acc: &[i32; 64], offsets: &[i32], row_offset: i32, scale: f32, col_scales: &[f32], bias: &[f32]) {
+        assert!(row.len() == 8 && offsets.len() == 8 && col_scales.len() == 8 && bias.len() == 8);
+        let (scale, row_offset) = (f32x4_splat(scale), i32x4_splat(row_offset));
+        for v in 0..2 {
+            // SAFETY: 4 lanes at 4 * v of slices of 8 (the assert above).
+            unsafe {
+                let load = |p: *const i32| v128_load(p.add(4 * v).cast());
+                let sums = i32x4_sub(i32x4_sub(load(acc.as_ptr()), load(offsets.as_ptr())), row_offset);
+                let scaled = f32x4_mul(f32x4_mul(f32x4_convert_i32x4(sums), scale), load(col_scales.as_ptr().cast()));
+                v128_store(row.as_mut_ptr().add(4 * v).cast(), f32x4_add(scaled, load(bias.as_ptr().cast())));
+            }
+        }
     }
 
     /// A micro-tile's sums into the first 8 columns of its rows of `acc`.

@@ -143,7 +143,7 @@ impl Int8Isa {
 }
 
 /// Quantized activations as a kernel reads them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Encoding {
     /// i8 + 128, one byte each (`vpdpbusd`, `tdpbusd`: unsigned x signed).
     Unsigned,
@@ -157,6 +157,16 @@ impl Encoding {
     /// What the encoding adds to each activation.
     fn offset(self) -> i32 {
         if self == Encoding::Unsigned { 128 } else { 0 }
+    }
+
+    /// Quantized values `q` into `out`, in this encoding.
+    #[inline(always)]
+    fn write(self, q: &[i32], out: &mut [u8]) {
+        match self {
+            Encoding::Unsigned => out.iter_mut().zip(q).for_each(|(a, &v)| *a = (v + 128) as u8),
+            Encoding::Signed => out.iter_mut().zip(q).for_each(|(a, &v)| *a = v as i8 as u8),
+            Encoding::Wide => out.chunks_exact_mut(2).zip(q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes())),
+        }
     }
 }
 
@@ -199,6 +209,27 @@ pub fn quantize_columns(w: &[f32], d_out: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// A row's scale, `max |x| / 127` (1 for a row of zeros), and its inverse, from `peaks`: values
+/// whose largest magnitude is the row's. A NaN is passed over.
+#[inline(always)]
+fn row_scale<'a>(peaks: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
+    let peak = peaks.into_iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+    (scale, 1.0 / scale)
+}
+
+/// One activation times its row's `inverse` scale, rounded half to even into -127..=127; a NaN
+/// becomes -127.
+#[inline(always)]
+fn quantize_value(v: f32, inverse: f32) -> i32 {
+    // `max` then `min` turn a NaN into -127 (each returns its other operand for a NaN); `clamp`
+    // would keep the NaN.
+    #[allow(clippy::manual_clamp)]
+    let v = (v * inverse).round_ties_even().max(-127.0).min(127.0);
+    // SAFETY: `v` is an integer in [-127, 127], never NaN (a plain `as` converts lane by lane).
+    unsafe { v.to_int_unchecked::<i32>() }
+}
+
 /// One row of [`quantize_rows`] into `q` (as i32, for the callers' widths); returns its scale.
 #[inline(always)]
 fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
@@ -208,36 +239,24 @@ fn quantize_row(row: &[f32], q: &mut [i32]) -> f32 {
     for chunk in &mut chunks {
         lanes.iter_mut().zip(chunk).for_each(|(m, v)| *m = m.max(v.abs()));
     }
-    let peak = chunks.remainder().iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
-    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
-    let inverse = 1.0 / scale;
-    for (o, v) in q.iter_mut().zip(row) {
-        // `max` then `min` also turn a NaN into -127 (each returns its other operand for a NaN);
-        // `clamp` would keep the NaN.
-        #[allow(clippy::manual_clamp)]
-        let v = (v * inverse).round_ties_even().max(-127.0).min(127.0);
-        // SAFETY: `v` is an integer in [-127, 127], never NaN (a plain `as` converts lane by lane).
-        *o = unsafe { v.to_int_unchecked::<i32>() };
-    }
+    let (scale, inverse) = row_scale(chunks.remainder().iter().chain(&lanes));
+    q.iter_mut().zip(row).for_each(|(o, &v)| *o = quantize_value(v, inverse));
     scale
 }
 
 /// One row of [`quantize_row`] into `out` in `encoding`; returns its scale and, when `with_sum`,
-/// the sum of its values (else 0). `q` is scratch of the row's length.
+/// the sum of its values (else 0). `q` is scratch, grown to the row's length when needed.
 #[inline(always)]
-fn encode_row(x: &[f32], out: &mut [u8], encoding: Encoding, with_sum: bool, q: &mut [i32]) -> (f32, i32) {
+fn encode_row(x: &[f32], out: &mut [u8], encoding: Encoding, with_sum: bool, q: &mut Vec<i32>) -> (f32, i32) {
     // In wasm, explicit simd128: the code below does not vectorise there (3.7x slower).
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     if encoding != Encoding::Unsigned {
-        let (scale, sum) = wasm::quantize_row(x, out, encoding == Encoding::Wide);
+        let (scale, sum) = wasm::quantize_row(x, out, encoding);
         return (scale, if with_sum { sum } else { 0 });
     }
+    q.resize(x.len(), 0);
     let scale = quantize_row(x, q);
-    match encoding {
-        Encoding::Unsigned => out.iter_mut().zip(&*q).for_each(|(a, &v)| *a = (v + 128) as u8),
-        Encoding::Signed => out.iter_mut().zip(&*q).for_each(|(a, &v)| *a = v as i8 as u8),
-        Encoding::Wide => out.chunks_exact_mut(2).zip(&*q).for_each(|(a, &v)| a.copy_from_slice(&(v as i16).to_le_bytes())),
-    }
+    encoding.write(q, out);
     (scale, if with_sum { q.iter().sum() } else { 0 })
 }
 
@@ -402,7 +421,7 @@ impl Tile<'_> {
         let padded = rows.div_ceil(tile_rows) * tile_rows;
         let mut scales = vec![0f32; rows];
         let mut offsets = vec![0i32; rows];
-        let mut q = vec![0i32; self.packed.d_in];
+        let mut q = Vec::new();
         let encoding = self.packed.isa.activations();
         let weight_offset = self.packed.isa.weight_offset();
         let width = if encoding == Encoding::Wide { 2 * self.packed.depth() } else { self.packed.depth() };
@@ -629,7 +648,7 @@ mod x86 {
 mod wasm {
     use core::arch::wasm32::*;
 
-    use super::{Acc, ROWS};
+    use super::{Acc, Encoding, ROWS, quantize_value, row_scale};
 
     /// `acc[i][j] = sum_k a[r0 + i, k] w[k, j]` over one packed block with `i32x4.dot_i16x8_s`: 6
     /// rows x 2 vectors of 4 columns. `a` holds rows of `depth` little-endian i16 values, `w` the
@@ -683,10 +702,12 @@ mod wasm {
         store(&sums, acc);
     }
 
-    /// [`super::quantize_row`] and the encoding of its values into `out` (i8, or little-endian
-    /// i16 when `wide`), in one pass of simd128, which the scalar code does not vectorise to:
-    /// the same scale and bytes, and the sum of the values.
-    pub(super) fn quantize_row(row: &[f32], out: &mut [u8], wide: bool) -> (f32, i32) {
+    /// [`super::quantize_row`] and the encoding of its values into `out` (`Signed` or `Wide`), in
+    /// one pass of simd128, which the scalar code does not vectorise to: the same scale and bytes,
+    /// and the sum of the values.
+    pub(super) fn quantize_row(row: &[f32], out: &mut [u8], encoding: Encoding) -> (f32, i32) {
+        let wide = encoding == Encoding::Wide;
+        assert!(wide || encoding == Encoding::Signed, "int8: no simd128 quantization to {encoding:?}");
         let width = if wide { 2 } else { 1 };
         assert!(out.len() >= width * row.len(), "int8: {} bytes for a row of {}", out.len(), row.len());
         let chunks = row.len() / 16;
@@ -700,11 +721,9 @@ mod wasm {
             peaks = keep_larger(peaks, f32x4_abs(load(i)));
         }
         let lanes = [f32x4_extract_lane::<0>(peaks), f32x4_extract_lane::<1>(peaks), f32x4_extract_lane::<2>(peaks), f32x4_extract_lane::<3>(peaks)];
-        let peak = tail.iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
-        let inverse = 1.0 / scale;
+        let (scale, inverse) = row_scale(tail.iter().chain(&lanes));
         let (low, high, inv) = (f32x4_splat(-127.0), f32x4_splat(127.0), f32x4_splat(inverse));
-        // Clamped by compare and select, so that a NaN becomes -127, as in the scalar code.
+        // Clamped by compare and select, so that a NaN becomes -127, as in `quantize_value`.
         let quantize = |v: v128| {
             let v = f32x4_nearest(f32x4_mul(v, inv));
             let v = v128_bitselect(v, low, f32x4_ge(v, low));
@@ -726,19 +745,13 @@ mod wasm {
                 }
             }
         }
-        let mut sum = i32x4_extract_lane::<0>(sums) + i32x4_extract_lane::<1>(sums) + i32x4_extract_lane::<2>(sums) + i32x4_extract_lane::<3>(sums);
-        for (k, v) in tail.iter().enumerate() {
-            #[allow(clippy::manual_clamp)]
-            let q = (v * inverse).round_ties_even().max(-127.0).min(127.0) as i32;
-            sum += q;
-            let k = 16 * chunks + k;
-            if wide {
-                out[2 * k..2 * k + 2].copy_from_slice(&(q as i16).to_le_bytes());
-            } else {
-                out[k] = q as i8 as u8;
-            }
-        }
-        (scale, sum)
+        // The last 0-15 values, in scalar code.
+        let mut q = [0i32; 16];
+        let q = &mut q[..tail.len()];
+        q.iter_mut().zip(tail).for_each(|(o, &v)| *o = quantize_value(v, inverse));
+        encoding.write(q, &mut out[16 * width * chunks..]);
+        let lanes = [i32x4_extract_lane::<0>(sums), i32x4_extract_lane::<1>(sums), i32x4_extract_lane::<2>(sums), i32x4_extract_lane::<3>(sums)];
+        (scale, lanes.iter().chain(&*q).sum())
     }
 
     /// One row of a whole 8-column block of [`super::Tile::store`]: the same arithmetic, in order.
